@@ -1,0 +1,452 @@
+"""Render a run's ``summary.json`` into ``report.md`` plus PNG figures (paper §4, Tables 1, 2, 5).
+
+Summary layout (every top-level section and most keys are optional; whatever is present is
+rendered, whatever is missing is skipped)::
+
+    {
+     "run": {"name", "config_path", "wall_time_s": {stage: s}, "started", "finished"},
+     "data": {"candidates", "clips", "quarantined", "quarantine_reasons": {reason: n},
+              "splits": {"validation", "train", "pool"}, "segments": {split: [segment, ...]},
+              "pool_by_domain": {domain: n}},
+     "base": {"epdms": float, "terms": {TERM: float}},       # validation means, 0..1
+     "human": {"epdms": float, "terms": {...}},               # logged human driving
+     "domains": {domain: {"size", "a", "tau", "rmse", "pilot_points": [[n, ΔU, seed], ...]}},
+     "selection": {method: {str(B): {"composition": {domain: n}}}},
+     "selection_order": {"mosaic": [domain per step, ...]},   # largest budget
+     "results": {method: {str(B): {"epdms_mean", "epdms_std", "n_seeds", "epdms_per_seed",
+                                   "terms": {TERM: float}}}},
+     "estimated": {str(B): float}                             # base + Σ_i ΔU_i(n_i)
+    }
+
+All EPDMS values in the summary are on the 0..1 scale; the report prints them ×100 (the
+paper's convention) and says so in each table header.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from mosaic_ray.report.plots import (budget_items, ordered_domains, plot_composition,
+                                     plot_epdms_vs_budget, plot_scaling_curves,
+                                     plot_selection_order)
+
+__all__ = ["TERMS", "brmr", "render_report", "write_report", "REPORT_NAME", "PLOT_FILES"]
+
+#: the nine EPDMS rule-compliance terms, in the paper's order
+TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC")
+REPORT_NAME = "report.md"
+#: PNG file names written beside report.md
+PLOT_FILES = {
+    "scaling": "scaling_curves.png",
+    "order": "selection_order.png",
+    "composition": "composition.png",
+    "epdms": "epdms_vs_budget.png",
+}
+
+
+# ---------------------------------------------------------------------- numbers
+def _f(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _x100(v: Any, nd: int = 2) -> str:
+    x = _f(v)
+    return "—" if not math.isfinite(x) else f"{100.0 * x:.{nd}f}"
+
+
+def _signed_x100(v: Any, nd: int = 2) -> str:
+    x = _f(v)
+    return "—" if not math.isfinite(x) else f"{100.0 * x:+.{nd}f}"
+
+
+def _num(v: Any, fmt: str = "{:.3g}") -> str:
+    x = _f(v)
+    return "—" if not math.isfinite(x) else fmt.format(x)
+
+
+def _int(v: Any) -> str:
+    x = _f(v)
+    return "—" if not math.isfinite(x) else f"{int(round(x)):,}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+# ---------------------------------------------------------------------- BRMR
+def _curve(results: Mapping[str, Any], method: str) -> list[tuple[float, float]]:
+    pts = []
+    for b, e in budget_items(results.get(method)):
+        m = _f((e or {}).get("epdms_mean"))
+        if math.isfinite(m):
+            pts.append((float(b), m))
+    return pts
+
+
+def _first_reach(curve: list[tuple[float, float]], target: float) -> float:
+    """Smallest budget where the piecewise-linear curve first reaches ``target`` (NaN if never)."""
+    for j, (b, m) in enumerate(curve):
+        if m >= target:
+            if j == 0:
+                return b
+            b0, m0 = curve[j - 1]
+            return b0 + (target - m0) * (b - b0) / (m - m0)
+    return float("nan")
+
+
+def brmr(results: Mapping[str, Any], method: str, reference: str = "random", *,
+         base_epdms: float | None = None) -> dict[int, float]:
+    """Budget Ratio to Match Random (paper §4.1): B_k / B for each reference budget B.
+
+    B_k is the budget at which ``method``'s mean-EPDMS-vs-budget curve first reaches the
+    reference's mean EPDMS at B, by linear interpolation between the method's measured budgets.
+    Lower is better; the reference against itself gives 1.0 (for a monotone curve).
+
+    Parameters
+    ----------
+    results : mapping
+        ``summary["results"]``: method → {str(B): {"epdms_mean": float (0..1), ...}}.
+    method, reference : str
+        Method to score and the reference method (Random in the paper).
+    base_epdms : float, optional
+        Base model EPDMS (0..1). When given, the point (0, base) starts the method's curve, so
+        B_k can fall below the smallest measured budget (BRMR 0 if the base already matches).
+
+    Returns
+    -------
+    dict[int, float]
+        Reference budget → BRMR, budgets ascending. Edge cases:
+
+        * NaN when the method's curve never reaches the target within its measured budgets
+          (no extrapolation beyond the largest budget), or when the method has no finite means.
+        * Without ``base_epdms``, if the method already meets the target at its smallest
+          measured budget b_1, the value is b_1 / B, an upper bound on the true ratio.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` or ``reference`` has no results.
+    """
+    for name in (method, reference):
+        if not budget_items(results.get(name)):
+            raise ValueError(f"no results for method {name!r}; have {sorted(results)}")
+    curve = _curve(results, method)
+    base = _f(base_epdms)
+    if math.isfinite(base) and not any(b == 0 for b, _ in curve):
+        curve = [(0.0, base)] + curve
+    out: dict[int, float] = {}
+    for b, e in budget_items(results[reference]):
+        target = _f((e or {}).get("epdms_mean"))
+        if b <= 0 or not math.isfinite(target) or not curve:
+            out[b] = float("nan")
+            continue
+        out[b] = _first_reach(curve, target) / b
+    return out
+
+
+# ---------------------------------------------------------------------- sections
+def _section_run(s: Mapping[str, Any]) -> list[str]:
+    run = s.get("run") or {}
+    title = f"# mosaic_ray report — {run.get('name', 'run')}"
+    lines = [title, ""]
+    meta = [(k, run.get(k)) for k in ("config_path", "started", "finished") if run.get(k)]
+    wt = run.get("wall_time_s") or {}
+    if wt:
+        total = sum(_f(v) for v in wt.values() if math.isfinite(_f(v)))
+        meta.append(("total wall time", f"{total:,.1f} s ({total / 3600.0:.2f} h)"))
+    for k, v in meta:
+        lines.append(f"- **{k}**: `{v}`" if k == "config_path" else f"- **{k}**: {v}")
+    lines.append("")
+    lines.append("EPDMS and its terms are reported ×100 throughout (the paper's convention); "
+                 "the summary stores them on the 0..1 scale.")
+    return lines + [""]
+
+
+def _section_data(s: Mapping[str, Any]) -> list[str]:
+    data = s.get("data") or {}
+    if not data:
+        return []
+    lines = ["## Data and splits", ""]
+    clips, quar, cand = data.get("clips"), data.get("quarantined"), data.get("candidates")
+    derived = None
+    if clips is not None and quar is not None:
+        derived = int(clips) + int(quar)
+    if cand is None and derived is not None:
+        cand = derived
+    rows = []
+    if cand is not None:
+        rows.append(["candidates (= clips + quarantined)", _int(cand)])
+    if clips is not None:
+        rows.append(["clips kept", _int(clips)])
+    if quar is not None:
+        rows.append(["quarantined", _int(quar)])
+    if rows:
+        lines += _table(["count", "clips"], rows)
+    if cand is not None and derived is not None and int(cand) != derived:
+        lines += [f"**Warning:** candidates ({int(cand):,}) ≠ clips + quarantined ({derived:,}).", ""]
+    reasons = data.get("quarantine_reasons") or {}
+    if reasons:
+        lines += ["Quarantine reasons:", ""]
+        lines += _table(["reason", "clips"], [[str(k), _int(v)] for k, v in
+                                              sorted(reasons.items(), key=lambda kv: -_f(kv[1]))])
+    splits = data.get("splits") or {}
+    segs = data.get("segments") or {}
+    if splits or segs:
+        names = list(splits) + [k for k in segs if k not in splits]
+        srows = []
+        for k in names:
+            sl = [str(x) for x in (segs.get(k) or [])]
+            shown = ", ".join(sl[:6]) + (f", … (+{len(sl) - 6})" if len(sl) > 6 else "")
+            srows.append([k, _int(splits.get(k)), str(len(sl)) if k in segs else "—", shown or "—"])
+        lines += ["Splits:", ""]
+        lines += _table(["split", "clips", "segments", "segment names"], srows)
+    pbd = data.get("pool_by_domain") or {}
+    if pbd:
+        total = sum(_f(v) for v in pbd.values())
+        lines += ["Pool by domain:", ""]
+        lines += _table(["domain", "clips", "share"],
+                        [[str(d), _int(v), f"{100 * _f(v) / total:.1f}%" if total else "—"]
+                         for d, v in sorted(pbd.items())])
+    return lines
+
+
+def _section_base(s: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for key, label in (("base", "base model"), ("human", "logged human")):
+        sec = s.get(key) or {}
+        if sec:
+            terms = sec.get("terms") or {}
+            rows.append([label, _x100(sec.get("epdms"))] + [_x100(terms.get(t)) for t in TERMS])
+    if not rows:
+        return []
+    lines = ["## Base model (validation)", ""]
+    lines += _table(["", "EPDMS ×100"] + [f"{t} ×100" for t in TERMS], rows)
+    return lines
+
+
+def _pilot_text(points: Any) -> str:
+    groups: dict[float, list[float]] = {}
+    for p in points or []:
+        if len(p) >= 2:
+            groups.setdefault(_f(p[0]), []).append(_f(p[1]))
+    if not groups:
+        return "—"
+    parts = []
+    for n in sorted(groups):
+        vals = ", ".join(_signed_x100(v) for v in groups[n])
+        parts.append(f"n={n:g}: {vals}")
+    return "; ".join(parts)
+
+
+def _section_domains(s: Mapping[str, Any], plot: str | None) -> list[str]:
+    doms = s.get("domains") or {}
+    if not doms:
+        return []
+    lines = ["## Per-domain scaling laws", "",
+             "ΔU_i(n) = a_i · (1 − exp(−n/τ_i)), fitted through the origin to the pilot runs "
+             "(MOSAIC Eq. 4). a_i and the pilot gains are ΔEPDMS ×100; τ_i is in clips.", ""]
+    rows = []
+    for d in sorted(doms):
+        info = doms[d] or {}
+        rows.append([str(d), _int(info.get("size")), _signed_x100(info.get("a"), 3),
+                     _num(info.get("tau"), "{:.1f}"), _x100(info.get("rmse"), 3),
+                     _pilot_text(info.get("pilot_points"))])
+    lines += _table(["domain", "pool clips", "a_i (×100)", "τ_i (clips)", "fit RMSE (×100)",
+                     "pilot ΔEPDMS ×100 per seed"], rows)
+    if plot:
+        lines += [f"![Per-domain scaling curves]({plot})", ""]
+    return lines
+
+
+def _section_selection(s: Mapping[str, Any], plots: Mapping[str, str | None]) -> list[str]:
+    sel = s.get("selection") or {}
+    order = s.get("selection_order") or {}
+    if not sel and not order:
+        return []
+    lines = ["## Selection", ""]
+    domains = ordered_domains(s)
+    for method, per_budget in sel.items():
+        items = budget_items(per_budget)
+        if not items:
+            continue
+        present = [d for d in domains if any(((e or {}).get("composition") or {}).get(d)
+                                             for _, e in items)]
+        rows = []
+        for b, e in items:
+            comp = (e or {}).get("composition") or {}
+            rows.append([str(b)] + [_int(comp.get(d, 0)) for d in present]
+                        + [_int(sum(_f(v) for v in comp.values()))])
+        lines += [f"Composition of **{method}** selections (clips per domain):", ""]
+        lines += _table(["budget"] + present + ["total"], rows)
+    if plots.get("composition"):
+        lines += [f"![Domain composition per budget]({plots['composition']})", ""]
+    for method, seq in order.items():
+        if not seq:
+            continue
+        seq = [str(x) for x in seq]
+        rows = []
+        for d in sorted(set(seq)):
+            first = seq.index(d)
+            rows.append([d, str(first), _int(seq.count(d))])
+        lines += [f"**{method}** selection order over {len(seq):,} steps (largest budget):", ""]
+        lines += _table(["domain", "first step drawn", "clips taken"], rows)
+    if plots.get("order"):
+        lines += [f"![Selection order]({plots['order']})", ""]
+    return lines
+
+
+def _mean_std(e: Mapping[str, Any]) -> str:
+    m, sd = _f(e.get("epdms_mean")), _f(e.get("epdms_std"))
+    if not math.isfinite(m):
+        return "—"
+    return f"{100 * m:.2f} ± {100 * sd:.2f}" if math.isfinite(sd) else f"{100 * m:.2f}"
+
+
+def _n_seeds(e: Mapping[str, Any]) -> int | None:
+    if e.get("n_seeds") is not None:
+        return int(e["n_seeds"])
+    per = e.get("epdms_per_seed")
+    return len(per) if per else None
+
+
+def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
+    res = {m: v for m, v in (s.get("results") or {}).items() if budget_items(v)}
+    if not res:
+        return []
+    base = (s.get("base") or {}).get("epdms")
+    brmrs: dict[str, dict[int, float]] = {}
+    if "random" in res:
+        for m in res:
+            brmrs[m] = brmr(res, m, "random", base_epdms=base)
+    lines = ["## Results (validation)", "",
+             "EPDMS ×100, mean ± std over seeds. BRMR = budget the method needs to match "
+             "Random's EPDMS at this budget ÷ this budget (linear interpolation, base model at "
+             "budget 0; lower is better; — = not reached within the measured budgets).", ""]
+    rows = []
+    for m, v in res.items():
+        for b, e in budget_items(v):
+            e = e or {}
+            ns = _n_seeds(e)
+            br = brmrs.get(m, {}).get(b)
+            rows.append([m, str(b), _mean_std(e), "—" if ns is None else str(ns),
+                         _num(br, "{:.2f}") if br is not None else "—"])
+    lines += _table(["method", "budget", "EPDMS ×100 (mean ± std)", "seeds", "BRMR"], rows)
+    if plot:
+        lines += [f"![EPDMS vs budget]({plot})", ""]
+    # nine-term breakdown (paper Table 2)
+    trows = []
+    bsec = s.get("base") or {}
+    if bsec.get("terms"):
+        trows.append(["base", "0", _x100(bsec.get("epdms"))]
+                     + [_x100(bsec["terms"].get(t)) for t in TERMS])
+    for m, v in res.items():
+        for b, e in budget_items(v):
+            terms = (e or {}).get("terms") or {}
+            if terms:
+                trows.append([m, str(b), _x100((e or {}).get("epdms_mean"))]
+                             + [_x100(terms.get(t)) for t in TERMS])
+    if trows:
+        lines += ["Sub-metric breakdown (mean over seeds, each ×100):", ""]
+        lines += _table(["method", "budget", "EPDMS ×100"] + [f"{t} ×100" for t in TERMS], trows)
+    return lines
+
+
+def _section_diff(s: Mapping[str, Any]) -> list[str]:
+    res = s.get("results") or {}
+    mo, ra = dict(budget_items(res.get("mosaic"))), dict(budget_items(res.get("random")))
+    common = sorted(set(mo) & set(ra))
+    if not common:
+        return []
+    rows = []
+    for b in common:
+        em, er = mo[b] or {}, ra[b] or {}
+        d = _f(em.get("epdms_mean")) - _f(er.get("epdms_mean"))
+        nm, nr = _n_seeds(em), _n_seeds(er)
+        sm, sr = _f(em.get("epdms_std")), _f(er.get("epdms_std"))
+        se = float("nan")
+        if nm and nr and math.isfinite(sm) and math.isfinite(sr):
+            se = math.sqrt(sm ** 2 / nm + sr ** 2 / nr)
+        rows.append([str(b), _mean_std(em), _mean_std(er), _signed_x100(d), _x100(se)])
+    lines = ["## MOSAIC − Random", "",
+             "Difference of mean validation EPDMS ×100; SE = sqrt(s_M²/n_M + s_R²/n_R).", ""]
+    return lines + _table(["budget", "MOSAIC ×100", "Random ×100", "Δ ×100", "SE ×100"], rows)
+
+
+def _section_estimated(s: Mapping[str, Any]) -> list[str]:
+    est = budget_items(s.get("estimated"))
+    if not est:
+        return []
+    actual = dict(budget_items((s.get("results") or {}).get("mosaic")))
+    rows = []
+    for b, v in est:
+        a = _f((actual.get(b) or {}).get("epdms_mean"))
+        rows.append([str(b), _x100(v), _x100(a), _signed_x100(a - _f(v))])
+    lines = ["## Estimated vs actual (MOSAIC)", "",
+             "Estimated = base EPDMS + Σ_i ΔU_i(n_i) from the fitted laws (paper Table 5); "
+             "all ×100.", ""]
+    return lines + _table(["budget", "estimated ×100", "actual ×100", "actual − estimated"], rows)
+
+
+def _section_wall(s: Mapping[str, Any]) -> list[str]:
+    wt = (s.get("run") or {}).get("wall_time_s") or {}
+    if not wt:
+        return []
+    vals = {k: _f(v) for k, v in wt.items()}
+    total = sum(v for v in vals.values() if math.isfinite(v))
+    rows = [[str(k), _num(v, "{:,.1f}"), _num(v / 60.0, "{:,.2f}"),
+             f"{100 * v / total:.1f}%" if total > 0 and math.isfinite(v) else "—"]
+            for k, v in vals.items()]
+    rows.append(["**total**", f"{total:,.1f}", f"{total / 60.0:,.2f}", "100.0%" if total else "—"])
+    return ["## Wall time per stage", ""] + _table(["stage", "seconds", "minutes", "share"], rows)
+
+
+# ---------------------------------------------------------------------- entry points
+def render_report(summary: Mapping[str, Any],
+                  plots: Mapping[str, str | None] | None = None) -> str:
+    """Markdown text of the report for ``summary`` (no files written).
+
+    ``plots`` maps ``"scaling" | "order" | "composition" | "epdms"`` to relative PNG links
+    (None or missing: no image link). Raises nothing for missing optional sections.
+    """
+    plots = dict(plots or {})
+    lines: list[str] = []
+    lines += _section_run(summary)
+    lines += _section_data(summary)
+    lines += _section_base(summary)
+    lines += _section_domains(summary, plots.get("scaling"))
+    lines += _section_selection(summary, plots)
+    lines += _section_results(summary, plots.get("epdms"))
+    lines += _section_diff(summary)
+    lines += _section_estimated(summary)
+    lines += _section_wall(summary)
+    links = [(k, v) for k, v in plots.items() if v]
+    if links:
+        lines += ["## Figures", ""] + [f"- [{v}]({v})" for _, v in links] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write ``report.md`` and its PNG figures into ``out_dir`` (created if needed).
+
+    Figures: ``scaling_curves.png`` (Fig. 3), ``selection_order.png`` (Fig. 4),
+    ``composition.png`` and ``epdms_vs_budget.png`` (Fig. 5), each only when its summary
+    section is present. Returns the path of ``report.md``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    makers = {"scaling": plot_scaling_curves, "order": plot_selection_order,
+              "composition": plot_composition, "epdms": plot_epdms_vs_budget}
+    links: dict[str, str | None] = {}
+    for key, fn in makers.items():
+        p = fn(summary, out / PLOT_FILES[key])
+        links[key] = PLOT_FILES[key] if p is not None else None
+    path = out / REPORT_NAME
+    path.write_text(render_report(summary, links), encoding="utf-8")
+    return path

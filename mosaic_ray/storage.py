@@ -1,0 +1,222 @@
+"""One storage layer for local paths and ``s3://`` URIs, over ``pyarrow.fs``.
+
+Every stage reads and writes through :class:`Storage`. Writes are atomic: a local file is
+written under a temporary name in the same folder and renamed; an S3 object becomes visible
+only when its (multipart) upload completes. Stage completion is recorded by
+:meth:`Storage.mark_done` so that reruns skip finished work.
+
+Credentials are never read here explicitly: S3 uses the standard AWS chain (environment,
+config files, instance role); ``StorageConfig`` only adds endpoint, region and scheme.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mosaic_ray.config import StorageConfig
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI (never credentials)."""
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    if uri.startswith("s3://"):
+        return "s3", uri[len("s3://"):]
+    if "://" in uri and not uri.startswith("file://"):
+        raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
+    return "local", os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def make_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
+    """The ``pyarrow`` filesystem and in-filesystem path for ``uri``.
+
+    Raises:
+        StorageError: unsupported scheme.
+    """
+    kind, path = _split_uri(uri)
+    if kind == "local":
+        return pafs.LocalFileSystem(), path
+    cfg = cfg or StorageConfig()
+    kwargs: dict[str, Any] = {}
+    endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        scheme = cfg.scheme
+        if "://" in endpoint:
+            scheme, endpoint = endpoint.split("://", 1)
+        kwargs["endpoint_override"] = endpoint
+        kwargs["scheme"] = scheme or "https"
+    region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs), path.rstrip("/")
+
+
+@dataclass
+class Storage:
+    """A storage root (local folder or ``s3://bucket/prefix``) with atomic I/O helpers.
+
+    Paths given to methods are relative to the root and use ``/``.
+    """
+
+    root_uri: str
+    config: StorageConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.fs, self.root = make_filesystem(self.root_uri, self.config)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:  # never print the filesystem object (it may hold keys)
+        return f"Storage({self.root_uri!r})"
+
+    # ------------------------------------------------------------------ paths
+    def path(self, rel: str = "") -> str:
+        """Filesystem path (no scheme) of ``rel`` under the root."""
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def uri(self, rel: str = "") -> str:
+        """Full URI of ``rel`` (``s3://…`` or an absolute local path)."""
+        p = self.path(rel)
+        return p if self.is_local else f"s3://{p}"
+
+    def child(self, rel: str) -> "Storage":
+        return Storage(self.uri(rel), self.config)
+
+    # ------------------------------------------------------------------ queries
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def list(self, rel: str = "", suffix: str = "", recursive: bool = False) -> list[str]:
+        """Sorted relative paths of files under ``rel`` ending in ``suffix``."""
+        base = self.path(rel)
+        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
+        out = []
+        for info in infos:
+            if info.type != pafs.FileType.File or not info.path.endswith(suffix):
+                continue
+            name = posixpath.basename(info.path)
+            if name.startswith(".tmp-") or name.startswith("_"):
+                continue
+            out.append(posixpath.relpath(info.path, self.root))
+        return sorted(out)
+
+    # ------------------------------------------------------------------ writes
+    def makedirs(self, rel: str) -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomically write ``data`` to ``rel``."""
+        dest = self.path(rel)
+        parent = posixpath.dirname(dest)
+        try:
+            if self.is_local:
+                os.makedirs(parent, exist_ok=True)
+                tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(dest)}")
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, dest)
+            else:  # an S3 object appears only once its upload completes
+                with self.fs.open_output_stream(dest) as f:
+                    f.write(data)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.uri(rel)}: {e}") from e
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except (OSError, FileNotFoundError) as e:
+            raise StorageError(f"cannot read {self.uri(rel)}: {e}") from e
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=False, default=_json_default).encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Atomically write ``table`` as one Parquet file (zstd)."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(rel, buf.getvalue())
+
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        """Read one Parquet file, or every ``*.parquet`` under a folder, as one table.
+
+        Raises:
+            StorageError: missing path or unreadable Parquet (the message names the file).
+        """
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"{self.uri(rel)} does not exist")
+        files = [rel] if info.type == pafs.FileType.File else self.list(rel, ".parquet", recursive=True)
+        tables = []
+        for f in files:
+            try:
+                tables.append(pq.read_table(self.path(f), filesystem=self.fs, columns=columns))
+            except (OSError, pa.ArrowInvalid) as e:
+                raise StorageError(f"cannot read Parquet {self.uri(f)}: {e}") from e
+        if not tables:
+            raise StorageError(f"no Parquet files under {self.uri(rel)}")
+        return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+    def delete(self, rel: str) -> None:
+        p = self.path(rel)
+        info = self.fs.get_file_info(p)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(p)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(p)
+
+    # ------------------------------------------------------------------ completion
+    def mark_done(self, stage: str, payload: dict[str, Any] | None = None) -> None:
+        """Record that ``stage`` finished (``<stage>/_SUCCESS.json``)."""
+        self.write_json(f"{stage}/_SUCCESS.json", payload or {})
+
+    def is_done(self, stage: str) -> bool:
+        return self.exists(f"{stage}/_SUCCESS.json")
+
+    def done_payload(self, stage: str) -> dict[str, Any]:
+        return self.read_json(f"{stage}/_SUCCESS.json")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_shards(storage: Storage, rel_dir: str, table: pa.Table, shard_size: int,
+                 prefix: str = "shard") -> list[str]:
+    """Split ``table`` into Parquet shards of ``shard_size`` rows under ``rel_dir``."""
+    names = []
+    n = table.num_rows
+    for i, start in enumerate(range(0, max(n, 1), shard_size)):
+        part = table.slice(start, shard_size)
+        name = f"{rel_dir}/{prefix}-{i:05d}.parquet"
+        storage.write_table(name, part)
+        names.append(name)
+    return names
+
+
+def iter_tables(storage: Storage, rels: Iterable[str], columns: list[str] | None = None):
+    for r in rels:
+        yield r, storage.read_table(r, columns=columns)
