@@ -49,6 +49,10 @@ class RayConfig(_Strict):
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
     num_gpus: int | None = Field(None, ge=0)
+    include_dashboard: bool = Field(True, description="the dashboard hosts the State API and the job server")
+    train_health_check_interval_s: float = Field(
+        0.5, gt=0, description="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: Train's controller poll period "
+        "(Ray's default of 2 s adds ~5 s of idle time to every short training run)")
     no_progress_timeout_s: float | None = Field(
         600.0, description="RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S: turns a stall into an error")
 
@@ -185,6 +189,7 @@ class TrainConfig(_Strict):
     epochs: int = Field(40, ge=1)
     seeds: list[int] = Field([0], min_length=1)
     init: Literal["base", "scratch"] = Field("scratch", description="start from the base checkpoint or from scratch")
+    cache_shard: bool = Field(True, description="keep each worker's featurised shard in memory after epoch 1")
 
 
 class ExperimentConfig(_Strict):

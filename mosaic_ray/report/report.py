@@ -158,8 +158,10 @@ def _section_run(s: Mapping[str, Any]) -> list[str]:
     lines = [title, ""]
     meta = [(k, run.get(k)) for k in ("config_path", "started", "finished") if run.get(k)]
     wt = run.get("wall_time_s") or {}
-    if wt:
-        total = sum(_f(v) for v in wt.values() if math.isfinite(_f(v)))
+    if wt or run.get("total_wall_time_s"):
+        total = _f(run.get("total_wall_time_s", float("nan")))
+        if not math.isfinite(total):
+            total = sum(_f(v) for v in wt.values() if math.isfinite(_f(v)))
         meta.append(("total wall time", f"{total:,.1f} s ({total / 3600.0:.2f} h)"))
     for k, v in meta:
         lines.append(f"- **{k}**: `{v}`" if k == "config_path" else f"- **{k}**: {v}")

@@ -15,10 +15,10 @@ def ray_env_defaults(cfg: ExperimentConfig) -> None:
     """Environment settings Ray reads at start-up (set only where the user has not)."""
     if cfg.ray.no_progress_timeout_s:
         os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", str(int(cfg.ray.no_progress_timeout_s)))
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.ray.train_health_check_interval_s))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 @contextlib.contextmanager
@@ -32,8 +32,10 @@ def ray_session(cfg: ExperimentConfig):
     ray_env_defaults(cfg)
     started = False
     if not ray.is_initialized():
-        kwargs = {"include_dashboard": False, "log_to_driver": True,
-                  "runtime_env": {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}}
+        env = {"PYTHONWARNINGS": "ignore::DeprecationWarning",
+               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}
+        kwargs = {"include_dashboard": cfg.ray.include_dashboard, "log_to_driver": True,
+                  "runtime_env": {"env_vars": env}}
         if cfg.ray.address:
             ray.init(address=cfg.ray.address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
         else:

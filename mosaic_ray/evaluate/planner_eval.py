@@ -1,0 +1,123 @@
+"""Score a planner on clips: its chosen trajectory's EPDMS and nine terms per clip.
+
+Used for the importance of pool clips (EPDMS of the base model on each clip, MOSAIC §3.2.1),
+for pilot-run ΔU and for the final validation utility U = mean EPDMS over validation clips
+(the paper reports ×100). EC needs the planner's output 0.5 s earlier in the same log: the
+planner is run on the clip's previous-frame observation where the clip has one; elsewhere EC
+and its weight are dropped for that clip (EPDMS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mosaic_ray.data.clip import T0_INDEX, Clip
+from mosaic_ray.planner.features import PREV_OFFSET, FeatureSpec, featurize_clips
+from mosaic_ray.planner.training import plan_batches
+from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_trajectories
+from mosaic_ray.scoring.simulate import simulate_poses
+
+
+@dataclass
+class ClipScores:
+    """Per-clip results of one planner on ``n`` clips.
+
+    Attributes:
+        clip_ids: (n,) object str.
+        epdms: (n,) float64 in [0, 1], human-filtered.
+        terms: (n, 9) float64, columns in :data:`TERMS` order; EC is NaN where unavailable.
+        ec_available: (n,) bool.
+        entropy: (n,) float64, nats, of the vocabulary softmax.
+        embedding: (n, E) float32 scene embeddings.
+        choice: (n,) int64 chosen vocabulary index.
+        trajectory: (n, 8, 3) float32 chosen poses (ego frame, m / rad).
+    """
+
+    clip_ids: np.ndarray
+    epdms: np.ndarray
+    terms: np.ndarray
+    ec_available: np.ndarray
+    entropy: np.ndarray
+    embedding: np.ndarray
+    choice: np.ndarray
+    trajectory: np.ndarray
+
+    def utility(self) -> dict:
+        """Mean EPDMS and mean of each term (EC over clips where available)."""
+        if len(self.epdms) == 0:
+            raise ValueError("no clips scored")
+        terms = {}
+        for j, t in enumerate(TERMS):
+            col = self.terms[:, j]
+            terms[t] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
+        return {"epdms": float(np.mean(self.epdms)), "epdms_std_clips": float(np.std(self.epdms)),
+                "n_clips": int(len(self.epdms)), "terms": terms}
+
+
+class SceneCache:
+    """Prepared scorer scenes by clip id (scene preparation is per clip, model independent)."""
+
+    def __init__(self):
+        self._scenes: dict[str, object] = {}
+
+    def get(self, clip: Clip):
+        s = self._scenes.get(clip.clip_id)
+        if s is None:
+            s = prepare_scene(clip)
+            self._scenes[clip.clip_id] = s
+        return s
+
+
+def score_planner(model, clips: list[Clip], spec: FeatureSpec, cache: SceneCache | None = None,
+                  feats: dict | None = None, batch_size: int = 256) -> ClipScores:
+    """Run ``model`` on ``clips`` and score its chosen trajectories with EPDMS.
+
+    Args:
+        model: a :class:`~mosaic_ray.planner.model.VocabularyPlanner` (eval mode is set).
+        clips: the clips; ``feats`` may pass their precomputed features (with ``prev_*``).
+
+    Raises:
+        ValueError: empty ``clips``.
+    """
+    if not clips:
+        raise ValueError("no clips to score")
+    cache = cache or SceneCache()
+    feats = feats if feats is not None else featurize_clips(clips, spec, with_prev=True)
+    cur = plan_batches(model, feats, batch_size)
+    prev = plan_batches(model, feats, batch_size, prefix="prev_")
+    n = len(clips)
+    epdms = np.zeros(n)
+    terms = np.full((n, len(TERMS)), np.nan)
+    ec_ok = np.zeros(n, bool)
+    for i, clip in enumerate(clips):
+        prev_states = None
+        if feats["prev_valid"][i]:
+            start = clip.ego_states[T0_INDEX + PREV_OFFSET]
+            prev_states = simulate_poses(start, prev["trajectory"][i][None].astype(np.float64))[0]
+        res = score_trajectories(cache.get(clip), cur["trajectory"][i][None].astype(np.float64),
+                                 prev_states=prev_states)
+        epdms[i] = res.epdms[0]
+        for j, t in enumerate(TERMS):
+            terms[i, j] = res.terms[t][0]
+        ec_ok[i] = res.ec_available
+    return ClipScores(np.array([c.clip_id for c in clips], dtype=object), epdms, terms, ec_ok,
+                      cur["entropy"].astype(np.float64), cur["embedding"], cur["choice"].astype(np.int64),
+                      cur["trajectory"])
+
+
+def score_human(clips: list[Clip], cache: SceneCache | None = None) -> dict:
+    """EPDMS of the logged human futures (no human filter): the data's own ceiling."""
+    from mosaic_ray.scoring.epdms import score_human as _score_human
+
+    cache = cache or SceneCache()
+    vals, terms = [], {t: [] for t in TERMS}
+    for c in clips:
+        t, e = _score_human(cache.get(c))
+        vals.append(e)
+        for k in TERMS:
+            terms[k].append(t[k])
+    return {"epdms": float(np.mean(vals)),
+            "terms": {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                      for k, v in ((k, np.asarray(v, float)) for k, v in terms.items())}}

@@ -1,0 +1,187 @@
+"""``mosaic-ray score``: the planner and the EPDMS scorer over every pool clip, on Ray Data.
+
+Ray Data streams the pool's clip shards through an actor pool
+(``map_batches(ScoreStage, compute=ActorPoolStrategy(size=n))``); each actor loads the
+planner checkpoint once and, per batch, runs the planner (t0 and the previous frame) and
+scores its chosen trajectory. Output (``<run>/score/scores/*.parquet``), one row per pool
+clip: metadata for domain assignment, ``importance`` (EPDMS of the base model on the clip,
+MOSAIC §3.2.1), the nine terms, ``ec_available``, ``entropy`` and ``embedding``, and
+``status`` ("ok" or the reason the clip could not be scored — such a clip keeps its row
+with NaN scores so that no clip is silently dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.scoring.epdms import TERMS
+from mosaic_ray.stages.base import ProcessingStage, Resources, map_stage
+from mosaic_ray.storage import Storage
+
+log = logging.getLogger(__name__)
+STAGE = "score"
+META_COLUMNS = ("clip_id", "dataset", "site", "segment", "scenario_id")
+
+
+def scores_schema(embed_dim: int) -> pa.Schema:
+    fields = [pa.field(c, pa.string()) for c in META_COLUMNS]
+    fields += [pa.field("importance", pa.float64())]
+    fields += [pa.field(t.lower(), pa.float64()) for t in TERMS]
+    fields += [pa.field("ec_available", pa.bool_()), pa.field("entropy", pa.float64()),
+               pa.field("embedding", pa.list_(pa.float32(), embed_dim)), pa.field("choice", pa.int64()),
+               pa.field("status", pa.string())]
+    return pa.schema(fields)
+
+
+class ScoreStage(ProcessingStage):
+    """Planner + EPDMS per clip (stateful: the checkpoint loads once per actor)."""
+
+    name = "score"
+    stateful = True
+
+    def __init__(self, storage_root: str, storage_cfg: dict, checkpoint: str, batch_size: int,
+                 cpus: float, gpus: float, torch_threads: int = 1):
+        self.storage_root, self.storage_cfg, self.checkpoint = storage_root, storage_cfg, checkpoint
+        self.batch_size = batch_size
+        self.resources = Resources(cpus=cpus, gpus=gpus)
+        self.torch_threads = torch_threads
+
+    def setup(self) -> None:
+        import torch
+
+        from mosaic_ray.config import StorageConfig
+        from mosaic_ray.planner.model import load_checkpoint
+        from mosaic_ray.stages.train import local_copy
+
+        torch.set_num_threads(self.torch_threads)
+        st = Storage(self.storage_root, StorageConfig(**self.storage_cfg))
+        self.device = "cuda" if (self.resources.gpus > 0 and torch.cuda.is_available()) else "cpu"
+        self.model = load_checkpoint(local_copy(st, self.checkpoint), map_location=self.device).to(self.device)
+        self.model.eval()
+        self.schema = scores_schema(self.model.spec.embed_dim)
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        from mosaic_ray.data.clip import clip_from_row, clips_from_table
+        from mosaic_ray.evaluate.planner_eval import score_planner
+
+        E = self.model.spec.embed_dim
+        try:
+            clips = clips_from_table(batch)
+            good, bad = clips, {}
+        except Exception:  # decode clip by clip to isolate the broken rows
+            rows = batch.to_pylist()
+            good, bad = [], {}
+            for r in rows:
+                try:
+                    good.append(clip_from_row(r))
+                except Exception as e:
+                    bad[r.get("clip_id")] = f"decode_error: {type(e).__name__}: {e}"[:300]
+        out = {c: [] for c in self.schema.names}
+        results: list[tuple] = []  # (ClipScores or None, row index, error or None) per good clip
+        if good:
+            try:
+                res = score_planner(self.model, good, self.model.spec.features)
+                results = [(res, i, None) for i in range(len(good))]
+            except Exception:  # isolate the clip that fails
+                for c in good:
+                    try:
+                        results.append((score_planner(self.model, [c], self.model.spec.features), 0, None))
+                    except Exception as e:
+                        results.append((None, 0, f"score_error: {type(e).__name__}: {e}"[:300]))
+        for c, (one, i, err) in zip(good, results):
+            for m in META_COLUMNS:
+                out[m].append(getattr(c, m))
+            if err is not None:
+                self._nan_row(out, E, err)
+                continue
+            out["importance"].append(float(one.epdms[i]))
+            for j, t in enumerate(TERMS):
+                out[t.lower()].append(float(one.terms[i, j]))
+            out["ec_available"].append(bool(one.ec_available[i]))
+            out["entropy"].append(float(one.entropy[i]))
+            out["embedding"].append(one.embedding[i].astype(np.float32))
+            out["choice"].append(int(one.choice[i]))
+            out["status"].append("ok")
+        for cid, err in bad.items():
+            out["clip_id"].append(cid)
+            for m in META_COLUMNS[1:]:
+                out[m].append(None)
+            self._nan_row(out, E, err)
+        return pa.Table.from_pydict(out, schema=self.schema)
+
+    @staticmethod
+    def _nan_row(out: dict, E: int, err: str) -> None:
+        out["importance"].append(float("nan"))
+        for t in TERMS:
+            out[t.lower()].append(float("nan"))
+        out["ec_available"].append(False)
+        out["entropy"].append(float("nan"))
+        out["embedding"].append(np.full(E, np.nan, np.float32))
+        out["choice"].append(-1)
+        out["status"].append(err)
+
+
+def default_num_actors(cfg: ExperimentConfig) -> int:
+    """Actors that fit the CPUs Ray sees while leaving room for the read tasks."""
+    from mosaic_ray.stages.runtime import cluster_cpus, cluster_gpus
+
+    if cfg.score.num_actors:
+        return cfg.score.num_actors
+    if cfg.score.num_gpus_per_actor > 0:
+        return max(1, int(cluster_gpus() // cfg.score.num_gpus_per_actor))
+    cpus = cluster_cpus()
+    return max(1, min(int(cpus), int((cpus - 0.5) // cfg.score.num_cpus_per_actor)))
+
+
+def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: str = "pool",
+              out: str = STAGE, force: bool = False) -> dict:
+    """Score every clip of ``split`` with the planner at ``checkpoint`` (storage-relative).
+
+    Returns:
+        ``{"rows": n, "ok": n_ok, "errors": n_err, "wall_time_s": s, "actors": k}``.
+
+    Raises:
+        RuntimeError: the output does not hold exactly one row per input clip.
+    """
+    import ray
+
+    if storage.is_done(out) and not force:
+        return storage.done_payload(out)
+    t0 = time.time()
+    shards = storage.list(f"ingest/clips/{split}", ".parquet")
+    if not shards:
+        raise FileNotFoundError(f"no clip shards for split {split!r}; run ingest first")
+    if storage.exists(f"{out}/scores"):
+        storage.delete(f"{out}/scores")
+    n_actors = default_num_actors(cfg)
+    stage = ScoreStage(storage.root_uri, cfg.storage.model_dump(), checkpoint, cfg.score.batch_size,
+                       cfg.score.num_cpus_per_actor, cfg.score.num_gpus_per_actor, cfg.planner.torch_threads)
+    ds = ray.data.read_parquet([storage.path(s) for s in shards], filesystem=storage.fs)
+    ds = ds.repartition(max(len(shards), 2 * n_actors))
+    print(f"[score] {split}: {len(shards)} shards through {n_actors} actor(s) "
+          f"({cfg.score.num_cpus_per_actor} CPU, {cfg.score.num_gpus_per_actor} GPU each)", flush=True)
+    scored = map_stage(ds, stage, num_workers=n_actors)
+    scored.write_parquet(storage.path(f"{out}/scores"), filesystem=storage.fs)
+    # exactly one row per input clip
+    want = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
+    got_t = storage.read_table(f"{out}/scores", columns=["clip_id", "status"])
+    got = got_t.column("clip_id").to_pylist()
+    if sorted(got) != sorted(want):
+        missing, extra = set(want) - set(got), len(got) - len(set(got))
+        raise RuntimeError(f"score output mismatch: {len(missing)} clips missing, {extra} duplicated rows")
+    status = got_t.column("status").to_pylist()
+    n_ok = sum(s == "ok" for s in status)
+    payload = {"rows": len(got), "ok": n_ok, "errors": len(got) - n_ok, "actors": n_actors,
+               "checkpoint": checkpoint, "wall_time_s": round(time.time() - t0, 1)}
+    storage.mark_done(out, payload)
+    print(f"[score] {payload['rows']} clips scored ({payload['errors']} errors) in {payload['wall_time_s']} s", flush=True)
+    return payload
+
+
+def load_scores(storage: Storage, out: str = STAGE) -> pa.Table:
+    return storage.read_table(f"{out}/scores")
