@@ -277,7 +277,8 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(
             f"data directory {data_dir!r} does not exist; set data_dir in the config or "
             f"{DATA_DIR_ENV} to the folder holding the CommonRoad NGSIM XML files (see README)")
-    if cfg.train.num_workers * cfg.train.cpus_per_worker > (cfg.ray.num_cpus or os.cpu_count() or 1):
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    if local and cfg.train.num_workers * cfg.train.cpus_per_worker > (cfg.ray.num_cpus or os.cpu_count() or 1):
         raise ConfigError(
             f"train.num_workers × train.cpus_per_worker = "
             f"{cfg.train.num_workers * cfg.train.cpus_per_worker} exceeds the CPUs Ray will have; "

@@ -36,8 +36,9 @@ def ray_session(cfg: ExperimentConfig):
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}
         kwargs = {"include_dashboard": cfg.ray.include_dashboard, "log_to_driver": True,
                   "runtime_env": {"env_vars": env}}
-        if cfg.ray.address:
-            ray.init(address=cfg.ray.address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:  # a cluster (also inside `ray job submit`, which sets RAY_ADDRESS)
+            ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
         else:
             ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, **kwargs)
         started = True
