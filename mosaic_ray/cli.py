@@ -1,7 +1,7 @@
 """``mosaic-ray``: the command line.
 
     mosaic-ray run CONFIG                 # every stage, then the report
-    mosaic-ray ingest|base|score|pilot|select|train|report CONFIG
+    mosaic-ray ingest|base|score|domains|pilot|select|train|report CONFIG
     mosaic-ray validate CONFIG            # check a config and exit
 
 Options: ``--set key=value`` (dotted keys, YAML values) overrides config entries;
@@ -17,7 +17,7 @@ import yaml
 
 from mosaic_ray.config import ConfigError, load_config
 
-COMMANDS = ("run", "ingest", "base", "score", "pilot", "select", "train", "report", "validate")
+COMMANDS = ("run", "ingest", "base", "score", "domains", "pilot", "select", "train", "report", "validate")
 
 
 def _overrides(items: list[str]) -> dict:

@@ -23,7 +23,8 @@ DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "commonroad-ngsim"
 DATA_DIR_ENV = "MOSAIC_DATA_DIR"
 OUTPUT_DIR_ENV = "MOSAIC_OUTPUT_DIR"
 
-KNOWN_METHODS = ("mosaic", "random")
+KNOWN_METHODS = ("mosaic", "random", "uncertainty", "coreset", "chameleon",
+                 "mosaic_no_cluster", "mosaic_no_rank")
 KNOWN_DOMAIN_COLUMNS = ("site", "segment", "scenario_id", "dataset")
 
 
@@ -58,9 +59,20 @@ class RayConfig(_Strict):
 
 
 class IngestConfig(_Strict):
-    """Clip cutting and splitting (NAVSIM-style clips from CommonRoad recordings)."""
+    """Clip cutting and splitting (NAVSIM-style clips from CommonRoad or ScenarioNet recordings)."""
 
-    source: Literal["commonroad"] = "commonroad"
+    source: Literal["commonroad", "scenarionet"] = Field(
+        "commonroad", description="commonroad: CommonRoad XML files (NGSIM); scenarionet: ScenarioNet "
+        "*.pkl scenarios (Waymo, nuScenes, nuPlan, Argoverse 2, ... converted by ScenarioNet)")
+    data_dirs: list[str] | None = Field(
+        None, description="several input folders read as one (relative to the config file); "
+        "None = the experiment's data_dir")
+    other_egos: bool = Field(False, description="scenarionet: moving vehicles other than the sdc are egos too")
+    segment_by: Literal["scenario", "map"] = Field(
+        "scenario", description="scenarionet: the split unit (segment) is the scenario or the map/location")
+    split_mode: Literal["auto", "pool", "validation"] = Field(
+        "auto", description="auto: validation / train / pool by segment; pool or validation: every clip "
+        "goes to that split (a dataset too small to split, e.g. to score it with another run's planner)")
     history_s: float = Field(1.5, description="must be 1.5 (NAVSIM) in this version")
     future_s: float = Field(4.0, description="must be 4.0 (NAVSIM) in this version")
     stride_s: float | None = Field(None, gt=0, description="t0 spacing per vehicle; None = non-overlapping (5.5 s)")
@@ -100,6 +112,13 @@ class PlannerConfig(_Strict):
     augment_mirror: bool = Field(True, description="add left-right mirrored copies when training")
     seed: int = 0
     torch_threads: int = Field(1, ge=1)
+    distill: bool = Field(False, description="rule-distillation heads (Hydra-MDP): learn every anchor's EPDMS "
+                          "sub-scores from <run>/distill/targets and choose the plan by imitation + predicted scores")
+    distill_loss_weight: float = Field(1.0, ge=0, description="weight of the distillation BCE next to the imitation loss")
+    distill_im_weight: float = Field(1.0, ge=0, description="plan choice: weight of log softmax(imitation)")
+    distill_penalty_weight: float = Field(1.0, ge=0, description="plan choice: weight of sum log NC, DAC, DDC, TLC")
+    distill_weighted_weight: float = Field(1.0, ge=0, description="plan choice: weight of log of the weighted "
+                                           "EP/TTC/LK/HC average")
 
 
 class ScoreConfig(_Strict):
@@ -109,10 +128,19 @@ class ScoreConfig(_Strict):
     num_actors: int | None = Field(None, ge=1, description="None = fit to the CPUs Ray sees")
     num_cpus_per_actor: float = Field(0.5, gt=0)
     num_gpus_per_actor: float = Field(0.0, ge=0)
+    checkpoint: str | None = Field(
+        None, description="score with this planner checkpoint (local path or s3:// URI of a planner/*.pt, "
+        "e.g. from another run) instead of this run's base model; copied to planner/external.pt")
 
 
-class DomainConfig(_Strict):
-    column: str = "site"
+class DomainVariant(_Strict):
+    """One way to split the pool into domains (paper §3.2.1 and Table 8)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_]+$")
+    kind: Literal["metadata", "captions", "embedding"] = "metadata"
+    column: str = Field("site", description="metadata: the column (site, segment, scenario_id, dataset)")
+    k: int = Field(6, ge=2, description="captions / embedding: number of k-means clusters (paper: 6)")
+    seed: int = 0
 
     @field_validator("column")
     @classmethod
@@ -120,6 +148,50 @@ class DomainConfig(_Strict):
         if v not in KNOWN_DOMAIN_COLUMNS:
             raise ValueError(f"unknown domain column {v!r}; known: {', '.join(KNOWN_DOMAIN_COLUMNS)}")
         return v
+
+
+class DomainConfig(_Strict):
+    """Domains: ``column`` alone (a metadata column), or several ``variants``; the first variant
+    is the default one, used by methods named without ``@variant``."""
+
+    column: str = "site"
+    variants: list[DomainVariant] = Field(default_factory=list)
+
+    @field_validator("column")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in KNOWN_DOMAIN_COLUMNS:
+            raise ValueError(f"unknown domain column {v!r}; known: {', '.join(KNOWN_DOMAIN_COLUMNS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> "DomainConfig":
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"domain variant names must be unique, got {names}")
+        return self
+
+    def all_variants(self) -> list[DomainVariant]:
+        return list(self.variants) or [DomainVariant(name=self.column, kind="metadata", column=self.column)]
+
+    def variant(self, name: str | None) -> DomainVariant:
+        """The named variant (the default one for None).
+
+        Raises:
+            ValueError: no such variant."""
+        vs = self.all_variants()
+        if name is None:
+            return vs[0]
+        for v in vs:
+            if v.name == name:
+                return v
+        raise ValueError(f"unknown domain variant {name!r}; known: {[v.name for v in vs]}")
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """``"chameleon@captions"`` -> ("chameleon", "captions"); ``"random"`` -> ("random", None)."""
+    base, _, variant = method.partition("@")
+    return base, (variant or None)
 
 
 class PilotConfig(_Strict):
@@ -158,9 +230,12 @@ class SelectionConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
-        unknown = [m for m in v if m not in KNOWN_METHODS]
+        unknown = [m for m in v if split_method(m)[0] not in KNOWN_METHODS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {', '.join(KNOWN_METHODS)}")
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(KNOWN_METHODS)} "
+                             "(optionally with @<domain variant>, e.g. mosaic@captions)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods listed twice: {v}")
         return v
 
     def resolve_budgets(self, pool_size: int) -> list[int]:
@@ -186,10 +261,13 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(60, ge=1)
     seeds: list[int] = Field([0], min_length=1)
     init: Literal["base", "scratch"] = Field("scratch", description="start from the base checkpoint or from scratch")
     cache_shard: bool = Field(True, description="keep each worker's featurised shard in memory after epoch 1")
+    concurrency: int = Field(1, ge=1, description="grid cells (final trainings) run at the same time")
+    checkpoint_every: int = Field(10, ge=1, description="epochs between Train checkpoints (resume points)")
+    full_pool: bool = Field(False, description="also train on D_train ∪ the whole pool (a reference line)")
 
 
 class ExperimentConfig(_Strict):
@@ -209,6 +287,17 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = Field(64, ge=1)
 
+    @model_validator(mode="after")
+    def _method_variants(self) -> "ExperimentConfig":
+        for m in self.selection.methods:
+            base, variant = split_method(m)
+            if variant is not None:
+                self.domains.variant(variant)  # raises for an unknown variant
+                if base not in ("mosaic", "chameleon", "mosaic_no_rank"):
+                    raise ValueError(f"method {m!r}: only domain-based methods (mosaic, mosaic_no_rank, "
+                                     "chameleon) take a @variant")
+        return self
+
     # ------------------------------------------------------------------ derived
     @property
     def run_uri(self) -> str:
@@ -216,6 +305,10 @@ class ExperimentConfig(_Strict):
 
     def resolved_data_dir(self) -> str:
         return self.data_dir or os.environ.get(DATA_DIR_ENV) or str(DEFAULT_DATA_DIR)
+
+    def resolved_data_dirs(self) -> list[str]:
+        """Input folders of the ingest: ``ingest.data_dirs`` if set, else ``[resolved_data_dir()]``."""
+        return list(self.ingest.data_dirs) if self.ingest.data_dirs else [self.resolved_data_dir()]
 
 
 def _resolve_path(value: str | None, base: Path) -> str | None:
@@ -250,6 +343,12 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     base = p.resolve().parent
     if raw.get("data_dir") is not None:
         raw["data_dir"] = _resolve_path(str(raw["data_dir"]), base)
+    ing = raw.get("ingest")
+    if isinstance(ing, dict) and isinstance(ing.get("data_dirs"), list):
+        ing["data_dirs"] = [_resolve_path(str(d), base) for d in ing["data_dirs"]]
+    sc = raw.get("score")
+    if isinstance(sc, dict) and sc.get("checkpoint") is not None:
+        sc["checkpoint"] = _resolve_path(str(sc["checkpoint"]), Path.cwd())
     if os.environ.get(OUTPUT_DIR_ENV):
         raw["output_dir"] = os.environ[OUTPUT_DIR_ENV]
     elif raw.get("output_dir") is not None:
@@ -272,11 +371,13 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
                 msg = "unknown key"
             lines.append(f"  {loc}: {msg}")
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
-    data_dir = cfg.resolved_data_dir()
-    if "://" not in data_dir and not Path(data_dir).is_dir():
-        raise ConfigError(
-            f"data directory {data_dir!r} does not exist; set data_dir in the config or "
-            f"{DATA_DIR_ENV} to the folder holding the CommonRoad NGSIM XML files (see README)")
+    for data_dir in cfg.resolved_data_dirs():
+        if "://" not in data_dir and not Path(data_dir).is_dir():
+            what = ("the ScenarioNet *.pkl scenarios" if cfg.ingest.source == "scenarionet"
+                    else "the CommonRoad NGSIM XML files")
+            raise ConfigError(
+                f"data directory {data_dir!r} does not exist; set data_dir (or ingest.data_dirs) in the "
+                f"config or {DATA_DIR_ENV} to the folder holding {what} (see README)")
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     if local and cfg.train.num_workers * cfg.train.cpus_per_worker > (cfg.ray.num_cpus or os.cpu_count() or 1):
         raise ConfigError(

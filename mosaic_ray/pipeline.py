@@ -32,7 +32,7 @@ from mosaic_ray.planner.features import to_frame, wrap_angle
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
-STAGES = ("ingest", "base", "score", "pilot", "select", "train", "report")
+STAGES = ("ingest", "base", "score", "domains", "pilot", "select", "train", "report")
 
 
 class Run:
@@ -118,7 +118,8 @@ def stage_base(run: Run, force: bool = False) -> dict:
         np.save(buf, anchors)
         st.write_bytes("planner/vocabulary.npy", buf.getvalue())
         print(f"[base] vocabulary of {len(anchors)} anchors from {len(fut)} futures; training on D_train", flush=True)
-        info = train_planner(cfg, st, name="base", epochs=cfg.planner.base_epochs, seed=cfg.planner.seed)
+        info = train_planner(cfg, st, name="base", epochs=cfg.planner.base_epochs, seed=cfg.planner.seed,
+                             fresh=force)
         util = run.evaluate(info["checkpoint"])
         clips, cache = run.validation()
         human = score_human(clips, cache)
@@ -129,35 +130,173 @@ def stage_base(run: Run, force: bool = False) -> dict:
     return payload
 
 
+EXTERNAL_CHECKPOINT = "planner/external.pt"
+
+
+def import_checkpoint(run: Run, uri: str) -> str:
+    """Copy a planner checkpoint from another run (local path or ``s3://`` URI) into this run's
+    ``planner/external.pt``; returns that storage-relative path.
+
+    The file is first opened with ``torch.load(weights_only=True)`` (tensors and plain
+    containers only), so a checkpoint that would run code when unpickled is refused before it
+    reaches :func:`~mosaic_ray.planner.model.load_checkpoint`.
+
+    Raises:
+        FileNotFoundError: nothing at ``uri``.
+        ValueError: not a planner checkpoint (or not loadable with ``weights_only=True``).
+    """
+    import io
+    import posixpath
+
+    import torch
+
+    from mosaic_ray.storage import Storage, StorageError
+
+    parent, name = posixpath.split(uri.rstrip("/"))
+    try:
+        data = Storage(parent or ".", run.cfg.storage).read_bytes(name)
+    except (StorageError, OSError) as e:
+        raise FileNotFoundError(f"score.checkpoint {uri!r}: cannot read it ({e})") from e
+    try:
+        ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(ck, dict) or "spec" not in ck or "anchors" not in ck.get("state_dict", {}):
+            raise KeyError("spec / state_dict.anchors")
+    except Exception as e:
+        raise ValueError(f"score.checkpoint {uri!r} is not a planner checkpoint loadable with "
+                         f"weights_only=True: {type(e).__name__}: {str(e)[:200]}") from e
+    run.storage.write_bytes(EXTERNAL_CHECKPOINT, data)
+    print(f"[score] planner checkpoint {uri} -> {run.storage.uri(EXTERNAL_CHECKPOINT)}", flush=True)
+    return EXTERNAL_CHECKPOINT
+
+
 def stage_score(run: Run, force: bool = False) -> dict:
+    """Score the pool with this run's base planner, or with ``score.checkpoint`` (another run's
+    planner, copied to ``planner/external.pt``; the base stage is then not needed)."""
     from mosaic_ray.stages.score import STAGE, run_score
 
     if run.storage.is_done(STAGE) and not force:
         return run.storage.done_payload(STAGE)
     with run.timed("score"):
-        return run_score(run.cfg, run.storage, "planner/base.pt", force=force)
+        ckpt = "planner/base.pt"
+        if run.cfg.score.checkpoint:
+            ckpt = import_checkpoint(run, run.cfg.score.checkpoint)
+        elif not run.storage.exists(ckpt):
+            raise FileNotFoundError(f"no {run.storage.uri(ckpt)}: run the base stage first, or set "
+                                    "score.checkpoint to a planner checkpoint of another run")
+        return run_score(run.cfg, run.storage, ckpt, force=force)
 
 
-def ranked_pool(run: Run):
-    """The scored pool as a PoolView and, per domain, clip ids in rank order."""
-    from mosaic_ray.domains.metadata import pool_view
+def stage_score_train(run: Run, force: bool = False) -> dict | None:
+    """D_train's embeddings (the planner scored on D_train), needed by the coreset baseline."""
+    from mosaic_ray.config import split_method
+    from mosaic_ray.stages.score import run_score
+
+    if not any(split_method(m)[0] == "coreset" for m in run.cfg.selection.methods):
+        return None
+    if run.storage.is_done("score_train") and not force:
+        return run.storage.done_payload("score_train")
+    ckpt = run.storage.done_payload("score").get("checkpoint", "planner/base.pt")
+    with run.timed("score_train"):
+        return run_score(run.cfg, run.storage, ckpt, split="train", out="score_train", force=force)
+
+
+def stage_domains(run: Run, force: bool = False) -> dict:
+    """Domain labels of every pool clip under each configured variant (``domains/<name>.parquet``)
+    with each assigner's description (``domains/<name>.json``: sizes, caption n-grams, …)."""
+    from mosaic_ray.domains.assigners import make_assigner
+    from mosaic_ray.stages.ingest import load_clips
+    from mosaic_ray.stages.score import load_scores
+
+    st, cfg = run.storage, run.cfg
+    out = {}
+    scores = None
+    for v in cfg.domains.all_variants():
+        rel = f"domains/{v.name}.parquet"
+        if st.exists(rel) and st.exists(f"domains/{v.name}.json") and not force:
+            out[v.name] = st.read_json(f"domains/{v.name}.json")
+            continue
+        with run.timed(f"domains_{v.name}"):
+            scores = scores if scores is not None else load_scores(st)
+            kw = {"column": v.column} if v.kind == "metadata" else {"k": v.k, "seed": v.seed}
+            assigner = make_assigner(v.kind, **kw)
+            clips = None
+            if v.kind == "captions":
+                clips = load_clips(st, "pool")
+            labels = assigner.fit_assign(scores=scores, clips=clips)
+            table = pa.table({"clip_id": scores.column("clip_id"), "domain": pa.array([str(x) for x in labels])})
+            st.write_table(rel, table)
+            desc = {"kind": v.kind, **assigner.describe(), "sizes": dict(Counter(map(str, labels)))}
+            st.write_json(f"domains/{v.name}.json", desc)
+            out[v.name] = desc
+            print(f"[domains] {v.name} ({v.kind}): {len(desc['sizes'])} domains, sizes "
+                  f"{dict(sorted(desc['sizes'].items()))}", flush=True)
+    return out
+
+
+def ranked_pool(run: Run, variant: str | None = None):
+    """The scored pool as a PoolView under a domain variant (default: the first) and, per
+    domain, clip ids in rank order (lowest base EPDMS first)."""
+    from mosaic_ray.domains.assigners import pool_view_with_domains
     from mosaic_ray.selection.strategies import rank_within_domains
     from mosaic_ray.stages.score import load_scores
 
-    pool = pool_view(load_scores(run.storage), run.cfg.domains.column)
+    v = run.cfg.domains.variant(variant)
+    scores = load_scores(run.storage)
+    rel = f"domains/{v.name}.parquet"
+    if run.storage.exists(rel):
+        lab = dict(zip(*[run.storage.read_table(rel).column(c).to_pylist() for c in ("clip_id", "domain")]))
+        labels = np.asarray([lab[c] for c in scores.column("clip_id").to_pylist()], dtype=object)
+    else:  # a metadata variant needs no stored labels
+        from mosaic_ray.domains.metadata import assign_domains
+
+        labels = assign_domains(scores, v.column)
+    pool = pool_view_with_domains(scores, labels)
     ranked = {str(d): [str(pool.clip_ids[i]) for i in idx] for d, idx in rank_within_domains(pool).items()}
     return pool, ranked
 
 
-def stage_pilot(run: Run, force: bool = False):
+def pilot_sets(cfg: ExperimentConfig) -> list[tuple[str, str, bool]]:
+    """(pilot set name, domain variant, ranked?) for every set the methods need: ranked pilots
+    for MOSAIC per variant, unranked pilots for the ``mosaic_no_rank`` ablation. The default
+    variant's ranked set is named ``pilots``."""
+    from mosaic_ray.config import split_method
+
+    default = cfg.domains.variant(None).name
+    sets = []
+    for m in cfg.selection.methods:
+        base, variant = split_method(m)
+        v = variant or default
+        if base == "mosaic":
+            sets.append(("pilots" if v == default else f"pilots-{v}", v, True))
+        elif base == "mosaic_no_rank":
+            sets.append((f"pilots-{v}-unranked", v, False))
+    return list(dict.fromkeys(sets))
+
+
+def stage_pilot(run: Run, force: bool = False) -> dict:
+    """Pilot runs for every pilot set (see :func:`pilot_sets`); returns {set: table}."""
+    from mosaic_ray.selection.baselines import unranked_order
     from mosaic_ray.stages.pilot import run_pilots
 
-    if run.storage.is_done("pilot/pilots") and not force:
-        return run.storage.read_table("pilot/pilots.parquet")
-    base = run.storage.read_json("planner/base_eval.json")
-    _, ranked = ranked_pool(run)
-    with run.timed("pilot"):
-        return run_pilots(run.cfg, run.storage, ranked, "planner/base.pt", base["validation"]["epdms"], force=force)
+    st, cfg = run.storage, run.cfg
+    sets = pilot_sets(cfg)
+    todo = [x for x in sets if force or not st.is_done(f"pilot/{x[0]}")]
+    out = {}
+    if todo:
+        base = st.read_json("planner/base_eval.json")
+    with (run.timed("pilot") if todo else contextlib.nullcontext()):
+        for name, variant, ranked in sets:
+            if (name, variant, ranked) not in todo:
+                out[name] = st.read_table(f"pilot/{name}.parquet")
+                continue
+            pool, order = ranked_pool(run, variant)
+            if not ranked:
+                order = {str(d): [str(pool.clip_ids[i]) for i in idx]
+                         for d, idx in unranked_order(pool, cfg.selection.random_seed).items()}
+            print(f"[pilot] set {name}: {'ranked' if ranked else 'unranked'} clips, domains of {variant}", flush=True)
+            out[name] = run_pilots(cfg, st, order, "planner/base.pt", base["validation"]["epdms"],
+                                   name=name, force=force)
+    return out
 
 
 def fit_laws(pilots: pa.Table) -> dict:
@@ -170,62 +309,126 @@ def fit_laws(pilots: pa.Table) -> dict:
             for d, pts in sorted(by_dom.items())}
 
 
+def make_method_strategy(run: Run, method: str, laws_by_set: dict):
+    """The selection strategy behind a method name (``base[@variant]``)."""
+    from mosaic_ray.config import split_method
+    from mosaic_ray.selection.strategies import MosaicStrategy, RandomStrategy, make_strategy
+
+    cfg = run.cfg
+    base, variant = split_method(method)
+    v = cfg.domains.variant(variant).name
+    default = cfg.domains.variant(None).name
+    seed = cfg.selection.random_seed
+    if base == "mosaic":
+        return MosaicStrategy(laws_by_set["pilots" if v == default else f"pilots-{v}"])
+    if base == "mosaic_no_rank":
+        return make_strategy("mosaic_no_rank", laws=laws_by_set[f"pilots-{v}-unranked"], seed=seed)
+    if base == "random":
+        return RandomStrategy(seed)
+    if base == "coreset":
+        from mosaic_ray.domains.embedding import embeddings_from_scores
+        from mosaic_ray.stages.score import load_scores
+
+        return make_strategy("coreset", train_embeddings=embeddings_from_scores(load_scores(run.storage, "score_train")))
+    if base == "chameleon":
+        return make_strategy("chameleon", seed=seed)
+    return make_strategy(base)
+
+
 def stage_select(run: Run, force: bool = False) -> dict:
-    """Scaling laws, then nested selections per method and budget (manifest)."""
-    from mosaic_ray.selection.strategies import MosaicStrategy, RandomStrategy, selection_manifest
+    """Scaling laws per pilot set, then nested selections per method and budget (manifest)."""
+    from mosaic_ray.config import split_method
+    from mosaic_ray.selection.strategies import selection_manifest
 
     st, cfg = run.storage, run.cfg
     if st.is_done("select") and not force:
         return st.done_payload("select")
     with run.timed("select"):
-        pool, _ = ranked_pool(run)
-        budgets = cfg.selection.resolve_budgets(len(pool))
-        laws = fit_laws(st.read_table("pilot/pilots.parquet"))
-        missing = sorted(set(map(str, pool.domain_names)) - set(laws))
-        if missing:
-            raise RuntimeError(f"no pilot points for domains {missing}; rerun the pilot stage")
-        rows = []
+        laws_by_set = {name: fit_laws(st.read_table(f"pilot/{name}.parquet")) for name, _, _ in pilot_sets(cfg)}
+        rows, budgets, pool_size = [], None, None
         for method in cfg.selection.methods:
-            strat = MosaicStrategy(laws) if method == "mosaic" else RandomStrategy(cfg.selection.random_seed)
-            rows.extend(selection_manifest(strat.select(pool, budgets)))
+            pool, _ = ranked_pool(run, split_method(method)[1])
+            if budgets is None:
+                budgets, pool_size = cfg.selection.resolve_budgets(len(pool)), len(pool)
+            strat = make_method_strategy(run, method, laws_by_set)
+            if hasattr(strat, "laws"):
+                missing = sorted(set(map(str, pool.domain_names)) - set(map(str, strat.laws)))
+                if missing:
+                    raise RuntimeError(f"{method}: no pilot points for domains {missing}; rerun the pilot stage")
+            for r in selection_manifest(strat.select(pool, budgets)):
+                rows.append({**r, "method": method})
         st.write_table("select/manifest.parquet", pa.Table.from_pylist(rows))
-        payload = {"budgets": budgets, "methods": list(cfg.selection.methods),
-                   "laws": {d: law.to_dict() for d, law in laws.items()}, "pool_size": len(pool)}
+        payload = {"budgets": budgets, "methods": list(cfg.selection.methods), "pool_size": pool_size,
+                   "laws": {d: law.to_dict() for d, law in laws_by_set.get("pilots", {}).items()},
+                   "laws_by_set": {n: {d: law.to_dict() for d, law in ls.items()} for n, ls in laws_by_set.items()}}
         st.write_json("select/laws.json", payload)
         st.mark_done("select", payload)
-    for d, law in laws.items():
-        print(f"[select] {d}: a = {100 * law.a:.2f} EPDMS points, tau = {law.tau:.0f} clips ({law.status})", flush=True)
+    for name, laws in laws_by_set.items():
+        for d, law in laws.items():
+            print(f"[select] {name} {d}: a = {100 * law.a:.2f} EPDMS points, tau = {law.tau:.0f} clips "
+                  f"({law.status})", flush=True)
     return payload
 
 
-def stage_train(run: Run, force: bool = False) -> dict:
-    """Final training per (method, budget, seed) on Ray Train and validation evaluation.
+def selection_overhead_cpu_s(run: Run, method: str) -> float:
+    """Resource-seconds (CPU·s) a method spends before its final training: the base model and
+    the scoring pass for model-based methods, plus the pilot runs for MOSAIC (paper Fig. 11)."""
+    st = run.storage
+    if method in ("random", "full"):
+        return 0.0
+    total = 0.0
+    if st.is_done("planner/base"):
+        b = st.done_payload("planner/base")
+        total += b.get("wall_time_s", 0.0) * run.cfg.train.num_workers * run.cfg.train.cpus_per_worker
+    if st.is_done("score"):
+        sc = st.done_payload("score")
+        total += sc.get("wall_time_s", 0.0) * sc.get("actors", 1) * run.cfg.score.num_cpus_per_actor
+    if method.startswith("coreset") and st.is_done("score_train"):
+        sc = st.done_payload("score_train")
+        total += sc.get("wall_time_s", 0.0) * sc.get("actors", 1) * run.cfg.score.num_cpus_per_actor
+    for name, variant, ranked in pilot_sets(run.cfg):
+        base, v = (method.partition("@")[0], method.partition("@")[2] or run.cfg.domains.variant(None).name)
+        if base in ("mosaic", "mosaic_no_rank") and v == variant and ranked == (base == "mosaic") \
+                and st.exists(f"pilot/{name}.parquet"):
+            times = st.read_table(f"pilot/{name}.parquet").column("trial_time_s").to_pylist()
+            total += sum(t for t in times if t == t) * run.cfg.pilot.cpus_per_trial
+    return round(total, 1)
 
-    Finished runs are kept in ``train/results/<key>.json`` and skipped on rerun."""
-    from mosaic_ray.stages.train import train_planner
+
+def grid_cells(run: Run) -> list:
+    """Every (method, budget, seed) cell of the grid, plus the full-pool reference if asked."""
+    from mosaic_ray.stages.grid import Cell
 
     st, cfg = run.storage, run.cfg
     sel = st.read_json("select/laws.json")
     manifest = st.read_table("select/manifest.parquet").to_pylist()
-    jobs = [(m, b, s) for m in sel["methods"] for b in sel["budgets"] for s in cfg.train.seeds]
-    results = {}
-    todo = [j for j in jobs if force or not st.exists(f"train/results/{j[0]}-b{j[1]}-s{j[2]}.json")]
+    by = defaultdict(list)
+    for r in manifest:
+        by[(r["method"], r["budget"])].append(r)
+    cells = []
+    for m in sel["methods"]:
+        extra = selection_overhead_cpu_s(run, m)
+        for b in sel["budgets"]:
+            ids = [r["clip_id"] for r in sorted(by[(m, b)], key=lambda r: r["step"])]
+            cells += [Cell(m, b, s, ids, extra) for s in cfg.train.seeds]
+    if cfg.train.full_pool:
+        pool_ids = st.read_table("ingest/clips/pool", columns=["clip_id"]).column("clip_id").to_pylist()
+        cells += [Cell("full", len(pool_ids), s, pool_ids, 0.0) for s in cfg.train.seeds]
+    return cells
+
+
+def stage_train(run: Run, force: bool = False) -> dict:
+    """Final training per (method, budget, seed) on Ray Train inside concurrent Ray Tune
+    trials, and validation evaluation (the grid, :mod:`mosaic_ray.stages.grid`).
+
+    Finished cells are kept in ``train/results/<key>.json`` and skipped on rerun."""
+    from mosaic_ray.stages.grid import run_grid
+
+    st = run.storage
+    cells = grid_cells(run)
+    todo = [c for c in cells if force or not st.exists(c.result_path)]
     with (run.timed("train") if todo else contextlib.nullcontext()):
-        for k, (method, budget, seed) in enumerate(jobs, 1):
-            key = f"{method}-b{budget}-s{seed}"
-            rel = f"train/results/{key}.json"
-            if st.exists(rel) and not force:
-                results[key] = st.read_json(rel)
-                continue
-            ids = [r["clip_id"] for r in manifest if r["method"] == method and r["budget"] == budget]
-            print(f"[train] {k}/{len(jobs)} {method} budget {budget} seed {seed}: D_train ∪ {len(ids)} clips", flush=True)
-            info = train_planner(cfg, st, name=key, epochs=cfg.train.epochs, seed=seed, pool_ids=ids,
-                                 init_checkpoint="planner/base.pt" if cfg.train.init == "base" else None)
-            util = run.evaluate(info["checkpoint"])
-            res = {"method": method, "budget": budget, "seed": seed, **info, "validation": util}
-            st.write_json(rel, res)
-            results[key] = res
-            print(f"[train] {key}: validation EPDMS {100 * util['epdms']:.2f} ({info['wall_time_s']} s)", flush=True)
+        results = run_grid(run.cfg, st, cells, force=force)
     st.mark_done("train", {"runs": len(results)})
     return results
 
@@ -239,7 +442,7 @@ def build_summary(run: Run) -> dict:
     ing = st.read_json("ingest/summary.json")
     base = st.read_json("planner/base_eval.json")
     sel = st.read_json("select/laws.json")
-    pilots = st.read_table("pilot/pilots.parquet").to_pylist()
+    pilots = st.read_table("pilot/pilots.parquet").to_pylist() if st.exists("pilot/pilots.parquet") else []
     manifest = st.read_table("select/manifest.parquet").to_pylist()
     pool, _ = ranked_pool(run)
     sizes = Counter(map(str, pool.domains))
@@ -270,6 +473,7 @@ def build_summary(run: Run) -> dict:
                 "n_seeds": len(e), "epdms_per_seed": e.tolist(),
                 "terms": {t: float(np.nanmean([x["validation"]["terms"][t] for x in runs])) for t in TERMS},
                 "n_train": int(runs[0]["n_train"]), "train_time_s": float(np.mean([x["wall_time_s"] for x in runs])),
+                "compute_cpu_s": float(np.mean([x.get("compute_cpu_s", np.nan) for x in runs])),
             }
     laws = {d: ScalingLaw.from_dict(v) for d, v in sel["laws"].items()}
     estimated = {}
@@ -293,7 +497,21 @@ def build_summary(run: Run) -> dict:
         "selection_order": order,
         "results": dict(res_out),
         "estimated": estimated,
+        "domain_variants": _variant_summary(run, sel),
     }
+
+
+def _variant_summary(run: Run, sel: dict) -> dict:
+    """Per domain variant: kind, sizes, the assigner's description (caption n-grams…) and the
+    laws fitted on its pilot sets."""
+    st = run.storage
+    out = {}
+    for v in run.cfg.domains.all_variants():
+        desc = st.read_json(f"domains/{v.name}.json") if st.exists(f"domains/{v.name}.json") else {}
+        laws = {n: ls for n, ls in (sel.get("laws_by_set") or {}).items()
+                for name, variant, _ in pilot_sets(run.cfg) if name == n and variant == v.name}
+        out[v.name] = {"kind": v.kind, "description": desc, "laws": laws}
+    return out
 
 
 def stage_report(run: Run, total_s: float | None = None) -> str:
@@ -330,6 +548,8 @@ def run_all(cfg: ExperimentConfig, force: tuple[str, ...] = ()) -> str:
         stage_ingest(run, "ingest" in force)
         stage_base(run, "base" in force)
         stage_score(run, "score" in force)
+        stage_score_train(run, "score" in force)
+        stage_domains(run, "domains" in force)
         stage_pilot(run, "pilot" in force)
         stage_select(run, "select" in force)
         stage_train(run, "train" in force)

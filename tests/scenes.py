@@ -162,6 +162,154 @@ def future(states61: np.ndarray) -> np.ndarray:
     return np.asarray(states61)[None, T0_INDEX:]
 
 
+def ego_frame_poses(states61: np.ndarray) -> np.ndarray:
+    """(1, 8, 3) planner poses of a 61-step track in the ego frame at t0."""
+    x0, y0, h0 = states61[T0_INDEX, :3]
+    fut = states61[T0_INDEX + 5 * np.arange(1, 9)]
+    c, s = np.cos(h0), np.sin(h0)
+    dx, dy = fut[:, 0] - x0, fut[:, 1] - y0
+    h = (fut[:, 2] - h0 + np.pi) % (2 * np.pi) - np.pi
+    return np.stack([c * dx + s * dy, -s * dx + c * dy, h], axis=-1)[None]
+
+
+def with_speed_accel(states61: np.ndarray) -> np.ndarray:
+    """Recompute the heading and speed of a 61-step track from its positions (consistent
+    kinematics for comfort tests)."""
+    out = np.array(states61, dtype=float, copy=True)
+    vx = np.gradient(out[:, 0], 0.1)
+    vy = np.gradient(out[:, 1], 0.1)
+    out[:, 2] = np.unwrap(np.arctan2(vy, vx))
+    out[:, 3] = np.hypot(vx, vy)
+    return out
+
+
+def kinematic_track(speed: Callable[[np.ndarray], np.ndarray], yaw_rate: Callable[[np.ndarray], np.ndarray],
+                    x0: float = 0.0, y0: float = 0.0, h0: float = 0.0) -> np.ndarray:
+    """(61, 4) track integrated from speed v(t) and yaw rate w(t) (fine sub-steps), passing
+    (x0, y0) with heading h0 at t0."""
+    sub = 20
+    tt = np.linspace(TIMES[0], TIMES[-1], (len(TIMES) - 1) * sub + 1)
+    v, w = np.broadcast_to(speed(tt), tt.shape), np.broadcast_to(yaw_rate(tt), tt.shape)
+    dt = tt[1] - tt[0]
+    h = np.concatenate([[0.0], np.cumsum(0.5 * (w[1:] + w[:-1]) * dt)])
+    x = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] * np.cos(h[1:]) + v[:-1] * np.cos(h[:-1])) * dt)])
+    y = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] * np.sin(h[1:]) + v[:-1] * np.sin(h[:-1])) * dt)])
+    k = np.arange(len(TIMES)) * sub
+    i0 = T0_INDEX * sub
+    hh = h[k] - h[i0]
+    c, s = np.cos(h0 - h[i0]), np.sin(h0 - h[i0])
+    px, py = x[k] - x[i0], y[k] - y[i0]
+    return np.stack([x0 + c * px - s * py, y0 + s * px + c * py, h0 + hh, v[k]], axis=1)
+
+
+# ------------------------------------------------------------------------ random scenes
+def _curve(kappa: float, s: np.ndarray, offset: float):
+    """Points (n, 2) and headings of a constant-curvature road at arc lengths s, shifted
+    ``offset`` to the left."""
+    if abs(kappa) < 1e-9:
+        x, y, h = s, np.zeros_like(s), np.zeros_like(s)
+    else:
+        h = kappa * s
+        x, y = np.sin(h) / kappa, (1 - np.cos(h)) / kappa
+    return np.stack([x - offset * np.sin(h), y + offset * np.cos(h)], axis=1), h
+
+
+def random_scene(rng: np.random.Generator, max_agents: int = 5) -> Clip:
+    """A random but valid clip for property tests: 2-3 lanes along a constant-curvature road
+    (one oncoming, off-route), optionally an on-route signalised intersection lane ahead
+    with a random red/green schedule, 0..max_agents agents (vehicles, a static object, a
+    pedestrian) near the ego path, a random global placement; ego history and future at
+    roughly constant speed with a random lateral move."""
+    kappa = rng.choice([0.0, rng.uniform(-1 / 80, 1 / 80)])
+    rot, tx, ty = rng.uniform(-np.pi, np.pi), rng.uniform(-500, 500), rng.uniform(-500, 500)
+    c, s_ = np.cos(rot), np.sin(rot)
+
+    def place(p):
+        return np.stack([tx + c * p[..., 0] - s_ * p[..., 1], ty + s_ * p[..., 0] + c * p[..., 1]], -1)
+
+    s_all = np.linspace(-60.0, 140.0, 41)
+    lanes = []
+    inter = rng.random() < 0.5
+    x1 = rng.uniform(15.0, 50.0)
+    if inter:
+        tl = np.where(rng.random(T_ALL) < 0.5, TL_RED, TL_GREEN).astype(np.int8)
+        tl = np.repeat(tl[::10], 10)[:T_ALL]  # switch at most every second
+        for lo, hi, flag, light in ((-60.0, x1, False, TL_NONE), (x1, x1 + 20.0, True, tl), (x1 + 20.0, 140.0, False, TL_NONE)):
+            ss = np.linspace(lo, hi, max(3, int((hi - lo) / 5)))
+            lanes.append(Lane(place(_curve(kappa, ss, 0.0)[0]), in_intersection=flag, tl=light))
+    else:
+        lanes.append(Lane(place(_curve(kappa, s_all, 0.0)[0])))
+    lanes.append(Lane(place(_curve(kappa, s_all, LANE_W)[0])))
+    if rng.random() < 0.7:
+        lanes.append(Lane(place(_curve(kappa, s_all[::-1], -LANE_W)[0]), on_route=False))
+    route = place(_curve(kappa, np.linspace(-60.0, 140.0, 81) + rng.uniform(0.3, 2.2), 0.0)[0])  # no vertex at the ego
+
+    def along(s0, v, lat0, lat1, accel=0.0):
+        t = TIMES
+        sv = s0 + v * t + 0.5 * accel * np.clip(t, 0, None) ** 2
+        u = np.clip((t + 0.5) / 2.5, 0, 1)
+        lat = lat0 + (lat1 - lat0) * u * u * (3 - 2 * u)
+        p, h = _curve(kappa, sv, 0.0)
+        p = p + lat[:, None] * np.stack([-np.sin(h), np.cos(h)], 1)
+        st = np.zeros((T_ALL, 4))
+        st[:, :2] = place(p)
+        st = with_speed_accel(st)
+        still = st[:, 3] < 0.05
+        st[still, 2] = h[still] + rot + (np.pi if v < 0 else 0.0)
+        st[still, 3] = 0.0
+        return st
+
+    v0 = rng.uniform(1.0, 14.0)
+    ego = along(0.0, v0, rng.uniform(-0.4, 0.4), rng.choice([0.0, 0.0, LANE_W, rng.uniform(-1, 4)]),
+                rng.uniform(-2.0, 1.0))
+    agents = []
+    for _ in range(int(rng.integers(0, max_agents + 1))):
+        kind = rng.random()
+        lane = rng.choice([0.0, LANE_W, -LANE_W])
+        s0 = rng.uniform(-25.0, 45.0)
+        if abs(s0) < 6.0 and abs(lane) < 1.0:
+            s0 += 12.0
+        if kind < 0.12:  # static object on or beside the road
+            st = along(s0, 0.0, lane + rng.uniform(-1, 1), lane)
+            st[:, 3] = 0.0
+            agents.append(Agent(st, size=(1.0, 1.0), type=AGENT_STATIC))
+        elif kind < 0.2:  # pedestrian crossing
+            st = along(s0, 0.0, -6.0, 6.0)
+            agents.append(Agent(with_speed_accel(st), size=(0.6, 0.6), type=1))
+        else:
+            v = 0.0 if rng.random() < 0.2 else rng.uniform(0.5, 16.0)
+            if lane < -1.0:
+                st = along(s0 + 40.0, -v, lane, lane)
+            else:
+                st = along(s0, v, lane, rng.choice([lane, lane + rng.uniform(-3.5, 3.5)]), rng.uniform(-2, 1))
+            valid = None
+            if rng.random() < 0.2:
+                valid = np.ones(T_ALL, bool)
+                valid[int(rng.integers(20, 61)):] = False
+            agents.append(Agent(st, size=(rng.uniform(3.5, 5.5), rng.uniform(1.6, 2.2)), valid=valid))
+    return build_clip(lanes, ego, agents, route_center=route, has_prev_frame=bool(rng.random() < 0.8))
+
+
+def random_poses(rng: np.random.Generator, n: int, v0: float) -> np.ndarray:
+    """(n, 8, 3) random but plausible ego-frame planner poses (speeding up, braking,
+    stopping, lane changes, turns)."""
+    t = 0.5 * np.arange(1, 9)
+    out = np.zeros((n, 8, 3))
+    for i in range(n):
+        a = rng.uniform(-4.0, 2.5)
+        v = np.maximum(v0 + a * t, 0.0)
+        x = np.cumsum(np.concatenate([[0.5 * (v0 + v[0]) * 0.5], 0.5 * (v[1:] + v[:-1]) * 0.5]))
+        yaw = rng.choice([0.0, rng.normal(0.0, 0.12)])
+        lat = rng.choice([0.0, rng.uniform(-4.0, 4.0)])
+        u = np.clip(t / 3.0, 0, 1)
+        y = lat * u * u * (3 - 2 * u) + 0.5 * yaw * x * x / max(x[-1], 1.0)
+        hx = np.gradient(x)
+        hy = np.gradient(y)
+        out[i] = np.stack([x, y, np.arctan2(hy, np.maximum(hx, 1e-3))], -1)
+    return out
+
+
 __all__ = ["EGO_SIZE", "LANE_W", "TIMES", "Lane", "Agent", "line", "lane_bounds", "track",
            "const_vel", "braking", "lateral_path", "build_clip", "two_lane_road", "signal_road",
-           "future", "AGENT_STATIC", "AGENT_VEHICLE", "TL_GREEN", "TL_RED", "TL_NONE"]
+           "future", "ego_frame_poses", "with_speed_accel", "kinematic_track", "random_scene",
+           "random_poses", "AGENT_STATIC", "AGENT_VEHICLE", "TL_GREEN", "TL_RED", "TL_NONE"]

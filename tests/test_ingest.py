@@ -106,3 +106,22 @@ def test_ingest_on_ray_accounts_for_every_candidate(ray_local, small_data_dir, t
     assert q.num_rows == s["quarantined"]
     # a rerun is skipped (stage complete) and returns the same summary
     assert run_ingest(cfg, st) == s
+
+
+def test_interrupted_ingest_resumes_per_file_and_matches(ray_local, small_data_dir, tmp_path):
+    cfg = validate_config({"name": "resume", "data_dir": str(small_data_dir), "output_dir": str(tmp_path),
+                           "selection": {"budgets": [10]}, "ingest": {"shard_size": 16}})
+    st = Storage(cfg.run_uri)
+    first = run_ingest(cfg, st)
+    shards = {sp: st.read_table(f"ingest/clips/{sp}").sort_by("clip_id") for sp in ("validation", "train", "pool")}
+    # an interruption after some files were cut: no completion marker, part of the cuts lost
+    st.delete("ingest/_SUCCESS.json")
+    cuts = st.list("ingest/cut", ".parquet")
+    for rel in cuts[: len(cuts) // 2]:
+        st.delete(rel)
+    again = run_ingest(cfg, st)
+    assert again["files_resumed"] == len(cuts) - len(cuts) // 2 > 0
+    for k in ("candidates", "clips", "quarantined", "splits", "segments"):
+        assert again[k] == first[k]
+    for sp, t in shards.items():
+        assert st.read_table(f"ingest/clips/{sp}").sort_by("clip_id").equals(t)

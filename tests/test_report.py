@@ -49,9 +49,18 @@ def example_summary() -> dict:
         "selection_order": {"mosaic": order},
         "results": {m: {str(b): {"epdms_mean": mu, "epdms_std": 0.004, "n_seeds": 3,
                                  "epdms_per_seed": [mu - 0.004, mu, mu + 0.004],
-                                 "terms": dict(terms)}
+                                 "terms": dict(terms), "compute_cpu_s": 500.0 + 3.0 * b}
                         for b, mu in zip(budgets, v)} for m, v in means.items()},
         "estimated": {"100": 0.815, "200": 0.829, "400": 0.846},
+        "domain_variants": {
+            "site": {"kind": "metadata", "description": {"sizes": {"boston": 10, "pittsburgh": 12}}},
+            "captions": {"kind": "captions", "description": {
+                "sizes": {"cap0": 15, "cap1": 7},
+                "clusters": [{"label": "cap0", "size": 15, "top_ngrams": ["highway", "lane change"],
+                              "example": "Highway scene."},
+                             {"label": "cap1", "size": 7, "top_ngrams": ["red light", "stopped"],
+                              "example": "Urban scene."}]}},
+        },
     }
     return json.loads(json.dumps(s))
 

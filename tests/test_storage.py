@@ -1,44 +1,11 @@
 """The storage layer against the local filesystem and a real S3-compatible server (moto, HTTP on 127.0.0.1)."""
 
-import logging
-import socket
-
 import pyarrow as pa
 import pytest
 
 from mosaic_ray.config import StorageConfig, validate_config
 from mosaic_ray.stages.ingest import run_ingest
 from mosaic_ray.storage import Storage, StorageError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's S3 server on loopback with a bucket and test credentials in the environment."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    mp = pytest.MonkeyPatch()
-    for k, v in env.items():
-        mp.setenv(k, v)
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="mosaic-test")
-    try:
-        yield endpoint
-    finally:
-        mp.undo()
-        server.stop()
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])

@@ -321,6 +321,70 @@ def _tl_state(tl, step: int) -> int:
     return _TL_MAP.get(st.value, TL_NONE)
 
 
+@dataclass
+class Route:
+    """Where the logged future goes on the map (the route NAVSIM's scorer needs).
+
+    Attributes:
+        route_idx: lane indices the logged future drives through, in order.
+        on_route: lane indices of the route's carriageway: the route lanes, the successor chain
+            150 m ahead and 50 m behind, and their same-direction neighbours (nuPlan roadblocks).
+        chain: lane indices whose centre-lines make up ``center``.
+        center: (P, 2) float64 route centre-line (m), along the travel direction.
+        source: ``"map"`` (a lane chain) or ``"log"`` (the ego was on no lane at t0: the
+            logged path extended straight by 100 m).
+    """
+
+    route_idx: list[int]
+    on_route: set[int]
+    chain: list[int]
+    center: np.ndarray
+    source: str
+
+
+def plan_route(m: MapArrays, ego_states: np.ndarray, ego_valid: np.ndarray) -> Route:
+    """The route of a clip from its logged ego states (T_ALL, 4) and the map (shared by the
+    CommonRoad and ScenarioNet readers)."""
+    fut = ego_states[T0_INDEX:]
+    hits = lanes_containing(m, fut[:, :2], fut[:, 2]) if len(m.lane_ids) else [[] for _ in fut]
+    route_idx: list[int] = []
+    for h in hits:
+        for i in h:
+            if i not in route_idx:
+                route_idx.append(i)
+    route_ids = {int(m.lane_ids[i]) for i in route_idx}
+    on_route: set[int] = set(route_idx)
+    goal = fut[-1, :2]
+    if route_idx:
+        on_route.update(_chain(m, route_idx[-1], route_ids, goal, 150.0, True))
+        on_route.update(_chain(m, route_idx[0], route_ids, goal, 50.0, False))
+    frontier = list(on_route)
+    while frontier:
+        i = frontier.pop()
+        for nb in m.same_dir_neighbours.get(int(m.lane_ids[i]), []):
+            j = m.index.get(nb)
+            if j is not None and j not in on_route:
+                on_route.add(j)
+                frontier.append(j)
+    chain: list[int] = []
+    if hits[0]:  # a successor chain from the lane at t0
+        first = next((i for i in route_idx if i in hits[0]), hits[0][0])
+        back = _chain(m, first, route_ids, ego_states[T0_INDEX, :2], 40.0, False)
+        chain = back[:-1] + _chain(m, first, route_ids, goal, 220.0, True)
+        center = _dedupe_polyline(np.concatenate([m.center[m.offsets[i]:m.offsets[i + 1]] for i in chain]))
+        source = "map"
+    else:  # ego on no lane at t0: the logged path, extended straight
+        path = ego_states[ego_valid][:, :2]
+        d = path[-1] - path[-2] if len(path) > 1 else np.array([1.0, 0.0])
+        n = np.linalg.norm(d)
+        d = d / n if n > 1e-6 else np.array([math.cos(fut[-1, 2]), math.sin(fut[-1, 2])])
+        center = _dedupe_polyline(np.concatenate([path, _extend(path[-1], d, 100.0, 6)[1:]]))
+        source = "log"
+    if len(center) < 2:
+        center = np.stack([ego_states[T0_INDEX, :2], ego_states[T0_INDEX, :2] + 1.0])
+    return Route(route_idx, on_route, chain, center, source)
+
+
 # --------------------------------------------------------------------------------- tracks
 @dataclass
 class Track:
@@ -470,48 +534,8 @@ def _make_clip(m: MapArrays, tracks: list[Track], ego: Track, t0: int, opts: Cut
         states.append(st)
         valid.append(v)
     A = len(ids)
-    # route: lanes the logged future drives through
-    fut = ego_states[T0_INDEX:]
-    hits = lanes_containing(m, fut[:, :2], fut[:, 2])
-    route_idx: list[int] = []
-    for h in hits:
-        for i in h:
-            if i not in route_idx:
-                route_idx.append(i)
-    route_ids = {int(m.lane_ids[i]) for i in route_idx}
-    # on-route carriageway: route lanes, their chains ahead/behind and same-direction neighbours
-    on_route: set[int] = set(route_idx)
-    goal = fut[-1, :2]
-    if route_idx:
-        on_route.update(_chain(m, route_idx[-1], route_ids, goal, 150.0, True))
-        on_route.update(_chain(m, route_idx[0], route_ids, goal, 50.0, False))
-    frontier = list(on_route)
-    while frontier:
-        i = frontier.pop()
-        for n in m.same_dir_neighbours.get(int(m.lane_ids[i]), []):
-            j = m.index.get(n)
-            if j is not None and j not in on_route:
-                on_route.add(j)
-                frontier.append(j)
-    # route centre-line: a successor chain from the lane at t0
-    start_hits = hits[0]
-    if start_hits:
-        first = next((i for i in route_idx if i in start_hits), start_hits[0])
-        back = _chain(m, first, route_ids, ego_states[T0_INDEX, :2], 40.0, False)
-        ahead = _chain(m, first, route_ids, goal, 220.0, True)
-        chain = back[:-1] + ahead
-        pts = np.concatenate([m.center[m.offsets[i]:m.offsets[i + 1]] for i in chain])
-        route_center = _dedupe_polyline(pts)
-        route_source = "map"
-    else:  # ego not on any lane at t0: follow the logged path, extended straight
-        path = ego_states[ego_valid][:, :2]
-        d = path[-1] - path[-2] if len(path) > 1 else np.array([1.0, 0.0])
-        n = np.linalg.norm(d)
-        d = d / n if n > 1e-6 else np.array([math.cos(fut[-1, 2]), math.sin(fut[-1, 2])])
-        route_center = _dedupe_polyline(np.concatenate([path, _extend(path[-1], d, 100.0, 6)[1:]]))
-        route_source = "log"
-    if len(route_center) < 2:
-        route_center = np.stack([ego_states[T0_INDEX, :2], ego_states[T0_INDEX, :2] + 1.0])
+    route = plan_route(m, ego_states, ego_valid)
+    route_idx, on_route, route_center, route_source = route.route_idx, route.on_route, route.center, route.source
     # traffic lights per lane and step
     L = len(m.lane_ids)
     tl_state = np.zeros((L, T_ALL), np.int8)

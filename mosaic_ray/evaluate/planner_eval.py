@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mosaic_ray.data.clip import T0_INDEX, Clip
-from mosaic_ray.planner.features import PREV_OFFSET, FeatureSpec, featurize_clips
+from mosaic_ray.data.clip import Clip
+from mosaic_ray.planner.features import FeatureSpec, featurize_clips
 from mosaic_ray.planner.training import plan_batches
 from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_trajectories
-from mosaic_ray.scoring.simulate import simulate_poses
 
 
 @dataclass
@@ -92,12 +91,11 @@ def score_planner(model, clips: list[Clip], spec: FeatureSpec, cache: SceneCache
     terms = np.full((n, len(TERMS)), np.nan)
     ec_ok = np.zeros(n, bool)
     for i, clip in enumerate(clips):
-        prev_states = None
-        if feats["prev_valid"][i]:
-            start = clip.ego_states[T0_INDEX + PREV_OFFSET]
-            prev_states = simulate_poses(start, prev["trajectory"][i][None].astype(np.float64))[0]
+        # the previous frame's plan is tracked from t0 - 0.5 s by the scorer (same vehicle
+        # geometry and initial dynamics as the current frame)
+        prev_poses = prev["trajectory"][i].astype(np.float64) if feats["prev_valid"][i] else None
         res = score_trajectories(cache.get(clip), cur["trajectory"][i][None].astype(np.float64),
-                                 prev_states=prev_states)
+                                 prev_poses=prev_poses)
         epdms[i] = res.epdms[0]
         for j, t in enumerate(TERMS):
             terms[i, j] = res.terms[t][0]

@@ -11,13 +11,28 @@ futures) against it. Training imitates the logged future with Hydra-MDP's soft t
 * the vocabulary logits (K,) (entropy of their softmax is the uncertainty baseline's score);
 * the scene embedding (E,) (clustering and coreset use it).
 
-Source: Hydra-MDP (Li et al., 2024) imitation head; MOSAIC Section 7.1 uses Hydra-MDP as
-the planner. The rule-distillation heads of Hydra-MDP are not part of this version.
+Rule distillation (optional, ``PlannerSpec.distill``): as Hydra-MDP, a second head predicts
+for every anchor the eight EPDMS sub-scores NC, DAC, DDC, TLC, EP, TTC, LK, HC the rule scorer
+gives it (targets from :func:`mosaic_ray.scoring.epdms.score_vocabulary`, trained with a
+binary cross-entropy next to the imitation loss), and the trajectory is chosen by
+
+    score_k = w_im * log softmax(imitation logits)_k
+            + w_pen * sum_{NC, DAC, DDC, TLC} log sigma(s_k)
+            + w_wt  * log((5 sigma(EP_k) + 5 sigma(TTC_k) + 2 sigma(LK_k) + 2 sigma(HC_k)) / 14)
+
+(Hydra-MDP's weighted sum of log-scores: multiplicative terms each as a log, the weighted terms
+inside one log, mirroring the EPDMS formula). Weights: ``distill_im_weight``,
+``distill_penalty_weight``, ``distill_weighted_weight`` (defaults 1, 1, 1: the log-probability
+of imitation and the log of the predicted EPDMS factors count equally). Checkpoints without
+the heads (``distill`` absent or False in the stored spec) load unchanged.
+
+Source: Hydra-MDP (Li et al., 2024) imitation and distillation heads; MOSAIC Section 7.1 uses
+Hydra-MDP as the planner.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -38,6 +53,10 @@ class PlannerSpec:
     lane_points: int = 10
     route_points: int = 16
     temperature_m: float = 1.0
+    distill: bool = False  #: rule-distillation heads present (older checkpoints: absent = False)
+    distill_im_weight: float = 1.0
+    distill_penalty_weight: float = 1.0
+    distill_weighted_weight: float = 1.0
 
     @property
     def features(self) -> FeatureSpec:
@@ -46,7 +65,21 @@ class PlannerSpec:
     @classmethod
     def from_config(cls, pc) -> "PlannerSpec":
         return cls(pc.vocab_size, pc.embed_dim, pc.hidden_dim, pc.max_agents, pc.max_lanes,
-                   pc.lane_points, pc.route_points, pc.temperature_m)
+                   pc.lane_points, pc.route_points, pc.temperature_m,
+                   bool(getattr(pc, "distill", False)), float(getattr(pc, "distill_im_weight", 1.0)),
+                   float(getattr(pc, "distill_penalty_weight", 1.0)),
+                   float(getattr(pc, "distill_weighted_weight", 1.0)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PlannerSpec":
+        """From a stored spec dict; keys a newer version added take their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+#: sub-scores predicted by the distillation head, in this order (EPDMS terms without EC)
+DISTILL_TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC")
+_WEIGHTED = {"EP": 5.0, "TTC": 5.0, "LK": 2.0, "HC": 2.0}
 
 
 def _mlp(i: int, h: int, o: int) -> nn.Sequential:
@@ -82,6 +115,9 @@ class VocabularyPlanner(nn.Module):
         self.anchor_enc = _mlp(8 * 4, H, H)
         self.query = nn.Linear(E, H)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(), nn.Linear(H, 1))
+        if spec.distill:
+            self.distill_head = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
+                                              nn.Linear(H, len(DISTILL_TERMS)))
 
     @property
     def vocab_size(self) -> int:
@@ -102,13 +138,53 @@ class VocabularyPlanner(nn.Module):
         rt = self.route_enc(batch["route"].reshape(B, -1))
         return self.fuse(torch.cat([ego, ag, ln, rt], -1))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (logits (B, K), embedding (B, E))."""
+    def forward(self, batch: dict[str, torch.Tensor], with_subscores: bool = False):
+        """Returns (logits (B, K), embedding (B, E)), plus the sub-score logits (B, K, 8) (or
+        None without heads) when ``with_subscores`` (a keyword so that DDP passes it on)."""
+        logits, emb, sub = self.forward_all(batch)
+        return (logits, emb, sub) if with_subscores else (logits, emb)
+
+    def forward_all(self, batch: dict[str, torch.Tensor]):
+        """Returns (imitation logits (B, K), embedding (B, E), sub-score logits (B, K, 8) or
+        None without distillation heads)."""
         emb = self.embed(batch)
         q = self.query(emb)  # (B, H)
         a = self._anchor_features()  # (K, H)
-        logits = self.head(q[:, None, :] + a[None, :, :]).squeeze(-1)
-        return logits, emb
+        joint = q[:, None, :] + a[None, :, :]
+        logits = self.head(joint).squeeze(-1)
+        sub = self.distill_head(joint) if self.spec.distill else None
+        return logits, emb, sub
+
+    @staticmethod
+    def distill_loss(sub_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy between predicted sub-score logits and rule-scorer targets.
+
+        Args:
+            sub_logits: (B, K, 8). targets: (B, K, 8) in [0, 1] (NaN = unknown, ignored).
+
+        Returns:
+            scalar mean over the known entries (0 when there are none).
+        """
+        known = torch.isfinite(targets)
+        if not bool(known.any()):
+            return sub_logits.sum() * 0.0
+        t = torch.where(known, targets, torch.zeros_like(targets)).clamp(0.0, 1.0)
+        bce = nn.functional.binary_cross_entropy_with_logits(sub_logits, t, reduction="none")
+        return (bce * known).sum() / known.sum()
+
+    def selection_scores(self, logits: torch.Tensor, sub_logits: torch.Tensor | None) -> torch.Tensor:
+        """(B, K) scores the plan is chosen by: the imitation logits without distillation
+        heads, else the weighted log-score combination of the module docstring."""
+        if sub_logits is None:
+            return logits
+        sp = self.spec
+        logp = nn.functional.logsigmoid(sub_logits)                       # (B, K, 8)
+        pen = logp[..., :4].sum(-1)                                        # NC, DAC, DDC, TLC
+        prob = torch.sigmoid(sub_logits)
+        w = torch.tensor([_WEIGHTED[k] for k in DISTILL_TERMS[4:]], device=prob.device, dtype=prob.dtype)
+        weighted = torch.log((prob[..., 4:] * w).sum(-1) / w.sum() + 1e-6)
+        return (sp.distill_im_weight * torch.log_softmax(logits, -1) + sp.distill_penalty_weight * pen
+                + sp.distill_weighted_weight * weighted)
 
     def imitation_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Hydra-MDP imitation loss: cross-entropy to softmax(-d²/T) over the vocabulary.
@@ -122,14 +198,20 @@ class VocabularyPlanner(nn.Module):
 
     @torch.no_grad()
     def plan(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """Inference: chosen trajectory (B, 8, 3), logits (B, K), entropy (B,) (nats),
-        embedding (B, E), all float32 numpy."""
-        logits, emb = self(batch)
+        """Inference: chosen trajectory (B, 8, 3), imitation logits (B, K), entropy (B,) (nats)
+        of the imitation softmax, embedding (B, E), choice (B,) int64, all numpy (float32);
+        with distillation heads also ``subscores`` (B, K, 8) predicted sub-scores in [0, 1]
+        and ``imitation_choice`` (B,) (the argmax of the imitation logits alone)."""
+        logits, emb, sub = self.forward_all(batch)
         p = torch.softmax(logits, -1)
         ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
-        best = logits.argmax(-1)
-        return {"trajectory": self.anchors[best].cpu().numpy(), "logits": logits.cpu().numpy(),
-                "entropy": ent.cpu().numpy(), "embedding": emb.cpu().numpy(), "choice": best.cpu().numpy()}
+        best = self.selection_scores(logits, sub).argmax(-1)
+        out = {"trajectory": self.anchors[best].cpu().numpy(), "logits": logits.cpu().numpy(),
+               "entropy": ent.cpu().numpy(), "embedding": emb.cpu().numpy(), "choice": best.cpu().numpy()}
+        if sub is not None:
+            out["subscores"] = torch.sigmoid(sub).cpu().numpy()
+            out["imitation_choice"] = logits.argmax(-1).cpu().numpy()
+        return out
 
 
 def build_vocabulary(futures: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -172,7 +254,7 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> VocabularyPlanner:
         FileNotFoundError: missing file. KeyError: not a planner checkpoint.
     """
     ck = torch.load(path, map_location=map_location, weights_only=False)
-    spec = PlannerSpec(**ck["spec"])
+    spec = PlannerSpec.from_dict(ck["spec"])
     model = VocabularyPlanner(spec, ck["state_dict"]["anchors"])
     model.load_state_dict(ck["state_dict"])
     return model

@@ -3,6 +3,12 @@
 One loop serves the base training on D_train, the pilot runs (continue the base checkpoint
 on D_train ∪ top-n clips of a domain) and the final training on D_train ∪ D_sel. It is
 deterministic for a given seed on CPU.
+
+Rule distillation: when the model has distillation heads and the feature batch carries
+``distill_targets`` ((B, K, 8) float32 sub-scores of every anchor, NaN where unknown; see
+:mod:`mosaic_ray.stages.distill`), the loss is ``imitation + distill_weight * BCE``. The
+targets belong to the vocabulary as it is, so mirrored copies (the augmentation) get no
+distillation target.
 """
 
 from __future__ import annotations
@@ -17,6 +23,12 @@ from mosaic_ray.planner.features import INPUT_KEYS, mirror_batch
 from mosaic_ray.planner.model import VocabularyPlanner
 
 TRAIN_KEYS = INPUT_KEYS + ("target",)
+DISTILL_KEY = "distill_targets"  #: optional (B, K, 8) rule-distillation targets in a feature batch
+
+
+def batch_keys(data: dict) -> tuple[str, ...]:
+    """Training keys present in ``data`` (:data:`TRAIN_KEYS` plus the distillation targets)."""
+    return TRAIN_KEYS + ((DISTILL_KEY,) if DISTILL_KEY in data else ())
 
 
 def to_tensors(batch: dict[str, np.ndarray], keys: Iterable[str] = TRAIN_KEYS,
@@ -31,8 +43,10 @@ def to_tensors(batch: dict[str, np.ndarray], keys: Iterable[str] = TRAIN_KEYS,
 
 
 def minibatches(data: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator,
-                keys: Iterable[str] = TRAIN_KEYS) -> Iterator[dict[str, np.ndarray]]:
-    """Shuffled minibatches of a feature dict (arrays indexed along axis 0)."""
+                keys: Iterable[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Shuffled minibatches of a feature dict (arrays indexed along axis 0); ``keys`` default:
+    :func:`batch_keys`."""
+    keys = batch_keys(data) if keys is None else keys
     n = len(data["target"])
     order = rng.permutation(n)
     for i in range(0, n, batch_size):
@@ -47,14 +61,27 @@ def cosine_lr(opt: torch.optim.Optimizer, base_lr: float, step: int, total: int,
 
 
 def train_step(model: VocabularyPlanner, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               mirror: bool) -> float:
-    """One optimisation step on ``batch`` (plus its mirror image when ``mirror``)."""
+               mirror: bool, distill_weight: float = 1.0) -> float:
+    """One optimisation step on ``batch`` (plus its mirror image when ``mirror``); with
+    distillation heads the loss adds ``distill_weight`` times the distillation BCE."""
+    core = model.module if hasattr(model, "module") else model
+    distill = bool(getattr(core.spec, "distill", False))
+    targets = batch.get(DISTILL_KEY)
+    batch = {k: v for k, v in batch.items() if k != DISTILL_KEY}
     if mirror:
         m = mirror_batch(batch, xp=torch)
         batch = {k: torch.cat([batch[k], m[k]]) for k in batch}
-    logits, _ = model(batch)
-    core = model.module if hasattr(model, "module") else model
+        if targets is not None:  # the mirrored scenes have no targets for this vocabulary
+            targets = torch.cat([targets, torch.full_like(targets, float("nan"))])
+    if distill:
+        logits, _, sub = model(batch, with_subscores=True)
+        if targets is None:
+            targets = torch.full_like(sub, float("nan"))
+    else:
+        logits, _ = model(batch)
     loss = core.imitation_loss(logits, batch["target"])
+    if distill:
+        loss = loss + distill_weight * core.distill_loss(sub, targets.to(sub.dtype))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -64,8 +91,11 @@ def train_step(model: VocabularyPlanner, opt: torch.optim.Optimizer, batch: dict
 
 def fit(model: VocabularyPlanner, data: dict[str, np.ndarray], *, epochs: int, lr: float,
         weight_decay: float, batch_size: int, seed: int, mirror: bool = True,
-        on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+        on_epoch: Callable[[int, float], None] | None = None, distill_weight: float = 1.0) -> list[float]:
     """Train ``model`` in place on a feature dict; returns the mean loss per epoch.
+
+    ``data`` may carry ``distill_targets`` (N, K, 8) for a model with distillation heads
+    (loss: imitation + ``distill_weight`` * BCE).
 
     Raises:
         ValueError: empty data or non-finite targets.
@@ -87,7 +117,7 @@ def fit(model: VocabularyPlanner, data: dict[str, np.ndarray], *, epochs: int, l
         losses = []
         for mb in minibatches(data, batch_size, rng):
             cosine_lr(opt, lr, step, total)
-            losses.append(train_step(model, opt, to_tensors(mb), mirror))
+            losses.append(train_step(model, opt, to_tensors(mb, tuple(mb)), mirror, distill_weight))
             step += 1
         history.append(float(np.mean(losses)))
         if on_epoch:

@@ -207,13 +207,15 @@ def plot_composition(summary: Mapping[str, Any], path: str | Path) -> Path | Non
 def plot_epdms_vs_budget(summary: Mapping[str, Any], path: str | Path) -> Path | None:
     """Validation EPDMS ×100 (mean ± std over seeds) vs budget per method (paper Fig. 5).
 
-    The base model (and the logged human, when present) are horizontal lines. The x axis is
+    The base model, the full-pool training (method ``full``) and the logged human, when
+    present, are horizontal lines. The x axis is
     logarithmic when budgets span more than 10×. Returns the PNG path, or None when there
     are no results.
     """
     res = {m: budget_items(v) for m, v in (summary.get("results") or {}).items()}
     res = {m: v for m, v in res.items() if v}
-    if not res:
+    full = res.pop("full", None)
+    if not res and not full:
         return None
     fig = _new_figure(7.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
@@ -227,6 +229,10 @@ def plot_epdms_vs_budget(summary: Mapping[str, Any], path: str | Path) -> Path |
     base = (summary.get("base") or {}).get("epdms")
     if base is not None:
         ax.axhline(100 * float(base), color="k", ls="--", lw=1, label="base")
+    if full:
+        fb, fe = full[-1]
+        ax.axhline(100 * float(fe.get("epdms_mean", np.nan)), color="tab:red", ls="-.", lw=1,
+                   label=f"full pool ({fb} clips)")
     human = (summary.get("human") or {}).get("epdms")
     if human is not None:
         ax.axhline(100 * float(human), color="0.5", ls=":", lw=1, label="human (logged)")
@@ -236,6 +242,35 @@ def plot_epdms_vs_budget(summary: Mapping[str, Any], path: str | Path) -> Path |
     ax.set_xlabel("budget (clips selected)")
     ax.set_ylabel("validation EPDMS ×100")
     ax.set_title("EPDMS vs budget (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_epdms_vs_compute(summary: Mapping[str, Any], path: str | Path) -> Path | None:
+    """Validation EPDMS ×100 vs CPU-seconds spent (selection + final training) per method,
+    one point per budget (paper Fig. 11). Returns None when no result carries compute."""
+    res = {m: budget_items(v) for m, v in (summary.get("results") or {}).items()}
+    pts = {}
+    for m, items in res.items():
+        xy = [(float((e or {}).get("compute_cpu_s", np.nan)), float((e or {}).get("epdms_mean", np.nan)))
+              for _, e in items]
+        xy = [(x, y) for x, y in xy if np.isfinite(x) and np.isfinite(y)]
+        if xy:
+            pts[m] = sorted(xy)
+    if not pts:
+        return None
+    fig = _new_figure(7.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for m, xy in pts.items():
+        x, y = zip(*xy)
+        ax.plot(x, 100 * np.asarray(y), marker="o", label=m)
+    base = (summary.get("base") or {}).get("epdms")
+    if base is not None:
+        ax.axhline(100 * float(base), color="k", ls="--", lw=1, label="base")
+    ax.set_xlabel("compute spent (CPU·s: selection + final training)")
+    ax.set_ylabel("validation EPDMS ×100")
+    ax.set_title("EPDMS vs compute")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mosaic_ray.report.plots import (budget_items, ordered_domains, plot_composition,
-                                     plot_epdms_vs_budget, plot_scaling_curves,
+                                     plot_epdms_vs_budget, plot_epdms_vs_compute, plot_scaling_curves,
                                      plot_selection_order)
 
 __all__ = ["TERMS", "brmr", "render_report", "write_report", "REPORT_NAME", "PLOT_FILES"]
@@ -42,6 +42,7 @@ PLOT_FILES = {
     "scaling": "scaling_curves.png",
     "order": "selection_order.png",
     "composition": "composition.png",
+    "compute": "epdms_vs_compute.png",
     "epdms": "epdms_vs_budget.png",
 }
 
@@ -326,7 +327,8 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
     brmrs: dict[str, dict[int, float]] = {}
     if "random" in res:
         for m in res:
-            brmrs[m] = brmr(res, m, "random", base_epdms=base)
+            if m != "full":  # the full-pool reference has no budget to compare
+                brmrs[m] = brmr(res, m, "random", base_epdms=base)
     lines = ["## Results (validation)", "",
              "EPDMS ×100, mean ± std over seeds. BRMR = budget the method needs to match "
              "Random's EPDMS at this budget ÷ this budget (linear interpolation, base model at "
@@ -340,6 +342,22 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
             rows.append([m, str(b), _mean_std(e), "—" if ns is None else str(ns),
                          _num(br, "{:.2f}") if br is not None else "—"])
     lines += _table(["method", "budget", "EPDMS ×100 (mean ± std)", "seeds", "BRMR"], rows)
+    budgets = sorted({b for m, v in res.items() if m != "full" for b, _ in budget_items(v)})
+    if len(res) > 2 and budgets:
+        pe, pb = [], []
+        for m, v in res.items():
+            if m == "full":
+                continue
+            by_b = dict(budget_items(v))
+            pe.append([m] + [_mean_std(by_b[b] or {}) if b in by_b else "—" for b in budgets])
+            if m in brmrs:
+                pb.append([m] + [_num(brmrs[m].get(b), "{:.2f}") if brmrs[m].get(b) is not None else "—"
+                                 for b in budgets])
+        lines += ["", "EPDMS ×100 by method (rows) and budget (columns):", ""]
+        lines += _table(["method"] + [str(b) for b in budgets], pe)
+        if pb:
+            lines += ["", "BRMR by method and budget (vs Random; lower is better):", ""]
+            lines += _table(["method"] + [str(b) for b in budgets], pb)
     if plot:
         lines += [f"![EPDMS vs budget]({plot})", ""]
     # nine-term breakdown (paper Table 2)
@@ -410,6 +428,52 @@ def _section_wall(s: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- entry points
+def _section_variants(s: Mapping[str, Any]) -> list[str]:
+    """Domain variants (paper Table 8 context) and caption clusters' top n-grams (Table 3)."""
+    variants = s.get("domain_variants") or {}
+    if len(variants) < 2 and not any((v or {}).get("kind") == "captions" for v in variants.values()):
+        return []
+    lines = ["## Domain variants", "",
+             "Methods named `method@variant` use that variant's domains (paper Table 8); the first "
+             "variant is the default.", ""]
+    rows = []
+    for name, v in variants.items():
+        sizes = ((v or {}).get("description") or {}).get("sizes") or {}
+        rows.append([name, str(v.get("kind", "")), str(len(sizes)),
+                     ", ".join(f"{d}: {n}" for d, n in sorted(sizes.items()))])
+    lines += _table(["variant", "kind", "domains", "clips per domain"], rows) + [""]
+    for name, v in variants.items():
+        clusters = ((v or {}).get("description") or {}).get("clusters") or []
+        if (v or {}).get("kind") != "captions" or not clusters:
+            continue
+        lines += [f"Caption clusters of **{name}**: top TF-IDF n-grams (paper Table 3)", ""]
+        lines += _table(["cluster", "clips", "top n-grams", "example caption"],
+                        [[str(c.get("label")), str(c.get("size")), ", ".join(c.get("top_ngrams") or []),
+                          str(c.get("example", ""))[:160]] for c in clusters]) + [""]
+    return lines
+
+
+def _section_compute(s: Mapping[str, Any], plot: str | None) -> list[str]:
+    """EPDMS vs compute spent per method and budget (paper Fig. 11)."""
+    res = s.get("results") or {}
+    rows = []
+    for m, per_b in res.items():
+        for b, e in sorted(per_b.items(), key=lambda kv: int(kv[0])):
+            c = _f((e or {}).get("compute_cpu_s"))
+            if math.isfinite(c):
+                rows.append([m, str(b), f"{c:,.0f}", _x100((e or {}).get("epdms_mean"))])
+    if not rows:
+        return []
+    lines = ["## EPDMS vs compute", "",
+             "CPU-seconds reserved per (method, budget): the selection's own cost (base model and "
+             "scoring pass for model-based methods, pilot runs for MOSAIC) plus the final training "
+             "and its evaluation (paper Fig. 11).", ""]
+    lines += _table(["method", "budget", "CPU·s", "EPDMS ×100"], rows) + [""]
+    if plot:
+        lines += [f"![EPDMS vs compute]({plot})", ""]
+    return lines
+
+
 def render_report(summary: Mapping[str, Any],
                   plots: Mapping[str, str | None] | None = None) -> str:
     """Markdown text of the report for ``summary`` (no files written).
@@ -427,6 +491,8 @@ def render_report(summary: Mapping[str, Any],
     lines += _section_results(summary, plots.get("epdms"))
     lines += _section_diff(summary)
     lines += _section_estimated(summary)
+    lines += _section_compute(summary, plots.get("compute"))
+    lines += _section_variants(summary)
     lines += _section_wall(summary)
     links = [(k, v) for k, v in plots.items() if v]
     if links:
@@ -444,7 +510,8 @@ def write_report(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     makers = {"scaling": plot_scaling_curves, "order": plot_selection_order,
-              "composition": plot_composition, "epdms": plot_epdms_vs_budget}
+              "composition": plot_composition, "epdms": plot_epdms_vs_budget,
+              "compute": plot_epdms_vs_compute}
     links: dict[str, str | None] = {}
     for key, fn in makers.items():
         p = fn(summary, out / PLOT_FILES[key])

@@ -1,7 +1,9 @@
 """EPDMS — the Extended Predictive Driver Model Score, vectorised over proposals.
 
-Follows ``/work/shared/docs/EPDMS.md`` (the project's restatement of NAVSIM's
-``pdm_scorer.py``, ``pdm_comfort_metrics.py`` and ``docs/metrics.md``) term by term:
+Follows ``/work/shared/docs/EPDMS.md`` and NAVSIM's code term by term
+(``navsim/planning/simulation/planner/pdm_planner/scoring/pdm_scorer.py``,
+``pdm_scorer_utils.py``, ``pdm_comfort_metrics.py``, ``scene_aggregator.py``,
+``navsim/evaluate/pdm_score.py``; nuPlan ``collision_utils`` / ``idm/utils.py``):
 
     EPDMS = NC * DAC * DDC * TLC * (5 EP + 5 TTC + 2 LK + 2 HC + 2 EC) / 16
 
@@ -10,45 +12,81 @@ or ``/ 14`` without EC when there is no previous frame.
 Entry points
 ------------
 * :func:`prepare_scene` — per-clip precomputation (a :class:`Scene`).
-* :func:`score_states` — raw terms for simulated 0.1 s states ``(N, 41, 4)``.
-* :func:`score_trajectories` — planner poses -> states -> terms with the reference
-  proposals and the logged human in one vectorised call, EP normalisation, human filter.
+* :func:`score_states` — raw terms for simulated 0.1 s states ``(N, 41, 4|5)``.
+* :func:`score_trajectories` — planner poses -> LQR-tracked states -> terms, together with
+  the reference proposals and the logged human in one vectorised call; EP normalisation,
+  human filter, aggregation.
+* :func:`score_vocabulary` — the nine terms of every vocabulary anchor ``(K, 9)`` (the
+  rule-distillation targets of Hydra-MDP).
 * :func:`score_human` — the logged human future alone.
+
+Speed: one call scores all proposals of a clip. Map membership uses a grid index that is
+exact (:class:`~mosaic_ray.scoring.geometry.PolygonGrid`), lane-keeping a grid of route
+segments, and the agent tests a sort-and-sweep broad phase before the separating-axis test.
+The per-step shapely implementation of the same terms is
+:mod:`mosaic_ray.scoring.reference_impl` (property tests check equality term by term).
 
 Frames and footprint
 --------------------
 States are global ``[x, y, heading, speed]`` (m, m, rad, m/s) of the ego **box centre**
-(the clip's convention), not of the rear axle as in NAVSIM. The ego footprint is the logged
-vehicle's own box (``clip.ego_size``) centred on the state, not NAVSIM's Chrysler Pacifica
-around the rear axle; "ego pose" in the bearing rules below means the box centre and heading.
+(the clip convention), optionally with a 5th column, the longitudinal acceleration (m/s^2);
+NAVSIM's states refer to the rear axle. The rear axle is placed ``EgoGeometry.rear_offset``
+behind the centre (Pacifica proportions, :mod:`mosaic_ray.scoring.simulate`) and used where
+NAVSIM uses it: the bearing rules of NC and TTC and TTC's intersection test. The ego
+footprint is the logged vehicle's own box (``clip.ego_size``), not the Pacifica.
 Internally a :class:`Scene` works in a local frame (origin at the ego at t0, x along its
 heading) for numerical conditioning; inputs and outputs stay global.
 
+Where EPDMS.md's restatement and NAVSIM's code differ, the code is followed
+-------------------------------------------------------------------------
+* DDC: a step is oncoming when the centre lies in no on-route lane *or lane connector*;
+  on-route intersection lanes count as on route, off-route ones (a turn the route does not
+  take) do not (EPDMS.md excludes all intersections).
+* LK: the distance is to the route centre-line (``route_center``; an earlier version of
+  this scorer used the nearest on-route lane centre-line).
+* TTC: the ignore list starts from the history contacts only; objects the ego box itself
+  touched are not skipped (NAVSIM's ``temp_collided_track_ids``).
+* EP: the normaliser pairs the candidate with the reference; the candidate's numerator is
+  ``raw * penalties`` and, below 5 m, EP = 0 where the penalties are 0.
+* HC: the longitudinal acceleration is the state's (smoothed, window 8) and the jerk is the
+  derivative (window 15) of the smoothed acceleration; EC's yaw acceleration uses order 2.
+* Human filter: the human future is tracked from its 8 poses like any proposal.
+
 Documented deviations from NAVSIM
 ---------------------------------
-* Tracking: see :mod:`mosaic_ray.scoring.simulate` (spline, no LQR/bicycle model).
+* Tracking: see :mod:`mosaic_ray.scoring.simulate` (NAVSIM's LQR and bicycle model; the
+  clip's vehicle length with Pacifica proportions; initial acceleration/steering estimated
+  from the logged states).
 * Map: the drivable area is the union of the clip's lane polygons (CommonRoad lanelets,
   including intersection lanes and the ingest's straight extensions); there are no separate
-  intersection, car-park or walkway polygons. A lane polygon is tested as the union of short
-  pieces of at most 4 boundary segments (exact for non-self-overlapping lanes, and fast).
-  "Intersection" means an intersection lane (``lane_in_intersection``).
-* Red lights are lanes, not objects: TLC tests the ego box against on-route lanes whose light
-  is ``TL_RED`` at that step; no red-light object enters NC/TTC (EPDMS.md's "skip red-light
-  areas" is therefore moot).
-* "Touches" (TLC) is sampled: the 4 corners, the 4 edge midpoints and the centre of the ego
-  box are tested for containment; a lane poking between sample points (< 1 m gap on the
-  front and rear edges, < half the box length on the sides) is missed.
-* LK measures the distance to the nearest **on-route lane centre-line** (any lane with
-  ``lane_on_route``) rather than to the single route centre-line, because the logged route
-  can change lanes and NAVSIM's centre-line follows the lane the ego is in.
-* HC: NAVSIM reads acceleration from the tracker's state; the clip states carry only speed,
-  so derivatives come from Savitzky–Golay filters on speed and heading, see
-  :func:`comfort_signals`.
-* "Already in contact" (NC, TTC; EPDMS.md "t <= 0") is tested on the t0 frame: agent boxes
-  touching the logged ego box at t0 are ignored for the whole horizon.
-* EP normaliser: per candidate, ``max(raw_k * pen_k, raw_ref * pen_ref)`` with the chosen
-  reference (EPDMS.md; NAVSIM's two-proposal ``pdm_score``), so a candidate's score does not
-  depend on the other candidates of the batch.
+  roadblock, intersection, car-park or walkway polygons. "Intersection" (LK, TTC) means an
+  intersection lane (``lane_in_intersection``); nuPlan uses the intersection polygon.
+  Lane membership is the even-odd rule on each lane ring, evaluated exactly.
+* Red lights are lanes, not objects: TLC tests the ego box (exact polygon intersection)
+  against on-route lanes whose light is ``TL_RED`` at that step (NAVSIM: the polygons of
+  red on-route lane connectors); NC and TTC never see red lights.
+* "Already in contact" (NC, TTC): agents whose box touches the logged ego box at any step of
+  the 1.5 s history (t in [-1.5, 0] s) are ignored for the whole horizon, the way nuPlan's
+  closed-loop ``PDMObservation`` accumulates ``collided_track_ids`` over past frames.
+* NC "object stopped" follows nuPlan's ``is_track_stopped`` applied to NAVSIM's
+  ``unique_objects`` (the object as first seen in the scoring window): static objects always,
+  other agents when their speed at their first valid step from t0 on is <= 0.05 m/s.
+* HC/EC signals (:func:`comfort_signals`): NAVSIM reads the accelerations from the state
+  (bicycle model) and smooths them; here the longitudinal acceleration is the state's 5th
+  column where given (the tracker's acceleration) and the backward difference of the speed
+  otherwise (identical for tracked states), and the lateral acceleration is ``v * yaw rate``
+  (NAVSIM's rear-axle state has lateral acceleration 0); the acceleration magnitude (jerk,
+  EC) is ``hypot(lon, lat)``. HC prepends the 15 logged history states t0-1.5 .. t0-0.1 s
+  (NAVSIM's history sampling drops t0-0.1 s, leaving a 0.2 s gap; not reproduced).
+* Human filter: the human future is tracked and scored like a proposal. Its EP is normalised
+  on its own (0 only when its penalties are 0, as in NAVSIM's separate human call); its HC
+  includes the history (NAVSIM passes no history for the human, so its HC is always 1 there
+  and the HC filter never acts; EPDMS.md's rule is kept instead, which forgives a logged
+  history that is itself uncomfortable).
+* EP normaliser: NAVSIM's two-proposal ``_aggregate_scores`` per candidate: with
+  ``m = max(raw * pen, raw_ref * pen_ref)``, ``EP = raw * pen / m`` if ``m > 5 m`` else
+  ``1`` (``0`` where ``pen == 0``), so a candidate's score does not depend on the other
+  candidates of the batch.
 """
 
 from __future__ import annotations
@@ -60,16 +98,17 @@ from typing import Mapping
 import numpy as np
 from scipy.signal import savgol_filter
 
-from ..data.clip import (AGENT_STATIC, FUT_SLICE, N_PRE, T0_INDEX, TL_RED, Clip)
-from .geometry import (box_corners, boxes_intersect, points_in_polygons_pairs,
-                       points_to_segments_distance, project_to_polyline, relative_bearing,
-                       segment_intersects_box, wrap_angle)
+from ..data.clip import (AGENT_STATIC, FUT_SLICE, N_PRE, POSE_STEPS, T0_INDEX, TL_RED, Clip)
+from .geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect, boxes_intersect_ring,
+                       lane_bits, masks_test, project_to_polyline, relative_bearing,
+                       segment_intersects_box, sweep_pairs, wrap_angle)
 from .reference import REFERENCE_FRACTIONS, reference_proposals
-from .simulate import simulate_poses
+from .simulate import (EgoGeometry, initial_dynamics, job_from_poses, job_from_states, simulate_poses,
+                       track_many, track_states)
 
 __all__ = [
-    "TERMS", "WEIGHTS", "PENALTY_TERMS", "FILTERED_TERMS", "Scene", "EPDMSResult",
-    "prepare_scene", "score_states", "score_trajectories", "score_human",
+    "TERMS", "WEIGHTS", "PENALTY_TERMS", "FILTERED_TERMS", "DISTILL_TERMS", "Scene", "EPDMSResult",
+    "prepare_scene", "score_states", "score_trajectories", "score_vocabulary", "score_human",
     "comfort_signals", "normalize_progress", "apply_human_filter", "aggregate_epdms",
 ]
 
@@ -77,9 +116,11 @@ TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC")
 WEIGHTS = {"EP": 5, "TTC": 5, "LK": 2, "HC": 2, "EC": 2}
 PENALTY_TERMS = ("NC", "DAC", "DDC", "TLC")
 FILTERED_TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC")
+DISTILL_TERMS = FILTERED_TERMS  #: the 8 sub-scores the planner's distillation heads predict
 
 N_STEPS = 41
 DT = 0.1
+N_HISTORY = 15  # logged states prepended for HC (t0-1.5 .. t0-0.1 s)
 # NC (nuPlan get_collision_type / is_track_stopped)
 EGO_STOPPED_SPEED = 5e-2  # m/s
 OBJECT_STOPPED_SPEED = 5e-2  # m/s
@@ -87,16 +128,16 @@ BEHIND_ANGLE = np.deg2rad(150.0)
 AHEAD_ANGLE = np.deg2rad(30.0)
 STATIC_OBJECT_SCORE = 0.5
 # DDC
-DDC_WINDOW_STEPS = 10  # 1.0 s: window [t - 10, t] as NAVSIM
+DDC_WINDOW_STEPS = 10  # int(1.0 s / 0.1 s): window [t - 10, t] as NAVSIM
 DDC_COMPLY = 2.0  # m
 DDC_VIOLATE = 6.0  # m
 # TTC
-TTC_LAST_STEP = 31
+TTC_LAST_STEP = 31  # 40 - 9
 TTC_OFFSETS = (0, 3, 6, 9)  # steps (0, 0.3, 0.6, 0.9 s)
 TTC_STOPPED_SPEED = 5e-3  # m/s
 # LK
 LK_MAX_DEVIATION = 0.5  # m
-LK_MAX_STEPS = 20  # 2.0 s
+LK_MAX_STEPS = 20  # ceil(2.0 s / 0.1 s)
 # EP
 PROGRESS_THRESHOLD = 5.0  # m
 # HC bounds (nuPlan / NAVSIM pdm_comfort_metrics)
@@ -113,7 +154,8 @@ EC_YAW_RATE = 0.1  # rad/s
 EC_YAW_ACCEL = 0.1  # rad/s^2
 EC_SHIFT = 5  # steps between frames (0.5 s)
 
-LANE_PIECE_SEGMENTS = 4  # boundary segments per lane piece (point-in-lane speed-up)
+GRID_CELL = 1.0  # m, cell of the lane and route grids
+FAR = 1e7  # m, where invalid agents are parked
 
 
 # ====================================================================================== scene
@@ -121,55 +163,64 @@ LANE_PIECE_SEGMENTS = 4  # boundary segments per lane piece (point-in-lane speed
 class Scene:
     """Per-clip precomputation for :func:`score_states` (local frame, see module docstring).
 
-    Attributes (``M`` lanes, ``A`` agents, ``C`` lane pieces, all local-frame float64 unless
-    stated):
+    Attributes (``M`` lanes, ``A`` agents, ``W`` = ceil(M / 64) mask words; local-frame
+    float64 unless stated):
 
     * ``clip``: the source :class:`~mosaic_ray.data.clip.Clip`.
     * ``origin`` (3,): global ``[x, y, heading]`` of the local frame (ego at t0).
-    * ``ego_length``, ``ego_width``: m.
-    * ``start_state`` (4,) global and ``start_local`` (4,) local ego state at t0.
-    * ``history`` (15, 4) global logged states t0-1.5 s .. t0-0.1 s (``ego_states[5:20]``).
-    * ``human_states`` (41, 4) global logged future (``ego_states[20:61]``).
-    * ``human_prev`` (41, 4) global logged states from t0-0.5 s (``ego_states[15:56]``), the
-      human's "previous frame" for EC.
-    * ``lane_polygons`` (M, Vmax, 2) padded lane rings, ``lane_n_vertices`` (M,) int.
-    * ``piece_polygons`` (C, 10, 2), ``piece_n_vertices`` (C,), ``piece_lane`` (C,) int: lanes
-      cut into pieces of at most 4 boundary segments.
-    * ``lane_on_route`` (M,) bool, ``lane_in_intersection`` (M,) bool.
+    * ``geometry``: :class:`~mosaic_ray.scoring.simulate.EgoGeometry`; ``ego_length``,
+      ``ego_width`` (m).
+    * ``start_state`` (4,) global and ``start_local`` (4,) local ego state at t0;
+      ``init_accel`` (m/s^2), ``init_steer`` (rad): tracker initial dynamics.
+    * ``prev_start`` (4,) global ego state at t0-0.5 s and ``prev_accel``, ``prev_steer``.
+    * ``history`` (15, 5) global logged states t0-1.5 .. t0-0.1 s with acceleration.
+    * ``human_poses`` (8, 3) and ``human_prev_poses`` (8, 3): the logged future as planner
+      poses (ego frame at t0, resp. at t0-0.5 s).
+    * ``lane_rings``: M local rings; ``lane_on_route``, ``lane_in_intersection`` (M,) bool;
+      ``route_bits``, ``inter_bits`` (W,) uint64; ``lane_grid``
+      (:class:`~mosaic_ray.scoring.geometry.PolygonGrid`); ``lane_bbox`` (M, 4).
     * ``red_lanes`` (41, M) bool: on-route lane whose light is red at future step t.
-    * ``route_lane_segments`` (S, 2, 2): centre-line segments of on-route lanes (LK).
-    * ``route_center`` (P, 2): the route centre-line (EP, reference); ``route_arc`` (P,)
-      its cumulative arc length (m).
-    * ``agent_boxes`` (41, A, 5) ``[x, y, heading, length, width]``; ``agent_valid`` (41, A)
-      bool; ``agent_speed`` (41, A) m/s (0 where invalid); ``agent_static`` (A,) bool
-      (``AGENT_STATIC``); ``contact_t0`` (A,) bool: agent box touches the ego box at t0.
+    * ``route_center`` (P, 2): the route centre-line (EP, LK, reference); ``route_grid``: its
+      :class:`~mosaic_ray.scoring.geometry.SegmentGrid` for the LK radius.
+    * ``agent_boxes`` (41, A, 5) ``[x, y, heading, length, width]`` (invalid: parked far
+      away); ``agent_valid`` (41, A) bool; ``agent_speed`` (41, A) m/s (0 where invalid);
+      ``agent_static`` (A,) bool; ``agent_stopped`` (A,) bool (NC rule, see module
+      docstring); ``agent_ignored`` (A,) bool: touched the logged ego box during the history;
+      ``agent_radius`` (A,) half diagonals (m).
     """
 
     clip: Clip
     origin: np.ndarray
+    geometry: EgoGeometry
     ego_length: float
     ego_width: float
     start_state: np.ndarray
     start_local: np.ndarray
+    init_accel: float
+    init_steer: float
+    prev_start: np.ndarray
+    prev_accel: float
+    prev_steer: float
     history: np.ndarray
-    human_states: np.ndarray
-    human_prev: np.ndarray
-    lane_polygons: np.ndarray
-    lane_n_vertices: np.ndarray
-    piece_polygons: np.ndarray
-    piece_n_vertices: np.ndarray
-    piece_lane: np.ndarray
+    human_poses: np.ndarray
+    human_prev_poses: np.ndarray
+    lane_rings: list
     lane_on_route: np.ndarray
     lane_in_intersection: np.ndarray
+    route_bits: np.ndarray
+    inter_bits: np.ndarray
+    lane_grid: PolygonGrid
+    lane_bbox: np.ndarray
     red_lanes: np.ndarray
-    route_lane_segments: np.ndarray
     route_center: np.ndarray
-    route_arc: np.ndarray
+    route_grid: SegmentGrid
     agent_boxes: np.ndarray
     agent_valid: np.ndarray
     agent_speed: np.ndarray
     agent_static: np.ndarray
-    contact_t0: np.ndarray
+    agent_stopped: np.ndarray
+    agent_ignored: np.ndarray
+    agent_radius: np.ndarray
     _lane_center_local: np.ndarray = field(repr=False, default=None)
     _lane_offsets: np.ndarray = field(repr=False, default=None)
     _cache: dict = field(repr=False, default_factory=dict)
@@ -192,69 +243,84 @@ class Scene:
         return np.stack([c * dx + s * dy, -s * dx + c * dy], axis=-1)
 
     def to_local_states(self, states: np.ndarray) -> np.ndarray:
-        """Global (..., 4) ``[x, y, heading, speed]`` -> local."""
-        out = np.empty(states.shape, dtype=np.float64)
+        """Global (..., 4|5) ``[x, y, heading, speed(, accel)]`` -> local (same columns)."""
+        out = np.array(states, dtype=np.float64, copy=True)
         out[..., :2] = self.to_local_xy(states[..., :2])
         out[..., 2] = wrap_angle(states[..., 2] - self.origin[2])
-        out[..., 3] = states[..., 3]
         return out
 
     def to_global_states(self, states: np.ndarray) -> np.ndarray:
-        """Local (..., 4) -> global."""
+        """Local (..., 4|5) -> global."""
         x0, y0, h0 = self.origin
         c, s = np.cos(h0), np.sin(h0)
-        out = np.empty(states.shape, dtype=np.float64)
+        out = np.array(states, dtype=np.float64, copy=True)
         out[..., 0] = x0 + c * states[..., 0] - s * states[..., 1]
         out[..., 1] = y0 + s * states[..., 0] + c * states[..., 1]
         out[..., 2] = wrap_angle(states[..., 2] + h0)
-        out[..., 3] = states[..., 3]
         return out
-
-    def reference_states(self) -> np.ndarray:
-        """(R, 41, 4) global reference proposals (:func:`~mosaic_ray.scoring.reference.
-        reference_proposals` with the default fractions), computed once per scene."""
-        if "reference" not in self._cache:
-            refs = reference_proposals(self, REFERENCE_FRACTIONS)
-            refs.setflags(write=False)
-            self._cache["reference"] = refs
-        return self._cache["reference"]
 
     def lane_center_local(self, i: int) -> np.ndarray:
         """(n, 2) local centre-line of lane ``i``."""
         a, b = int(self._lane_offsets[i]), int(self._lane_offsets[i + 1])
         return self._lane_center_local[a:b]
 
-    # ---- map queries
-    def lanes_containing(self, points: np.ndarray) -> np.ndarray:
-        """Local points (..., 2) -> (..., M) bool: point inside lane polygon m."""
-        pts = np.asarray(points, dtype=np.float64)
-        lead = pts.shape[:-1]
-        flat = pts.reshape(-1, 2)
-        out = np.zeros((flat.shape[0], self.num_lanes), dtype=bool)
-        if self.piece_polygons.shape[0]:
-            pi, ci = points_in_polygons_pairs(flat, self.piece_polygons, self.piece_n_vertices)
-            out[pi, self.piece_lane[ci]] = True
-        return out.reshape(lead + (self.num_lanes,))
+    # ---- ego motion
+    def simulate(self, poses: np.ndarray) -> np.ndarray:
+        """Planner poses ``(N, 8, 3)`` (ego frame at t0) -> tracked global states
+        ``(N, 41, 5)`` ``[x, y, heading, speed, accel]``."""
+        return simulate_poses(self.start_state, poses, self.geometry, self.init_accel,
+                              self.init_steer, with_accel=True)
 
-    def lanes_containing_sparse(self, points: np.ndarray,
-                                lane_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`lanes_containing` but only for the lanes (optionally restricted to
-        ``lane_mask`` (M,) bool) that contain at least one of the points: returns
-        ``(lane_idx (K,) int64, inside (..., K) bool)``."""
-        pts = np.asarray(points, dtype=np.float64)
-        lead = pts.shape[:-1]
-        flat = pts.reshape(-1, 2)
-        sel = np.arange(self.piece_polygons.shape[0])
-        if lane_mask is not None:
-            sel = sel[np.asarray(lane_mask, dtype=bool)[self.piece_lane]]
-        if sel.size == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(lead + (0,), dtype=bool)
-        pi, ci = points_in_polygons_pairs(flat, self.piece_polygons[sel], self.piece_n_vertices[sel])
-        lanes = self.piece_lane[sel[ci]]
-        lane_idx, col = np.unique(lanes, return_inverse=True)
-        out = np.zeros((flat.shape[0], lane_idx.size), dtype=bool)
-        out[pi, col] = True
-        return lane_idx, out.reshape(lead + (lane_idx.size,))
+    def simulate_prev(self, poses: np.ndarray) -> np.ndarray:
+        """Planner poses of the previous frame ``(N, 8, 3)`` (ego frame at t0-0.5 s) ->
+        tracked global states ``(N, 41, 5)`` from t0-0.5 s."""
+        return simulate_poses(self.prev_start, poses, self.geometry, self.prev_accel,
+                              self.prev_steer, with_accel=True)
+
+    def reference_states(self) -> np.ndarray:
+        """(R, 41, 5) global tracked reference proposals (:func:`~mosaic_ray.scoring.
+        reference.reference_proposals` with the default fractions), computed once."""
+        if "reference" not in self._cache:
+            plans = reference_proposals(self, REFERENCE_FRACTIONS)
+            refs = track_states(self.start_state, plans, self.geometry, self.init_accel, self.init_steer)
+            refs.setflags(write=False)
+            self._cache["reference"] = refs
+        return self._cache["reference"]
+
+    def human_states(self) -> np.ndarray:
+        """(41, 5) the logged future's poses tracked like a proposal (NAVSIM human filter)."""
+        if "human" not in self._cache:
+            hs = self.simulate(self.human_poses[None])[0]
+            hs.setflags(write=False)
+            self._cache["human"] = hs
+        return self._cache["human"]
+
+    def human_prev_states(self) -> np.ndarray:
+        """(41, 5) the logged poses from t0-0.5 s tracked from the previous frame (human EC)."""
+        if "human_prev" not in self._cache:
+            hs = self.simulate_prev(self.human_prev_poses[None])[0]
+            hs.setflags(write=False)
+            self._cache["human_prev"] = hs
+        return self._cache["human_prev"]
+
+
+def _poses_in_frame(states: np.ndarray, origin_state: np.ndarray) -> np.ndarray:
+    """Global states (k, >=3) -> poses (k, 3) in the frame of ``origin_state``."""
+    x0, y0, h0 = origin_state[:3]
+    c, s = np.cos(h0), np.sin(h0)
+    dx, dy = states[:, 0] - x0, states[:, 1] - y0
+    return np.stack([c * dx + s * dy, -s * dx + c * dy, wrap_angle(states[:, 2] - h0)], axis=-1)
+
+
+def _with_backward_accel(states: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
+    """(N, T, 4) -> (N, T, 5): accel = backward difference of the speed (first step: the next
+    value, or ``first``)."""
+    out = np.empty(states.shape[:-1] + (5,))
+    out[..., :4] = states[..., :4]
+    d = np.diff(states[..., 3], axis=-1) / DT
+    out[..., 1:, 4] = d
+    out[..., 0, 4] = d[..., 0] if first is None else first
+    return out
 
 
 def prepare_scene(clip: Clip) -> Scene:
@@ -267,19 +333,27 @@ def prepare_scene(clip: Clip) -> Scene:
         A :class:`Scene` in the clip's local frame.
 
     Raises:
-        ValueError: if the clip's arrays have inconsistent shapes (via ``clip.validate()``).
+        ClipValidationError (a ValueError): inconsistent clip arrays (``clip.validate()``).
     """
     clip.validate()
     es = np.asarray(clip.ego_states, dtype=np.float64)
     start = es[T0_INDEX].copy()
     origin = start[:3].copy()
     L, W = float(clip.ego_size[0]), float(clip.ego_size[1])
+    geom = EgoGeometry.from_size(L, W)
+    acc0, steer0 = initial_dynamics(es[T0_INDEX - 2:T0_INDEX + 1], geom)
+    pi = T0_INDEX - 5
+    prev_start = es[pi].copy()
+    pacc, psteer = initial_dynamics(es[pi - 2:pi + 1], geom)
+    hist = _with_backward_accel(es[N_PRE:T0_INDEX + 1][None])[0][:N_HISTORY]
+    human_poses = _poses_in_frame(es[T0_INDEX + POSE_STEPS], start)
+    human_prev = _poses_in_frame(es[pi + POSE_STEPS], prev_start)
 
-    # a scratch scene for the frame helpers
+    c0, s0 = np.cos(origin[2]), np.sin(origin[2])
+
     def _loc(xy: np.ndarray) -> np.ndarray:
-        c, s = np.cos(origin[2]), np.sin(origin[2])
         dx, dy = xy[..., 0] - origin[0], xy[..., 1] - origin[1]
-        return np.stack([c * dx + s * dy, -s * dx + c * dy], axis=-1)
+        return np.stack([c0 * dx + s0 * dy, -s0 * dx + c0 * dy], axis=-1)
 
     # ---- lanes
     M = clip.num_lanes
@@ -287,71 +361,74 @@ def prepare_scene(clip: Clip) -> Scene:
     left = _loc(np.asarray(clip.lane_left, dtype=np.float64).reshape(-1, 2))
     right = _loc(np.asarray(clip.lane_right, dtype=np.float64).reshape(-1, 2))
     center = _loc(np.asarray(clip.lane_center, dtype=np.float64).reshape(-1, 2))
-    counts = np.diff(off) if M else np.zeros(0, dtype=np.int64)
-    vmax = int(2 * counts.max()) if M else 0
-    lane_polys = np.zeros((M, vmax, 2))
-    lane_nv = (2 * counts).astype(np.int64)
-    pieces, piece_nv, piece_lane = [], [], []
-    segs = []
-    K = LANE_PIECE_SEGMENTS
-    for i in range(M):
-        a, b = int(off[i]), int(off[i + 1])
-        lane_polys[i, : 2 * (b - a)] = np.concatenate([left[a:b], right[a:b][::-1]])
-        n = b - a
-        for s0 in range(0, n - 1, K):
-            e0 = min(s0 + K, n - 1)
-            ring = np.concatenate([left[a + s0:a + e0 + 1], right[a + s0:a + e0 + 1][::-1]])
-            buf = np.zeros((2 * (K + 1), 2))
-            buf[: ring.shape[0]] = ring
-            pieces.append(buf)
-            piece_nv.append(ring.shape[0])
-            piece_lane.append(i)
-        if clip.lane_on_route[i]:
-            segs.append(np.stack([center[a:b - 1], center[a + 1:b]], axis=1))
-    piece_polys = np.stack(pieces) if pieces else np.zeros((0, 2 * (K + 1), 2))
-    route_center = _loc(np.asarray(clip.route_center, dtype=np.float64))
-    if segs:
-        route_lane_segments = np.concatenate(segs, axis=0)
-    else:  # no on-route lane: fall back to the route centre-line
-        route_lane_segments = np.stack([route_center[:-1], route_center[1:]], axis=1)
-
+    rings = [np.concatenate([left[off[i]:off[i + 1]], right[off[i]:off[i + 1]][::-1]]) for i in range(M)]
+    if M:
+        st_ = off[:-1]
+        bbox = np.stack([np.minimum(np.minimum.reduceat(left[:, 0], st_), np.minimum.reduceat(right[:, 0], st_)),
+                         np.minimum(np.minimum.reduceat(left[:, 1], st_), np.minimum.reduceat(right[:, 1], st_)),
+                         np.maximum(np.maximum.reduceat(left[:, 0], st_), np.maximum.reduceat(right[:, 0], st_)),
+                         np.maximum(np.maximum.reduceat(left[:, 1], st_), np.maximum.reduceat(right[:, 1], st_))],
+                        axis=-1)
+    else:
+        bbox = np.zeros((0, 4))
     on_route = np.asarray(clip.lane_on_route, dtype=bool).copy()
     in_inter = np.asarray(clip.lane_in_intersection, dtype=bool).copy()
     tl = np.asarray(clip.lane_tl_state)[:, FUT_SLICE]  # (M, 41)
     red = ((tl == TL_RED) & on_route[:, None]).T.copy()  # (41, M)
+    route_center = _loc(np.asarray(clip.route_center, dtype=np.float64))
+    route_grid = SegmentGrid(route_center[:-1], route_center[1:], cell=GRID_CELL, radius=LK_MAX_DEVIATION)
 
     # ---- agents
     A = clip.num_agents
-    ast = np.asarray(clip.agent_states, dtype=np.float64)[:, FUT_SLICE]  # (A, 41, 4)
-    aval = np.asarray(clip.agent_valid, dtype=bool)[:, FUT_SLICE] & np.isfinite(ast).all(-1)
-    boxes = np.zeros((N_STEPS, A, 5))
-    if A:
-        xy = _loc(np.where(aval[..., None], ast[..., :2], 0.0))
-        far = 1e7 + 10.0 * np.arange(A)[:, None]  # invalid agents: parked far away
-        boxes[..., 0] = np.where(aval, xy[..., 0], far).T
-        boxes[..., 1] = np.where(aval, xy[..., 1], far).T
-        boxes[..., 2] = np.where(aval, wrap_angle(ast[..., 2] - origin[2]), 0.0).T
-        boxes[..., 3] = np.asarray(clip.agent_size, dtype=np.float64)[:, 0][None, :]
-        boxes[..., 4] = np.asarray(clip.agent_size, dtype=np.float64)[:, 1][None, :]
-    speed = np.where(aval, np.nan_to_num(ast[..., 3]), 0.0).T.copy()
+    ast = np.asarray(clip.agent_states, dtype=np.float64)              # (A, 61, 4)
+    aval_all = np.asarray(clip.agent_valid, dtype=bool) & np.isfinite(ast).all(-1)
+    size = np.asarray(clip.agent_size, dtype=np.float64).reshape(A, 2)
+
+    def _boxes(sl: slice) -> tuple[np.ndarray, np.ndarray]:
+        st, va = ast[:, sl], aval_all[:, sl]
+        T = st.shape[1]
+        b = np.zeros((T, A, 5))
+        if A:
+            xy = _loc(np.where(va[..., None], st[..., :2], 0.0))
+            far = FAR + 10.0 * np.arange(A)[:, None]
+            b[..., 0] = np.where(va, xy[..., 0], far).T
+            b[..., 1] = np.where(va, xy[..., 1], far).T
+            b[..., 2] = np.where(va, wrap_angle(st[..., 2] - origin[2]), 0.0).T
+            b[..., 3] = size[:, 0][None, :]
+            b[..., 4] = size[:, 1][None, :]
+        return b, va.T.copy()
+
+    boxes, aval = _boxes(FUT_SLICE)
+    speed = np.where(aval.T, np.nan_to_num(ast[:, FUT_SLICE, 3]), 0.0).T.copy()
     static = np.asarray(clip.agent_types) == AGENT_STATIC
-    ego0 = np.array([0.0, 0.0, 0.0, L, W])
-    contact0 = boxes_intersect(ego0[None, :], boxes[0]) & aval[:, 0] if A else np.zeros(0, bool)
+    first = np.argmax(aval, axis=0) if A else np.zeros(0, dtype=np.int64)
+    first_speed = speed[first, np.arange(A)] if A else np.zeros(0)
+    stopped = static | (np.abs(first_speed) <= OBJECT_STOPPED_SPEED)
+    # history contact: agent box touches the logged ego box at any step t0-1.5 .. t0
+    hsl = slice(N_PRE, T0_INDEX + 1)
+    hboxes, hval = _boxes(hsl)
+    if A:
+        ego_h = es[hsl]
+        exy = _loc(ego_h[:, :2])
+        ego_boxes = np.stack([exy[:, 0], exy[:, 1], wrap_angle(ego_h[:, 2] - origin[2]),
+                              np.full(len(ego_h), L), np.full(len(ego_h), W)], axis=-1)
+        ignored = (boxes_intersect(ego_boxes[:, None, :], hboxes) & hval).any(axis=0)
+    else:
+        ignored = np.zeros(0, dtype=bool)
 
     start_local = np.array([0.0, 0.0, 0.0, start[3]])
     return Scene(
-        clip=clip, origin=origin, ego_length=L, ego_width=W,
-        start_state=start, start_local=start_local,
-        history=es[N_PRE:T0_INDEX].copy(), human_states=es[FUT_SLICE].copy(),
-        human_prev=es[T0_INDEX - 5:T0_INDEX - 5 + N_STEPS].copy(),
-        lane_polygons=lane_polys, lane_n_vertices=lane_nv,
-        piece_polygons=piece_polys, piece_n_vertices=np.asarray(piece_nv, dtype=np.int64),
-        piece_lane=np.asarray(piece_lane, dtype=np.int64),
-        lane_on_route=on_route, lane_in_intersection=in_inter, red_lanes=red,
-        route_lane_segments=route_lane_segments, route_center=route_center,
-        route_arc=np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(route_center, axis=0).T))]),
-        agent_boxes=boxes, agent_valid=aval.T.copy(), agent_speed=speed,
-        agent_static=static, contact_t0=np.asarray(contact0, dtype=bool),
+        clip=clip, origin=origin, geometry=geom, ego_length=L, ego_width=W,
+        start_state=start, start_local=start_local, init_accel=float(acc0), init_steer=float(steer0),
+        prev_start=prev_start, prev_accel=float(pacc), prev_steer=float(psteer),
+        history=hist, human_poses=human_poses, human_prev_poses=human_prev,
+        lane_rings=rings, lane_on_route=on_route, lane_in_intersection=in_inter,
+        route_bits=lane_bits(on_route), inter_bits=lane_bits(in_inter),
+        lane_grid=PolygonGrid.from_lanes(left, right, off, cell=GRID_CELL), lane_bbox=bbox, red_lanes=red,
+        route_center=route_center, route_grid=route_grid,
+        agent_boxes=boxes, agent_valid=aval, agent_speed=speed, agent_static=static,
+        agent_stopped=stopped, agent_ignored=ignored,
+        agent_radius=0.5 * np.hypot(size[:, 0], size[:, 1]),
         _lane_center_local=center, _lane_offsets=off,
     )
 
@@ -359,9 +436,9 @@ def prepare_scene(clip: Clip) -> Scene:
 # ==================================================================================== comfort
 @lru_cache(maxsize=64)
 def _savgol_matrix(T: int, window: int, order: int, deriv: int) -> np.ndarray:
-    """(T, T) linear operator equal to ``savgol_filter(..., mode="interp")`` on length-T rows."""
+    """(T, T) linear operator equal to ``savgol_filter(..., delta=0.1, mode="interp")`` on rows."""
     w = min(window, T)
-    m = savgol_filter(np.eye(T), window_length=w, polyorder=min(order, w - 1), deriv=deriv,
+    m = savgol_filter(np.eye(T), window_length=w, polyorder=order, deriv=deriv,
                       delta=DT, axis=0, mode="interp")
     m.setflags(write=False)
     return m
@@ -371,38 +448,46 @@ def _savgol(y: np.ndarray, window: int, order: int, deriv: int) -> np.ndarray:
     return y @ _savgol_matrix(int(y.shape[-1]), window, order, deriv).T
 
 
-def comfort_signals(states: np.ndarray) -> dict[str, np.ndarray]:
-    """Kinematic signals of 0.1 s state sequences (the scheme HC and EC share).
+def _phase_unwrap(h: np.ndarray) -> np.ndarray:
+    """NAVSIM ``_phase_unwrap``: successive differences brought into [-pi, pi]."""
+    adj = np.zeros_like(h)
+    adj[..., 1:] = np.cumsum(np.round(np.diff(h, axis=-1) / (2 * np.pi)), axis=-1)
+    return h - 2 * np.pi * adj
 
-    Savitzky–Golay derivatives (``scipy.signal.savgol_filter``, ``mode="interp"``) with
-    EPDMS.md's windows:
 
-    * ``lon_accel`` = d speed / dt, order 2, window 8 (an even window: values refer to half a
-      step later, 0.05 s — negligible against the bounds);
-    * ``yaw_rate`` = d heading / dt on the unwrapped heading, order 2, window 5;
-    * ``yaw_accel`` = d^2 heading / dt^2, order 3, window 5;
-    * ``lat_accel`` = speed * yaw_rate;
-    * ``accel`` = hypot(lon_accel, lat_accel) (magnitude);
-    * ``lon_jerk`` = d lon_accel / dt and ``jerk`` = d accel / dt (derivative of the
-      magnitude, as NAVSIM), order 2, window 15.
+def comfort_signals(states: np.ndarray, yaw_accel_order: int = 3) -> dict[str, np.ndarray]:
+    """Kinematic signals of 0.1 s state sequences (NAVSIM ``pdm_comfort_metrics``).
+
+    All outputs are rounded to 8 decimals as NAVSIM does. With ``a`` the longitudinal
+    acceleration (5th column, or the backward difference of the speed) and the heading
+    unwrapped by NAVSIM's ``_phase_unwrap``:
+
+    * ``yaw_rate`` = Savitzky–Golay d/dt of the heading, window 5, order 2;
+    * ``yaw_accel`` = d^2/dt^2 of the heading, window 5, order ``yaw_accel_order`` (3 for HC,
+      NAVSIM's ``extract_features`` uses 2 for EC);
+    * ``lon_accel`` = smoothed ``a`` (window 8, order 2); ``lat_accel`` = smoothed
+      ``v * yaw_rate``; ``accel`` = smoothed ``hypot(a, v * yaw_rate)``;
+    * ``lon_jerk`` = d/dt of ``lon_accel`` and ``jerk`` = d/dt of ``accel`` (window 15,
+      order 2). Savitzky–Golay filters use ``mode="interp"`` with ``delta = 0.1 s``.
 
     Args:
-        states: ``(N, T, 4)`` float ``[x, y, heading, speed]``, ``T >= 5``.
+        states: ``(N, T, 4|5)`` float ``[x, y, heading, speed(, accel)]``, ``T >= 15``.
 
     Returns:
         dict of ``(N, T)`` float64 arrays (m/s^2, m/s^3, rad/s, rad/s^2).
     """
-    v = states[..., 3]
-    yaw = np.unwrap(states[..., 2], axis=-1)
-    lon_a = _savgol(v, 8, 2, 1)
-    yaw_rate = _savgol(yaw, 5, 2, 1)
-    yaw_acc = _savgol(yaw, 5, 3, 2)
-    lat_a = v * yaw_rate
-    acc = np.hypot(lon_a, lat_a)
+    s = states if states.shape[-1] == 5 else _with_backward_accel(states)
+    v, a = s[..., 3], s[..., 4]
+    yaw = _phase_unwrap(s[..., 2])
+    yaw_rate_raw = _savgol(yaw, 5, 2, 1)
+    lat_raw = v * yaw_rate_raw
+    lon = np.round(_savgol(a, 8, 2, 0), 8)
+    acc = np.round(_savgol(np.hypot(a, lat_raw), 8, 2, 0), 8)
     return {
-        "lon_accel": lon_a, "lat_accel": lat_a, "accel": acc,
-        "lon_jerk": _savgol(lon_a, 15, 2, 1), "jerk": _savgol(acc, 15, 2, 1),
-        "yaw_rate": yaw_rate, "yaw_accel": yaw_acc,
+        "lon_accel": lon, "lat_accel": np.round(_savgol(lat_raw, 8, 2, 0), 8), "accel": acc,
+        "lon_jerk": np.round(_savgol(lon, 15, 2, 1), 8), "jerk": np.round(_savgol(acc, 15, 2, 1), 8),
+        "yaw_rate": np.round(yaw_rate_raw, 8),
+        "yaw_accel": np.round(_savgol(yaw, 5, yaw_accel_order, 2), 8),
     }
 
 
@@ -425,8 +510,8 @@ def _extended_comfort(states: np.ndarray, prev: np.ndarray) -> np.ndarray:
     rows = np.isfinite(prev).all(axis=(1, 2))
     if not rows.any():
         return out
-    cur = comfort_signals(states[rows, :-EC_SHIFT])
-    prv = comfort_signals(prev[rows, EC_SHIFT:])
+    cur = comfort_signals(states[rows, :-EC_SHIFT], yaw_accel_order=2)
+    prv = comfort_signals(prev[rows, EC_SHIFT:], yaw_accel_order=2)
 
     def rms(k: str) -> np.ndarray:
         return np.sqrt(np.mean((cur[k] - prv[k]) ** 2, axis=-1))
@@ -440,78 +525,253 @@ def _extended_comfort(states: np.ndarray, prev: np.ndarray) -> np.ndarray:
 # ==================================================================================== scoring
 def _check_states(states: np.ndarray, name: str = "states") -> np.ndarray:
     s = np.asarray(states, dtype=np.float64)
-    if s.ndim != 3 or s.shape[1:] != (N_STEPS, 4):
-        raise ValueError(f"{name}: expected (N, {N_STEPS}, 4), got {s.shape}")
+    if s.ndim != 3 or s.shape[1] != N_STEPS or s.shape[2] not in (4, 5):
+        raise ValueError(f"{name}: expected (N, {N_STEPS}, 4|5), got {s.shape}")
     if not np.isfinite(s).all():
         raise ValueError(f"{name}: non-finite value")
-    return s
+    return s if s.shape[2] == 5 else _with_backward_accel(s)
 
 
-def _pairwise_boxes(ego: np.ndarray, agents: np.ndarray, mask: np.ndarray,
-                    ego_r: float, agent_r: np.ndarray) -> np.ndarray:
-    """ego (..., 5) broadcast against agents (..., A, 5): intersect (..., A) where mask."""
-    dx = ego[..., None, 0] - agents[..., 0]
-    dy = ego[..., None, 1] - agents[..., 1]
-    rr = ego_r + agent_r
-    cand = mask & (dx * dx + dy * dy <= rr * rr)
-    out = np.zeros(cand.shape, dtype=bool)
-    idx = np.nonzero(cand)
-    if idx[0].size:
-        e = np.broadcast_to(ego[..., None, :], cand.shape + (5,))[idx]
-        a = np.broadcast_to(agents, cand.shape + (5,))[idx]
-        out[idx] = boxes_intersect(e, a)
-    return out
+def _prev_array(prev_states: np.ndarray, N: int) -> np.ndarray:
+    p = np.asarray(prev_states, dtype=np.float64)
+    if p.ndim == 2:
+        p = np.broadcast_to(p, (N,) + p.shape)
+    if p.ndim != 3 or p.shape[0] != N or p.shape[1] != N_STEPS or p.shape[2] not in (4, 5):
+        raise ValueError(f"prev_states: expected ({N_STEPS}, 4|5) or ({N}, {N_STEPS}, 4|5), got {p.shape}")
+    if p.shape[2] == 4:
+        rows = np.isfinite(p).all(axis=(1, 2))
+        q = np.full(p.shape[:2] + (5,), np.nan)
+        q[rows] = _with_backward_accel(p[rows])
+        return q
+    return p
+
+
+@dataclass
+class EgoAreas:
+    """Per (proposal, step) map facts (NAVSIM ``_calculate_ego_area``), all ``(N, T)`` bool
+    except the masks: ``corner_masks`` ``(N, T, 4, W)`` uint64."""
+
+    offroad: np.ndarray
+    multi: np.ndarray
+    on_route: np.ndarray
+    centre_in_inter: np.ndarray
+    rear_in_inter: np.ndarray
+    corner_masks: np.ndarray
+
+
+def ego_areas(scene: Scene, corners: np.ndarray, centre: np.ndarray, rear: np.ndarray) -> EgoAreas:
+    """Map facts of ego boxes (local frame): corners ``(N, T, 4, 2)``, centre and rear axle
+    ``(N, T, 2)``. The rear axle is only queried when the map has intersection lanes."""
+    has_inter = bool(scene.inter_bits.any())
+    parts = [corners, centre[:, :, None]] + ([rear[:, :, None]] if has_inter else [])
+    masks = scene.lane_grid.query(np.concatenate(parts, axis=2))   # (N, T, 5|6, W)
+    cm = masks[:, :, :4]
+    any_c = (cm != 0).any(-1)
+    offroad = ~any_c.all(-1)
+    union = np.bitwise_or.reduce(cm, axis=2)
+    inter = np.bitwise_and.reduce(cm, axis=2)
+    multi = (np.bitwise_count(union).sum(-1) > 1) & ~(inter != 0).any(-1)
+    no = np.zeros(offroad.shape, dtype=bool)
+    return EgoAreas(offroad=offroad, multi=multi,
+                    on_route=masks_test(masks[:, :, 4], scene.route_bits),
+                    centre_in_inter=masks_test(masks[:, :, 4], scene.inter_bits) if has_inter else no,
+                    rear_in_inter=masks_test(masks[:, :, 5], scene.inter_bits) if has_inter else no,
+                    corner_masks=cm)
+
+
+def _sat(ax, ay, ca, sa, hla, hwa, bx, by, cb, sb, hlb, hwb) -> np.ndarray:
+    """Separating-axis test of box pairs with precomputed cos / sin of the headings; the same
+    arithmetic as :func:`~mosaic_ray.scoring.geometry.boxes_intersect` (closed boxes)."""
+    dx, dy = bx - ax, by - ay
+    c = np.abs(ca * cb + sa * sb)
+    s = np.abs(ca * sb - sa * cb)
+    sep = np.abs(dx * ca + dy * sa) > hla + hlb * c + hwb * s
+    sep |= np.abs(-dx * sa + dy * ca) > hwa + hlb * s + hwb * c
+    sep |= np.abs(dx * cb + dy * sb) > hlb + hla * c + hwa * s
+    sep |= np.abs(-dx * sb + dy * cb) > hwb + hla * s + hwa * c
+    return ~sep
+
+
+def _contacts(scene, x, y, ch, sh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All ``(t, n, a)`` where the ego box of proposal n touches agent a at step t (agents
+    touched during the history excluded)."""
+    A = scene.num_agents
+    empty = (np.zeros(0, np.int64),) * 3
+    if not A:
+        return empty
+    L, W = scene.ego_length, scene.ego_width
+    ab = scene.agent_boxes
+    ok = scene.agent_valid & ~scene.agent_ignored[None, :]
+    exy = np.stack([x.T, y.T], axis=-1)                              # (T, N, 2)
+    t, n, a = sweep_pairs(exy, 0.5 * np.hypot(L, W), ab[..., :2], scene.agent_radius, ok)
+    if not t.size:
+        return empty
+    ob = ab[t, a]
+    hit = _sat(x[n, t], y[n, t], ch[n, t], sh[n, t], 0.5 * L, 0.5 * W,
+               ob[:, 0], ob[:, 1], np.cos(ob[:, 2]), np.sin(ob[:, 2]), 0.5 * ob[:, 3], 0.5 * ob[:, 4])
+    return t[hit], n[hit], a[hit]
+
+
+def _no_at_fault_collision(scene, contacts, v, h, corners, rear, areas) -> np.ndarray:
+    N = v.shape[0]
+    A = scene.num_agents
+    nc = np.ones(N)
+    t, n, a = contacts
+    if not t.size:
+        return nc
+    ab = scene.agent_boxes
+    # each object is judged at its first contact (an object met without fault is ignored
+    # afterwards; one met with fault keeps its score)
+    key = n * A + a
+    order = np.lexsort((t, key))
+    key_s = key[order]
+    first = order[np.concatenate([[True], key_s[1:] != key_s[:-1]])]
+    t, n, a = t[first], n[first], a[first]
+    ob = ab[t, a]
+    ego_stopped = np.abs(v[n, t]) <= EGO_STOPPED_SPEED
+    obj_stopped = scene.agent_stopped[a]
+    behind = relative_bearing(rear[n, t], h[n, t], ob[:, :2]) > BEHIND_ANGLE
+    front = segment_intersects_box(corners[n, t, 0], corners[n, t, 3], ob)
+    lateral_fault = areas.multi[n, t] | areas.offroad[n, t]
+    at_fault = ~ego_stopped & (obj_stopped | (~behind & (front | lateral_fault)))
+    val = np.where(scene.agent_static[a], STATIC_OBJECT_SCORE, 0.0)
+    np.minimum.at(nc, n[at_fault], val[at_fault])
+    return nc
+
+
+def _time_to_collision(scene, contacts, x, y, h, ch, sh, v, rear, areas) -> np.ndarray:
+    N, T = x.shape
+    A = scene.num_agents
+    ttc = np.ones(N)
+    if not A:
+        return ttc
+    L, W = scene.ego_length, scene.ego_width
+    T1 = TTC_LAST_STEP + 1
+    offs = np.asarray(TTC_OFFSETS)
+    K = offs.size
+    sp = np.abs(v[:, :T1])
+    moving = sp >= TTC_STOPPED_SPEED                                  # (N, T1): other steps skipped
+    # offset 0: the ego box itself, i.e. the contacts up to step 31
+    t0, n0, a0 = contacts
+    keep0 = (t0 < T1)
+    keep0[keep0] &= moving[n0[keep0], t0[keep0]]
+    g0, n0, a0 = t0[keep0] * K, n0[keep0], a0[keep0]
+    # offsets 0.3, 0.6, 0.9 s: the box moved along its heading at |speed|
+    po = offs[1:]
+    Kp = po.size
+    dx, dy = ch[:, :T1] * sp, sh[:, :T1] * sp
+    px = x[:, :T1, None] + dx[:, :, None] * (po * DT)[None, None, :]       # (N, T1, Kp)
+    py = y[:, :T1, None] + dy[:, :, None] * (po * DT)[None, None, :]
+    ego_xy = np.stack([px, py], axis=-1).transpose(1, 2, 0, 3).reshape(T1 * Kp, N, 2)
+    tt = (np.arange(T1)[:, None] + po[None, :]).reshape(-1)          # (G',)
+    ab = scene.agent_boxes
+    ok = scene.agent_valid[tt] & ~scene.agent_ignored[None, :]
+    gp, n, a = sweep_pairs(ego_xy, 0.5 * np.hypot(L, W), ab[tt, :, :2], scene.agent_radius, ok,
+                           np.repeat(moving.T, Kp, axis=0))
+    if gp.size:
+        t, kq = gp // Kp, gp % Kp
+        ob = ab[tt[gp], a]
+        hit = _sat(px[n, t, kq], py[n, t, kq], ch[n, t], sh[n, t], 0.5 * L, 0.5 * W,
+                   ob[:, 0], ob[:, 1], np.cos(ob[:, 2]), np.sin(ob[:, 2]), 0.5 * ob[:, 3], 0.5 * ob[:, 4])
+        g = np.concatenate([g0, t[hit] * K + kq[hit] + 1])
+        n = np.concatenate([n0, n[hit]])
+        a = np.concatenate([a0, a[hit]])
+    else:
+        g, n, a = g0, n0, a0
+    if not g.size:
+        return ttc
+    t = g // K
+    obj_xy = ab[t + offs[g % K], a, :2]
+    bear = relative_bearing(rear[n, t], h[n, t], obj_xy)
+    risky = areas.multi[n, t] | areas.offroad[n, t] | areas.rear_in_inter[n, t]
+    fail = (bear < AHEAD_ANGLE) | (risky & (bear <= BEHIND_ANGLE))
+    # events per (proposal, object) in (t, offset) order: the first non-failing one puts the
+    # object on the ignore list; failing events before it set TTC = 0
+    big = T1 * K + 1
+    first_ok = np.full(N * A, big)
+    key = n * A + a
+    np.minimum.at(first_ok, key[~fail], g[~fail])
+    counted = fail & (g < first_ok[key])
+    ttc[np.unique(n[counted])] = 0.0
+    return ttc
+
+
+def _traffic_light(scene, corners, x, y, h, areas) -> np.ndarray:
+    N = x.shape[0]
+    fail = np.zeros(N, dtype=bool)
+    red = scene.red_lanes
+    lanes = np.nonzero(red.any(axis=0))[0]
+    if not lanes.size:
+        return fail
+    L, W = scene.ego_length, scene.ego_width
+    ego_r = 0.5 * np.hypot(L, W)
+    for m in lanes:
+        steps = np.nonzero(red[:, m])[0]
+        bb = scene.lane_bbox[m]
+        cx, cy = x[:, steps], y[:, steps]
+        near = (cx >= bb[0] - ego_r) & (cx <= bb[2] + ego_r) & (cy >= bb[1] - ego_r) & (cy <= bb[3] + ego_r)
+        near &= ~fail[:, None]
+        n_i, s_i = np.nonzero(near)
+        if not n_i.size:
+            continue
+        t_i = steps[s_i]
+        word, bit = m // 64, np.uint64(1) << np.uint64(m % 64)
+        cin = ((areas.corner_masks[n_i, t_i, :, word] & bit) != 0).any(axis=1)
+        boxes = np.stack([x[n_i, t_i], y[n_i, t_i], h[n_i, t_i], np.full(n_i.size, L), np.full(n_i.size, W)], axis=-1)
+        hit = boxes_intersect_ring(boxes, scene.lane_rings[m], corner_inside=cin)
+        fail[n_i[hit]] = True
+    return fail
 
 
 def score_states(scene: Scene, states: np.ndarray,
                  prev_states: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Raw EPDMS terms of simulated ego states (no EP normalisation, no human filter).
 
-    Follows EPDMS.md ("Multiplicative penalties", "Weighted terms") and NAVSIM
-    ``pdm_scorer.py`` (``_calculate_ego_area``, ``_calculate_no_at_fault_collision``,
-    ``_calculate_drivable_area_compliance``, ``_calculate_driving_direction_compliance``,
-    ``_calculate_progress``, ``_calculate_ttc``) with nuPlan's ``get_collision_type``
-    (``no_ego_at_fault_collisions``) and ``pdm_comfort_metrics.py``.
+    Follows EPDMS.md and NAVSIM ``pdm_scorer.py`` (``_calculate_ego_area``,
+    ``_calculate_no_at_fault_collision``, ``_calculate_drivable_area_compliance``,
+    ``_calculate_driving_direction_compliance``, ``_calculate_traffic_light_compliance``,
+    ``_calculate_progress``, ``_calculate_ttc``, ``_calculate_lane_keeping``,
+    ``_calculate_history_comfort``) with nuPlan's ``get_collision_type`` and
+    ``pdm_comfort_metrics.py`` (deviations: module docstring).
 
-    * **NC** — ego box vs every valid agent box at each step (objects touching the ego at t0
-      ignored). Each object is judged once, at its first contact, in nuPlan's order: ego
-      speed <= 0.05 m/s -> not at fault; object speed <= 0.05 m/s -> at fault; object centre
-      behind (bearing > 150 deg) -> not at fault; front bumper (front-left -> front-right
-      edge) touches -> at fault; else lateral: at fault only if the ego is in several lanes
-      or off the drivable area at that step. At fault: 0 (vehicle, pedestrian, cyclist) or
-      0.5 (``AGENT_STATIC``); NC = min (1 if none).
-    * **DAC** — 0 if any ego corner is outside every lane polygon at any step.
-    * **DDC** — oncoming step: centre in no on-route lane and in no intersection lane; the
-      centre displacement of oncoming steps summed over windows [t-10, t] (NAVSIM's
-      ``driving_direction_horizon`` = 1.0 s, which its slice makes 11 displacements, i.e.
-      1.1 s of motion); max < 2 m -> 1, < 6 m -> 0.5, else 0.
-    * **TLC** — 0 if any of the 9 ego sample points lies in an on-route lane that is red at
-      that step.
+    * **NC** — ego box vs every valid agent box at each step t = 0..40 (agents that touched
+      the logged ego box during the history ignored). Each object is judged at its first
+      contact, in nuPlan's order: ego |speed| <= 0.05 m/s -> not at fault; object stopped ->
+      at fault; object centre behind the rear axle (bearing > 150 deg) -> not at fault; front
+      bumper (front-left -> front-right edge) touches -> at fault; else lateral: at fault only
+      if the ego is in several lanes or off the drivable area at that step. At fault: 0
+      (vehicle, pedestrian, cyclist) or 0.5 (``AGENT_STATIC``); NC = min (1 if none).
+    * **DAC** — 0 if any of the 4 ego corners lies in no lane at any step.
+    * **DDC** — oncoming step: centre in no on-route lane (intersection lanes included, as
+      NAVSIM's on-route lanes and lane connectors); centre displacement of oncoming steps
+      summed over windows [t-10, t] (NAVSIM's slice: 11 displacements); max < 2 m -> 1,
+      < 6 m -> 0.5, else 0.
+    * **TLC** — 0 if the ego box intersects an on-route lane that is red at that step.
     * **EP** — *raw* progress (m): arc length along ``route_center`` from the projection of
       the centre at t0 to that at 4 s, floored at 0.
-    * **TTC** — for t = 0..31 and offsets 0, 3, 6, 9 steps, the ego box moved along its heading
-      at constant speed vs agent boxes at t + offset; skipped when ego speed < 5e-3 m/s, for
-      objects touching the ego at t0 and for objects the ego's own box has touched at a step
-      <= t. An intersection fails (0) if the object is ahead (bearing < 30 deg) or the ego is
-      in several lanes / off-road / with its centre in an intersection lane and the object
-      is not behind (bearing <= 150 deg). As in NAVSIM, an object met once without failing
-      is ignored afterwards (its "temp collided" list; events ordered by t, then offset).
-    * **LK** — 0 if the centre is > 0.5 m from every on-route lane centre-line for 20
-      consecutive steps; steps with the centre in an intersection lane neither count nor
-      reset the streak.
-    * **HC** — the 15 logged history states (``ego_states[5:20]``) + the 41 states; every
-      bound of :func:`comfort_signals` must hold at every step (EPDMS.md table).
+    * **TTC** — for t = 0..31 and offsets 0, 3, 6, 9 steps, the ego box moved along its
+      heading at |speed| vs agent boxes at t + offset; steps with |speed| < 5e-3 m/s skipped,
+      history-contact agents ignored. Fails (0) if the object is ahead of the rear axle
+      (bearing < 30 deg) or the ego is in several lanes / off-road / with its rear axle in an
+      intersection lane and the object is not behind (bearing <= 150 deg). An object met
+      once without failing is ignored afterwards (NAVSIM's ``temp_collided_track_ids``;
+      events ordered by t, then offset).
+    * **LK** — 0 if the centre is > 0.5 m from the route centre-line for 20 consecutive
+      steps; steps with the centre in an intersection lane neither count nor reset.
+    * **HC** — the 15 logged history states + the 41 states; every bound of
+      :func:`comfort_signals` must hold at every step (EPDMS.md table).
     * **EC** — with ``prev_states``: current[:-5] vs previous[5:], RMS of differences of
-      accel magnitude <= 0.7 m/s^2, jerk magnitude <= 0.5 m/s^3, yaw rate <= 0.1 rad/s, yaw
-      acceleration <= 0.1 rad/s^2 -> 1 else 0 (signals computed on each 36-step overlap
-      separately). ``prev_states is None`` (or a NaN row) -> NaN.
+      acceleration magnitude <= 0.7 m/s^2, jerk <= 0.5 m/s^3, yaw rate <= 0.1 rad/s, yaw
+      acceleration <= 0.1 rad/s^2 -> 1 else 0 (signals of each 36-step overlap computed
+      separately; yaw acceleration with order 2 as NAVSIM's ``extract_features``).
+      ``prev_states is None`` (or a NaN row) -> NaN.
 
     Args:
         scene: from :func:`prepare_scene`.
-        states: ``(N, 41, 4)`` float global ``[x, y, heading, speed]`` (m, m, rad, m/s) at
-            0.1 s from t0.
-        prev_states: None, ``(41, 4)`` or ``(N, 41, 4)`` global states of the previous frame
-            (0.5 s earlier); rows containing NaN get EC = NaN.
+        states: ``(N, 41, 4|5)`` float global ``[x, y, heading, speed(, accel)]`` (m, m, rad,
+            m/s, m/s^2) at 0.1 s from t0.
+        prev_states: None, ``(41, 4|5)`` or ``(N, 41, 4|5)`` global states of the previous
+            frame (0.5 s earlier); rows containing NaN get EC = NaN.
 
     Returns:
         dict ``term -> (N,) float64`` for all nine :data:`TERMS` (EP in metres).
@@ -526,154 +786,62 @@ def score_states(scene: Scene, states: np.ndarray,
     loc = scene.to_local_states(S)
     x, y, h, v = loc[..., 0], loc[..., 1], loc[..., 2], loc[..., 3]
     L, W = scene.ego_length, scene.ego_width
-
-    # ---- ego areas (NAVSIM _calculate_ego_area)
-    corners = box_corners(x, y, h, L, W)                          # (N, T, 4, 2)
+    ch, sh = np.cos(h), np.sin(h)
+    corners = box_corners(x, y, h, L, W)                           # (N, T, 4, 2)
     centre = loc[..., :2]
-    pts = np.concatenate([corners, centre[:, :, None]], axis=2)  # (N, T, 5, 2)
-    lane_idx, inside = scene.lanes_containing_sparse(pts)         # (N, T, 5, K) lanes hit
-    corner_in = inside[:, :, :4]
-    lanes_touched = corner_in.any(axis=2)                         # (N, T, M)
-    multi = (lanes_touched.sum(-1) > 1) & ~corner_in.all(axis=2).any(-1)
-    offroad = ~corner_in.any(-1).all(-1)                          # (N, T)
-    centre_in = inside[:, :, 4]
-    in_inter = centre_in[..., scene.lane_in_intersection[lane_idx]].any(-1)
-    on_route = centre_in[..., scene.lane_on_route[lane_idx]].any(-1)
-    oncoming = ~on_route & ~in_inter
+    ro = scene.geometry.rear_offset
+    rear = np.stack([x - ro * ch, y - ro * sh], axis=-1)
+    areas = ego_areas(scene, corners, centre, rear)
+    contacts = _contacts(scene, x, y, ch, sh)
 
     out: dict[str, np.ndarray] = {}
+    out["NC"] = _no_at_fault_collision(scene, contacts, v, h, corners, rear, areas)
+    out["DAC"] = np.where(areas.offroad.any(axis=1), 0.0, 1.0)
 
-    # ---- NC
-    ego_boxes = np.stack([x, y, h, np.full_like(x, L), np.full_like(x, W)], axis=-1)  # (N,T,5)
-    A = scene.num_agents
-    ego_r = 0.5 * np.hypot(L, W)
-    # broad phase over agents: keep those that come within reach of any ego (or TTC) box
-    a_boxes, a_valid, a_speed = scene.agent_boxes, scene.agent_valid, scene.agent_speed
-    a_static, a_c0 = scene.agent_static, scene.contact_t0
-    if A:
-        reach = ego_r + 0.5 * np.hypot(a_boxes[0, :, 3], a_boxes[0, :, 4]) \
-            + float(v.max()) * DT * max(TTC_OFFSETS) + 1.0                # (A,)
-        bx0, bx1 = x.min() - reach, x.max() + reach
-        by0, by1 = y.min() - reach, y.max() + reach
-        near = (a_valid & (a_boxes[..., 0] >= bx0) & (a_boxes[..., 0] <= bx1)
-                & (a_boxes[..., 1] >= by0) & (a_boxes[..., 1] <= by1)).any(axis=0)
-        keep = np.nonzero(near)[0]
-        a_boxes, a_valid, a_speed = a_boxes[:, keep], a_valid[:, keep], a_speed[:, keep]
-        a_static, a_c0 = a_static[keep], a_c0[keep]
-        A = keep.size
-    agent_r = 0.5 * np.hypot(a_boxes[..., 3], a_boxes[..., 4])  # (T, A)
-    nc = np.ones(N)
-    if A:
-        mask = (a_valid & ~a_c0[None, :])[None]     # (1, T, A)
-        contact = _pairwise_boxes(ego_boxes, a_boxes[None], mask, ego_r, agent_r[None])
-        has = contact.any(axis=1)                                       # (N, A)
-        first = contact.argmax(axis=1)
-        n_i, a_i = np.nonzero(has)
-        if n_i.size:
-            t_i = first[n_i, a_i]
-            ob = a_boxes[t_i, a_i]                                        # (K, 5)
-            ego_stopped = v[n_i, t_i] <= EGO_STOPPED_SPEED
-            obj_stopped = a_speed[t_i, a_i] <= OBJECT_STOPPED_SPEED
-            behind = relative_bearing(centre[n_i, t_i], h[n_i, t_i], ob[:, :2]) > BEHIND_ANGLE
-            front = segment_intersects_box(corners[n_i, t_i, 0], corners[n_i, t_i, 3], ob)
-            lateral_fault = multi[n_i, t_i] | offroad[n_i, t_i]
-            at_fault = ~ego_stopped & (obj_stopped | (~behind & (front | lateral_fault)))
-            val = np.where(a_static[a_i], STATIC_OBJECT_SCORE, 0.0)
-            np.minimum.at(nc, n_i[at_fault], val[at_fault])
-        collided = np.logical_or.accumulate(contact, axis=1)            # (N, T, A)
-    out["NC"] = nc
-
-    # ---- DAC
-    out["DAC"] = np.where(offroad.any(axis=1), 0.0, 1.0)
-
-    # ---- DDC
+    # DDC
     disp = np.zeros((N, N_STEPS))
     disp[:, 1:] = np.hypot(np.diff(x, axis=1), np.diff(y, axis=1))
-    disp[~oncoming] = 0.0
+    disp[areas.on_route] = 0.0
     cs = np.concatenate([np.zeros((N, 1)), np.cumsum(disp, axis=1)], axis=1)  # cs[t+1] = sum_0..t
     t_idx = np.arange(N_STEPS)
     lo = np.maximum(0, t_idx - DDC_WINDOW_STEPS)
-    window = cs[:, t_idx + 1] - cs[:, lo]
-    worst = window.max(axis=1)
+    worst = (cs[:, t_idx + 1] - cs[:, lo]).max(axis=1)
     out["DDC"] = np.where(worst < DDC_COMPLY, 1.0, np.where(worst < DDC_VIOLATE, 0.5, 0.0))
 
-    # ---- TLC
-    red_any = scene.red_lanes.any(axis=0)                               # (M,)
-    tl_fail = np.zeros(N, dtype=bool)
-    if red_any.any():
-        # 9 sample points: corners, centre (already tested) and edge midpoints (red lanes only)
-        tl_fail |= (inside.any(axis=2) & scene.red_lanes[:, lane_idx][None]).any(axis=(1, 2))
-        mids = 0.5 * (corners + np.roll(corners, -1, axis=2))           # left, rear, right, front
-        r_idx, r_in = scene.lanes_containing_sparse(mids, red_any)        # (N, T, 4, Kr)
-        tl_fail |= (r_in.any(axis=2) & scene.red_lanes[:, r_idx][None]).any(axis=(1, 2))
-    out["TLC"] = np.where(tl_fail, 0.0, 1.0)
+    out["TLC"] = np.where(_traffic_light(scene, corners, x, y, h, areas), 0.0, 1.0)
 
-    # ---- EP (raw)
-    arc, _, _ = project_to_polyline(centre[:, [0, -1]], scene.route_center)
-    out["EP"] = np.maximum(arc[:, 1] - arc[:, 0], 0.0)
+    same_start = bool(np.all(centre[:, 0] == centre[0, 0]))
+    pts = np.concatenate([centre[:1, 0], centre[:, -1]]) if same_start else np.concatenate([centre[:, 0], centre[:, -1]])
+    arc, _, _ = project_to_polyline(pts, scene.route_center)
+    a0 = arc[0] if same_start else arc[:N]
+    out["EP"] = np.maximum(arc[-N:] - a0, 0.0)
 
-    # ---- TTC
-    ttc = np.ones(N)
-    if A:
-        T1 = TTC_LAST_STEP + 1
-        offs = np.asarray(TTC_OFFSETS)
-        K = offs.size
-        tt = np.arange(T1)[:, None] + offs[None, :]                     # (T1, K)
-        dtk = (offs * DT)[None, None, :]
-        proj = np.empty((N, T1, K, 5))
-        proj[..., 0] = x[:, :T1, None] + v[:, :T1, None] * np.cos(h[:, :T1, None]) * dtk
-        proj[..., 1] = y[:, :T1, None] + v[:, :T1, None] * np.sin(h[:, :T1, None]) * dtk
-        proj[..., 2] = h[:, :T1, None]
-        proj[..., 3] = L
-        proj[..., 4] = W
-        ag = a_boxes[tt]                                                # (T1, K, A, 5)
-        mask = (a_valid[tt] & ~a_c0)[None]                              # (1, T1, K, A)
-        mask = mask & ~collided[:, :T1, None, :] & (v[:, :T1] >= TTC_STOPPED_SPEED)[:, :, None, None]
-        hit = _pairwise_boxes(proj, ag[None], mask, ego_r, agent_r[tt][None])  # (N, T1, K, A)
-        n_i, t_i, k_i, a_i = np.nonzero(hit)
-        if n_i.size:
-            obj_xy = a_boxes[t_i + offs[k_i], a_i, :2]
-            bear = relative_bearing(centre[n_i, t_i], h[n_i, t_i], obj_xy)
-            risky = multi[n_i, t_i] | offroad[n_i, t_i] | in_inter[n_i, t_i]
-            fail = (bear < AHEAD_ANGLE) | (risky & (bear <= BEHIND_ANGLE))
-            order = t_i * K + k_i
-            big = T1 * K + 1
-            first_ok = np.full((N, A), big)
-            np.minimum.at(first_ok, (n_i[~fail], a_i[~fail]), order[~fail])
-            counted = fail & (order < first_ok[n_i, a_i])
-            ttc[np.unique(n_i[counted])] = 0.0
-    out["TTC"] = ttc
+    out["TTC"] = _time_to_collision(scene, contacts, x, y, h, ch, sh, v, rear, areas)
 
-    # ---- LK
-    dist = points_to_segments_distance(centre, scene.route_lane_segments)   # (N, T)
-    off = (dist > LK_MAX_DEVIATION) & ~in_inter
-    reset = (dist <= LK_MAX_DEVIATION) & ~in_inter
+    # LK
+    far = ~scene.route_grid.near(centre, LK_MAX_DEVIATION)
+    skip = areas.centre_in_inter
+    off = far & ~skip
+    reset = ~far & ~skip
     c = np.cumsum(off, axis=1)
     last = np.maximum.accumulate(np.where(reset, c, 0), axis=1)
-    streak = c - last
-    out["LK"] = np.where(streak.max(axis=1) >= LK_MAX_STEPS, 0.0, 1.0)
+    out["LK"] = np.where((c - last).max(axis=1) >= LK_MAX_STEPS, 0.0, 1.0)
 
-    # ---- HC
     out["HC"] = _history_comfort(scene, S)
-
-    # ---- EC
     if prev_states is None:
         out["EC"] = np.full(N, np.nan)
     else:
-        p = np.asarray(prev_states, dtype=np.float64)
-        if p.shape == (N_STEPS, 4):
-            p = np.broadcast_to(p, (N, N_STEPS, 4))
-        elif p.shape != (N, N_STEPS, 4):
-            raise ValueError(f"prev_states: expected ({N_STEPS}, 4) or ({N}, {N_STEPS}, 4), got {p.shape}")
-        out["EC"] = _extended_comfort(S, p)
+        out["EC"] = _extended_comfort(S, _prev_array(prev_states, N))
     return {k: out[k] for k in TERMS}
 
 
 # ================================================================================ aggregation
 def normalize_progress(raw: np.ndarray, penalty: np.ndarray, raw_ref: float,
                        penalty_ref: float) -> np.ndarray:
-    """EP from raw progress (EPDMS.md "EP"): per candidate ``norm = max(raw * pen,
-    raw_ref * pen_ref)``; ``EP = clip(raw / norm, 0, 1)`` if ``norm > 5 m`` else 1.
+    """EP from raw progress, NAVSIM ``_aggregate_scores`` on the pair (reference, candidate).
+
+    ``m = max(raw * pen, raw_ref * pen_ref)``; ``EP = raw * pen / m`` if ``m > 5 m``, else
+    ``EP = 1`` where ``pen > 0`` and ``0`` where ``pen == 0``.
 
     Args:
         raw, penalty: ``(N,)`` raw progress (m) and NC·DAC·DDC·TLC of the candidates.
@@ -683,10 +851,11 @@ def normalize_progress(raw: np.ndarray, penalty: np.ndarray, raw_ref: float,
         ``(N,)`` float64 EP in [0, 1].
     """
     raw = np.asarray(raw, dtype=np.float64)
-    norm = np.maximum(raw * np.asarray(penalty, dtype=np.float64), float(raw_ref) * float(penalty_ref))
+    pen = np.asarray(penalty, dtype=np.float64)
+    num = raw * pen
+    norm = np.maximum(num, float(raw_ref) * float(penalty_ref))
     big = norm > PROGRESS_THRESHOLD
-    ratio = raw / np.where(big, norm, 1.0)
-    return np.where(big, np.clip(ratio, 0.0, 1.0), 1.0)
+    return np.where(big, np.clip(num / np.where(big, norm, 1.0), 0.0, 1.0), np.where(pen == 0.0, 0.0, 1.0))
 
 
 def apply_human_filter(terms: Mapping[str, np.ndarray],
@@ -738,14 +907,14 @@ class EPDMSResult:
         raw_terms: ``term -> (N,) float64`` before the human filter (EP normalised; raw
             progress in metres is ``progress_m``).
         epdms: ``(N,) float64`` EPDMS per candidate.
-        human_terms: ``term -> float`` of the logged human future (EP normalised).
+        human_terms: ``term -> float`` of the logged human future (EP normalised alone).
         human_epdms: float.
         ec_available: whether EC entered (a previous frame was given).
         states: ``(N, 41, 4) float64`` simulated global states.
         progress_m: ``(N,)`` raw progress (m).
-        ep_normalizer: ``(N,)`` EP normaliser (m).
-        reference_states: ``(R, 41, 4)`` the reference proposals; ``reference_index``: the one
-            chosen; ``reference_progress_m`` and ``reference_penalty`` of the chosen one.
+        ep_normalizer: ``(N,)`` EP normaliser ``max(raw * pen, raw_ref * pen_ref)`` (m).
+        reference_states: ``(R, 41, 4)`` the tracked reference proposals; ``reference_index``:
+            the one chosen; ``reference_progress_m`` and ``reference_penalty`` of it.
     """
 
     terms: dict[str, np.ndarray]
@@ -762,106 +931,161 @@ class EPDMSResult:
     reference_progress_m: float
     reference_penalty: float
 
+    def terms_array(self) -> np.ndarray:
+        """``(N, 9)`` float64 terms in :data:`TERMS` order."""
+        return np.stack([self.terms[k] for k in TERMS], axis=-1)
+
 
 def _penalty(t: Mapping[str, np.ndarray]) -> np.ndarray:
     return t["NC"] * t["DAC"] * t["DDC"] * t["TLC"]
 
 
+def _select_reference(raw: Mapping[str, np.ndarray], sl: slice) -> int:
+    """PDM-Closed's choice: the proposal its own scorer ranks best (EP normalised among the
+    proposals, weights 5 EP, 5 TTC, 2 LK, 2 HC)."""
+    pen, prog = _penalty(raw)[sl], raw["EP"][sl]
+    if pen.size == 0:
+        return 0
+    m = (prog * pen).max()
+    ep = prog * pen / m if m > PROGRESS_THRESHOLD else np.where(pen == 0.0, 0.0, 1.0)
+    score = pen * (5 * ep + 5 * raw["TTC"][sl] + 2 * raw["LK"][sl] + 2 * raw["HC"][sl]) / 14.0
+    return int(np.argmax(score))
+
+
 def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
-                       prev_states: np.ndarray | None = None,
-                       human_filter: bool = True) -> EPDMSResult:
+                       prev_states: np.ndarray | None = None, human_filter: bool = True,
+                       prev_poses: np.ndarray | None = None) -> EPDMSResult:
     """Score planner poses on a clip: simulate, score with reference and human, aggregate.
 
-    The N candidates, the R reference proposals (:func:`~mosaic_ray.scoring.reference.
-    reference_proposals`) and the logged human future (``clip.ego_states[20:61]``, scored as
-    states, no tracking) go through ONE :func:`score_states` call. The reference kept is
-    the proposal with the best ``pen * (5 EP + 5 TTC + 2 LK + 2 HC) / 14`` (EP normalised
-    among the proposals), as PDM-Closed selects with its own scorer. EP per candidate then
-    follows :func:`normalize_progress`; the human filter (:func:`apply_human_filter`) and
-    :func:`aggregate_epdms` give the final score. The human's EC compares its logged future
-    with its logged states 0.5 s earlier (``ego_states[15:56]``).
+    The N candidates (poses tracked by :meth:`Scene.simulate`), the R tracked reference
+    proposals (:meth:`Scene.reference_states`) and the tracked logged human future
+    (:meth:`Scene.human_states`) go through ONE :func:`score_states` call. The reference kept
+    is the one PDM-Closed would pick (:func:`_select_reference`). EP per candidate follows
+    :func:`normalize_progress`; the human's EP is normalised alone. The human filter
+    (:func:`apply_human_filter`) and :func:`aggregate_epdms` give the final score.
 
     Args:
         clip_or_scene: a Clip or a Scene from :func:`prepare_scene`.
         poses: ``(N, 8, 3)`` ego-frame poses (m, m, rad) at 0.5..4.0 s (N may be 0).
-        prev_states: None or ``(41, 4)`` / ``(N, 41, 4)`` global states simulated from the
-            previous frame (0.5 s earlier). None drops EC (NaN, weight 14).
+        prev_states: None or ``(41, 4|5)`` / ``(N, 41, 4|5)`` global states simulated from the
+            previous frame (0.5 s earlier).
         human_filter: apply NAVSIM's human filter.
+        prev_poses: alternatively, ``(8, 3)`` / ``(N, 8, 3)`` planner poses of the previous
+            frame (ego frame at t0-0.5 s), tracked here with :meth:`Scene.simulate_prev`.
+            Without ``prev_states`` and ``prev_poses`` EC is dropped (NaN, weight 14).
 
     Returns:
         :class:`EPDMSResult`.
 
     Raises:
-        ValueError: on bad shapes.
+        ValueError: on bad shapes, or both ``prev_states`` and ``prev_poses`` given.
     """
     scene = clip_or_scene if isinstance(clip_or_scene, Scene) else prepare_scene(clip_or_scene)
     poses = np.asarray(poses, dtype=np.float64)
     if poses.ndim != 3 or poses.shape[1:] != (8, 3):
         raise ValueError(f"poses: expected (N, 8, 3), got {poses.shape}")
+    if prev_states is not None and prev_poses is not None:
+        raise ValueError("give prev_states or prev_poses, not both")
     N = poses.shape[0]
-    cand = simulate_poses(scene.start_state, poses)
+    if prev_poses is not None:
+        pp = np.asarray(prev_poses, dtype=np.float64)
+        if pp.shape == (8, 3):
+            pp = np.broadcast_to(pp, (N, 8, 3))
+        if pp.shape != (N, 8, 3):
+            raise ValueError(f"prev_poses: expected (8, 3) or ({N}, 8, 3), got {pp.shape}")
+    ec_available = prev_states is not None or prev_poses is not None
+    # one tracker call for everything not simulated yet: candidates, reference proposals,
+    # human future, previous frames
+    g = scene.geometry
+    jobs = {"cand": job_from_poses(scene.start_state, poses, g, scene.init_accel, scene.init_steer)}
+    if "reference" not in scene._cache:
+        plans = reference_proposals(scene, REFERENCE_FRACTIONS)
+        jobs["reference"] = job_from_states(scene.start_state, plans, g, scene.init_accel, scene.init_steer)
+    if "human" not in scene._cache:
+        jobs["human"] = job_from_poses(scene.start_state, scene.human_poses[None], g, scene.init_accel,
+                                       scene.init_steer)
+    if prev_poses is not None:
+        jobs["prev"] = job_from_poses(scene.prev_start, pp, g, scene.prev_accel, scene.prev_steer)
+    if ec_available and "human_prev" not in scene._cache:
+        jobs["human_prev"] = job_from_poses(scene.prev_start, scene.human_prev_poses[None], g,
+                                            scene.prev_accel, scene.prev_steer)
+    tracked = dict(zip(jobs, track_many(list(jobs.values()), g)))
+    for key in ("reference", "human", "human_prev"):
+        if key in tracked:
+            arr = tracked[key] if key == "reference" else tracked[key][0]
+            arr = np.array(arr)
+            arr.setflags(write=False)
+            scene._cache[key] = arr
+    cand = tracked["cand"]
     refs = scene.reference_states()
     R = refs.shape[0]
-    allst = np.concatenate([cand, refs, scene.human_states[None]], axis=0)
-
-    ec_available = prev_states is not None
+    allst = np.concatenate([cand, refs, scene.human_states()[None]], axis=0)
+    if prev_poses is not None:
+        prev_states = tracked["prev"]
     prev_all = None
     if ec_available:
-        p = np.asarray(prev_states, dtype=np.float64)
-        if p.shape == (N_STEPS, 4):
-            p = np.broadcast_to(p, (N, N_STEPS, 4))
-        elif p.shape != (N, N_STEPS, 4):
-            raise ValueError(f"prev_states: expected ({N_STEPS}, 4) or ({N}, {N_STEPS}, 4), got {p.shape}")
-        prev_all = np.concatenate([p, np.full((R, N_STEPS, 4), np.nan), scene.human_prev[None]], axis=0)
+        p = _prev_array(prev_states, N)
+        prev_all = np.concatenate([p, np.full((R, N_STEPS, 5), np.nan), scene.human_prev_states()[None]], axis=0)
 
     raw = score_states(scene, allst, prev_all)
     pen = _penalty(raw)
     prog = raw["EP"]
+    best = _select_reference(raw, slice(N, N + R))
+    ref_prog = float(prog[N + best]) if R else 0.0
+    ref_pen = float(pen[N + best]) if R else 0.0
 
-    # reference choice (PDM-Closed: best by its own score, EP normalised among proposals)
-    r_sl = slice(N, N + R)
-    r_pen, r_prog = pen[r_sl], prog[r_sl]
-    r_norm = (r_prog * r_pen).max() if R else 0.0
-    r_ep = np.clip(r_prog / r_norm, 0.0, 1.0) if r_norm > PROGRESS_THRESHOLD else np.ones(R)
-    r_score = r_pen * (5 * r_ep + 5 * raw["TTC"][r_sl] + 2 * raw["LK"][r_sl] + 2 * raw["HC"][r_sl]) / 14.0
-    best = int(np.argmax(r_score)) if R else 0
-    ref_prog = float(r_prog[best]) if R else 0.0
-    ref_pen = float(r_pen[best]) if R else 0.0
+    ep = normalize_progress(prog[:N], pen[:N], ref_prog, ref_pen)
+    norm = np.maximum(prog[:N] * pen[:N], ref_prog * ref_pen)
+    hi = N + R
+    human_ep = float(normalize_progress(prog[hi:hi + 1], pen[hi:hi + 1], 0.0, 0.0)[0])
 
-    ep = normalize_progress(prog, pen, ref_prog, ref_pen)
-    norm = np.maximum(prog * pen, ref_prog * ref_pen)
-
-    def pick(sl: slice) -> dict[str, np.ndarray]:
-        d = {k: raw[k][sl].copy() for k in TERMS}
-        d["EP"] = ep[sl].copy()
-        if not ec_available:
-            d["EC"] = np.full(d["EC"].shape, np.nan)
-        return d
-
-    cand_terms = pick(slice(0, N))
-    human = {k: float(v[0]) for k, v in pick(slice(N + R, N + R + 1)).items()}
-    if human_filter:
-        terms = apply_human_filter(cand_terms, human)
-    else:
-        terms = {k: v.copy() for k, v in cand_terms.items()}
+    cand_terms = {k: raw[k][:N].copy() for k in TERMS}
+    cand_terms["EP"] = ep
+    human = {k: float(raw[k][hi]) for k in TERMS}
+    human["EP"] = human_ep
+    if not ec_available:
+        cand_terms["EC"] = np.full(N, np.nan)
+        human["EC"] = float("nan")
+    terms = apply_human_filter(cand_terms, human) if human_filter else {k: v.copy() for k, v in cand_terms.items()}
     epdms = aggregate_epdms(terms, ec_available)
     human_epdms = float(aggregate_epdms({k: np.array([v]) for k, v in human.items()}, ec_available)[0])
     return EPDMSResult(
         terms=terms, raw_terms=cand_terms, epdms=np.asarray(epdms, dtype=np.float64),
         human_terms=human, human_epdms=human_epdms, ec_available=ec_available,
-        states=cand, progress_m=prog[:N].copy(), ep_normalizer=norm[:N].copy(),
-        reference_states=np.array(refs), reference_index=best, reference_progress_m=ref_prog,
-        reference_penalty=ref_pen,
+        states=cand[..., :4].copy(), progress_m=prog[:N].copy(), ep_normalizer=norm,
+        reference_states=np.array(refs[..., :4]), reference_index=best,
+        reference_progress_m=ref_prog, reference_penalty=ref_pen,
     )
 
 
-def score_human(clip_or_scene: Clip | Scene, with_ec: bool | None = None) -> tuple[dict[str, float], float]:
-    """EPDMS terms and score of the logged human future (no filter applies to the human).
+def score_vocabulary(clip_or_scene: Clip | Scene, anchors: np.ndarray,
+                     human_filter: bool = True) -> np.ndarray:
+    """Rule-distillation targets: the nine terms of every vocabulary anchor on one clip.
+
+    Hydra-MDP learns to predict, for every vocabulary trajectory, the sub-scores the rule
+    scorer gives it. All K anchors are scored in one :func:`score_trajectories` call (with the
+    reference and the human). EC depends on the planner's own output at the previous frame,
+    which is not a property of the anchor: the EC column is NaN.
 
     Args:
         clip_or_scene: a Clip or Scene.
-        with_ec: include EC (human's logged future vs its logged states 0.5 s earlier, which
-            agree by construction, so EC = 1). None: ``clip.has_prev_frame``.
+        anchors: ``(K, 8, 3)`` ego-frame poses (m, m, rad).
+        human_filter: apply the human filter (default, as the evaluation does).
+
+    Returns:
+        ``(K, 9)`` float64, columns in :data:`TERMS` order (EP normalised; EC NaN).
+    """
+    res = score_trajectories(clip_or_scene, np.asarray(anchors, dtype=np.float64), human_filter=human_filter)
+    return res.terms_array()
+
+
+def score_human(clip_or_scene: Clip | Scene, with_ec: bool | None = None) -> tuple[dict[str, float], float]:
+    """EPDMS terms and score of the logged human future (tracked; no filter applies to it).
+
+    Args:
+        clip_or_scene: a Clip or Scene.
+        with_ec: include EC (the human's tracked future vs its tracked future from the frame
+            0.5 s earlier). None: ``clip.has_prev_frame``.
 
     Returns:
         ``(terms, epdms)``: ``term -> float`` (EC NaN without EC) and the human EPDMS.
@@ -870,5 +1094,5 @@ def score_human(clip_or_scene: Clip | Scene, with_ec: bool | None = None) -> tup
     if with_ec is None:
         with_ec = bool(scene.clip.has_prev_frame)
     res = score_trajectories(scene, np.zeros((0, 8, 3)),
-                             prev_states=scene.human_prev if with_ec else None)
+                             prev_states=scene.human_prev_states() if with_ec else None)
     return res.human_terms, res.human_epdms

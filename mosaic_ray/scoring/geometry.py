@@ -39,6 +39,12 @@ __all__ = [
     "relative_bearing",
     "is_agent_ahead",
     "is_agent_behind",
+    "SegmentGrid",
+    "PolygonGrid",
+    "masks_test",
+    "lane_bits",
+    "sweep_pairs",
+    "boxes_intersect_ring",
 ]
 
 _TWO_PI = 2.0 * np.pi
@@ -430,3 +436,444 @@ def is_agent_ahead(ego_xy, ego_heading, obj_xy, tolerance_deg: float = 30.0) -> 
 def is_agent_behind(ego_xy, ego_heading, obj_xy, tolerance_deg: float = 150.0) -> np.ndarray:
     """nuPlan ``is_agent_behind``: relative bearing > ``tolerance_deg`` (default 150 deg)."""
     return relative_bearing(ego_xy, ego_heading, obj_xy) > np.deg2rad(tolerance_deg)
+
+
+# ------------------------------------------------------------------------- grid indexes
+_GRID_JITTER = 0.3183098861837907  # fraction of a cell: keeps cell centres off round coordinates
+
+
+def _segment_point_distance(px, py, ax, ay, bx, by) -> np.ndarray:
+    dx, dy = bx - ax, by - ay
+    dd = dx * dx + dy * dy
+    t = np.where(dd > 0, ((px - ax) * dx + (py - ay) * dy) / np.where(dd > 0, dd, 1.0), 0.0)
+    t = np.clip(t, 0.0, 1.0)
+    ex, ey = px - ax - t * dx, py - ay - t * dy
+    return np.sqrt(ex * ex + ey * ey)
+
+
+class SegmentGrid:
+    """Uniform grid listing, per cell, the segments that pass within ``radius + r`` of the cell
+    centre (``r`` = half the cell diagonal), so every segment within ``radius`` of any point of
+    the cell is listed. Exact candidate generation for distance and crossing queries.
+
+    Args:
+        seg_a, seg_b: ``(S, 2)`` float segment end points (m).
+        cell: cell size (m).
+        radius: query radius (m) the lists must support.
+        bbox: optional ``(xmin, ymin, xmax, ymax)`` the grid must cover (default: the
+            segments' bounding box); the grid always covers the segments' box grown by
+            ``radius + 2 cell``, so a point outside the grid is farther than ``radius`` from
+            every segment.
+
+    Attributes:
+        x0, y0 (grid origin, m), cell, gx, gy (cells along x / y), ptr ``(gx*gy + 1,)`` int64
+        CSR offsets and ids ``(K,)`` int64 segment indices, a, b ``(S, 2)`` float64.
+    """
+
+    def __init__(self, seg_a: np.ndarray, seg_b: np.ndarray, cell: float = 1.0, radius: float = 0.0,
+                 bbox: tuple[float, float, float, float] | None = None):
+        a = np.asarray(seg_a, dtype=np.float64).reshape(-1, 2)
+        b = np.asarray(seg_b, dtype=np.float64).reshape(-1, 2)
+        if a.shape != b.shape:
+            raise ValueError(f"seg_a/seg_b: shapes differ {a.shape} vs {b.shape}")
+        self.a, self.b, self.cell, self.radius = a, b, float(cell), float(radius)
+        pad = radius + 2.0 * cell
+        if a.shape[0]:
+            lo = np.minimum(a.min(0), b.min(0)) - pad
+            hi = np.maximum(a.max(0), b.max(0)) + pad
+        else:
+            lo, hi = np.zeros(2), np.ones(2) * cell
+        if bbox is not None:
+            lo = np.minimum(lo, np.asarray(bbox[:2], np.float64))
+            hi = np.maximum(hi, np.asarray(bbox[2:], np.float64))
+        lo = lo - _GRID_JITTER * cell
+        self.x0, self.y0 = float(lo[0]), float(lo[1])
+        self.gx = int(np.ceil((hi[0] - lo[0]) / cell)) + 1
+        self.gy = int(np.ceil((hi[1] - lo[1]) / cell)) + 1
+        r = cell * np.sqrt(0.5) * (1.0 + 1e-9) + radius
+        S = a.shape[0]
+        if S == 0:
+            self.ptr = np.zeros(self.gx * self.gy + 1, dtype=np.int64)
+            self.ids = np.zeros(0, dtype=np.int64)
+            return
+        mn = (np.minimum(a, b) - r - [self.x0, self.y0]) / cell
+        mx = (np.maximum(a, b) + r - [self.x0, self.y0]) / cell
+        ix0 = np.clip(np.floor(mn[:, 0]).astype(np.int64), 0, self.gx - 1)
+        iy0 = np.clip(np.floor(mn[:, 1]).astype(np.int64), 0, self.gy - 1)
+        ix1 = np.clip(np.floor(mx[:, 0]).astype(np.int64), 0, self.gx - 1)
+        iy1 = np.clip(np.floor(mx[:, 1]).astype(np.int64), 0, self.gy - 1)
+        nx, ny = ix1 - ix0 + 1, iy1 - iy0 + 1
+        cnt = nx * ny
+        seg = np.repeat(np.arange(S), cnt)
+        off = np.arange(seg.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        cx = ix0[seg] + off % nx[seg]
+        cy = iy0[seg] + off // nx[seg]
+        px = self.x0 + (cx + 0.5) * cell
+        py = self.y0 + (cy + 0.5) * cell
+        d = _segment_point_distance(px, py, a[seg, 0], a[seg, 1], b[seg, 0], b[seg, 1])
+        keep = d <= r
+        cells = (cy * self.gx + cx)[keep]
+        seg = seg[keep]
+        order = np.argsort(cells, kind="stable")
+        self.ids = seg[order]
+        self.ptr = np.zeros(self.gx * self.gy + 1, dtype=np.int64)
+        np.add.at(self.ptr, cells + 1, 1)
+        self.ptr = np.cumsum(self.ptr)
+
+    def cells_of(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cell index ``(P,)`` int64 (-1 outside the grid) and cell centres ``(P, 2)``."""
+        ix = np.floor((pts[:, 0] - self.x0) / self.cell).astype(np.int64)
+        iy = np.floor((pts[:, 1] - self.y0) / self.cell).astype(np.int64)
+        inside = (ix >= 0) & (ix < self.gx) & (iy >= 0) & (iy < self.gy)
+        cell = np.where(inside, iy * self.gx + ix, -1)
+        centre = np.stack([self.x0 + (ix + 0.5) * self.cell, self.y0 + (iy + 0.5) * self.cell], axis=-1)
+        return cell, centre
+
+    def candidates(self, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(point index, segment index)`` candidate pairs for points in cells ``cell``
+        (``(P,)``, -1 = outside: no candidates)."""
+        ok = cell >= 0
+        c = np.where(ok, cell, 0)
+        start = self.ptr[c]
+        cnt = np.where(ok, self.ptr[c + 1] - start, 0)
+        p = np.repeat(np.arange(cell.size), cnt)
+        off = np.arange(p.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        return p, self.ids[start[p] + off]
+
+    def near(self, points: np.ndarray, radius: float | None = None) -> np.ndarray:
+        """Whether each point lies within ``radius`` (default: the grid's) of some segment.
+
+        Args:
+            points: ``(..., 2)`` float (m).
+
+        Returns:
+            ``(...)`` bool, exact (closed: distance <= radius).
+
+        Raises:
+            ValueError: ``radius`` exceeds the radius the grid was built for.
+        """
+        rad = self.radius if radius is None else float(radius)
+        if rad > self.radius + 1e-12:
+            raise ValueError(f"radius {rad} > grid radius {self.radius}")
+        pts = np.asarray(points, dtype=np.float64)
+        lead = pts.shape[:-1]
+        flat = pts.reshape(-1, 2)
+        cell, _ = self.cells_of(flat)
+        p, s = self.candidates(cell)
+        out = np.zeros(flat.shape[0], dtype=bool)
+        if p.size:
+            d = _segment_point_distance(flat[p, 0], flat[p, 1], self.a[s, 0], self.a[s, 1],
+                                        self.b[s, 0], self.b[s, 1])
+            out[p[d <= rad]] = True
+        return out.reshape(lead)
+
+
+def _segments_cross(p, q, a, b) -> np.ndarray:
+    """Proper crossing of segments p-q and a-b (all ``(K, 2)``), strict orientation tests."""
+    def orient(o, u, w):
+        return (u[:, 0] - o[:, 0]) * (w[:, 1] - o[:, 1]) - (u[:, 1] - o[:, 1]) * (w[:, 0] - o[:, 0])
+    o1, o2 = orient(a, b, p), orient(a, b, q)
+    o3, o4 = orient(p, q, a), orient(p, q, b)
+    return ((o1 > 0) != (o2 > 0)) & ((o3 > 0) != (o4 > 0))
+
+
+class PolygonGrid:
+    """Exact even-odd membership of points in M polygon rings, answered per point as a lane
+    bitmask.
+
+    Cell centres get their membership once, by scan-line parity over all rings (a crossing
+    at x toggles the cells whose centre lies right of x); a query point then takes its cell
+    centre's membership and flips ring ``m`` for every edge of ``m`` that crosses the
+    segment point -> cell centre (those edges are exactly the ones listed in the cell by a
+    :class:`SegmentGrid` of radius 0). Both steps are exact in general position; a point
+    exactly on a ring edge may come out either way (as with any crossing-number test).
+
+    Args:
+        rings: M arrays ``(n_m, 2)`` (m), each an open ring (the closing edge is implied).
+        cell: grid cell (m).
+
+    Attributes:
+        M (rings), W (uint64 words per mask), grid (the :class:`SegmentGrid` of ring edges),
+        edge_ring ``(E,)`` int64, centre_mask ``(gx*gy, W)`` uint64.
+    """
+
+    def __init__(self, rings: list[np.ndarray], cell: float = 1.0, _edges=None):
+        if _edges is None:
+            a_list, b_list, r_list = [], [], []
+            for m, ring in enumerate(rings):
+                r = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
+                if r.shape[0] < 3:
+                    continue
+                a_list.append(r)
+                b_list.append(np.roll(r, -1, axis=0))
+                r_list.append(np.full(r.shape[0], m, dtype=np.int64))
+            a = np.concatenate(a_list) if a_list else np.zeros((0, 2))
+            b = np.concatenate(b_list) if b_list else np.zeros((0, 2))
+            edge_ring = np.concatenate(r_list) if r_list else np.zeros(0, dtype=np.int64)
+            M = len(rings)
+        else:
+            a, b, edge_ring, M = _edges
+        self.M = M
+        self.W = max(1, (self.M + 63) // 64)
+        self.edge_ring = edge_ring
+        self.edge_word = self.edge_ring // 64
+        self.edge_bit = np.left_shift(np.uint64(1), (self.edge_ring % 64).astype(np.uint64))
+        self.grid = g = SegmentGrid(a, b, cell=cell, radius=0.0)
+        # scan-line parity of the cell centres
+        tog = np.zeros((g.gy, g.gx + 1, self.W), dtype=np.uint64)
+        if a.shape[0]:
+            ya, yb = a[:, 1], b[:, 1]
+            ymin, ymax = np.minimum(ya, yb), np.maximum(ya, yb)
+            j0 = np.ceil((ymin - g.y0) / cell - 0.5).astype(np.int64)
+            j1 = np.ceil((ymax - g.y0) / cell - 0.5).astype(np.int64)  # exclusive
+            cnt = np.maximum(j1 - j0, 0)
+            e = np.repeat(np.arange(a.shape[0]), cnt)
+            row = j0[e] + np.arange(e.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+            yc = g.y0 + (row + 0.5) * cell
+            ok = (ya[e] > yc) != (yb[e] > yc)
+            e, row, yc = e[ok], row[ok], yc[ok]
+            xi = a[e, 0] + (yc - a[e, 1]) * (b[e, 0] - a[e, 0]) / (b[e, 1] - a[e, 1])
+            col = np.floor((xi - g.x0) / cell - 0.5).astype(np.int64) + 1
+            col = np.clip(col, 0, g.gx)
+            np.bitwise_xor.at(tog, (row, col, self.edge_word[e]), self.edge_bit[e])
+        self.centre_mask = np.bitwise_xor.accumulate(tog, axis=1)[:, :g.gx].reshape(-1, self.W)
+
+    @classmethod
+    def from_lanes(cls, left: np.ndarray, right: np.ndarray, offsets: np.ndarray,
+                   cell: float = 1.0) -> "PolygonGrid":
+        """Grid of lane rings ``left[a:b] + reversed(right[a:b])`` given as CSR arrays
+        (``left``/``right`` ``(V, 2)``, ``offsets`` ``(M + 1,)``), built without a Python loop
+        over lanes; equal to ``PolygonGrid([ring_0, ..., ring_{M-1}], cell)``."""
+        off = np.asarray(offsets, dtype=np.int64)
+        M = off.size - 1
+        n = np.diff(off)
+        V = int(off[-1]) if M else 0
+        pts = np.concatenate([np.asarray(left, np.float64).reshape(-1, 2),
+                              np.asarray(right, np.float64).reshape(-1, 2)])
+        # ring vertex indices into ``pts``: left a..b-1, then right b-1..a (offset by V)
+        ring_len = 2 * n
+        lane = np.repeat(np.arange(M), ring_len)
+        k = np.arange(lane.size) - np.repeat(np.cumsum(ring_len) - ring_len, ring_len)
+        a0, nn = off[lane], n[lane]
+        idx = np.where(k < nn, a0 + k, V + a0 + (2 * nn - 1 - k))
+        nxt_k = np.where(k + 1 < ring_len[lane], k + 1, 0)
+        nidx = np.where(nxt_k < nn, a0 + nxt_k, V + a0 + (2 * nn - 1 - nxt_k))
+        keep = ring_len[lane] >= 3
+        return cls([], cell, _edges=(pts[idx[keep]], pts[nidx[keep]], lane[keep], M))
+
+    def _edge_sides(self) -> None:
+        """Per (cell, edge) pair: the side of the cell centre relative to the edge's line, and
+        the edge line data as flat float arrays (query speed-up)."""
+        g = self.grid
+        self._ax, self._ay = g.a[:, 0].copy(), g.a[:, 1].copy()
+        self._dx, self._dy = g.b[:, 0] - g.a[:, 0], g.b[:, 1] - g.a[:, 1]
+        cell = np.repeat(np.arange(g.gx * g.gy), np.diff(g.ptr))
+        qx = g.x0 + (cell % g.gx + 0.5) * g.cell
+        qy = g.y0 + (cell // g.gx + 0.5) * g.cell
+        e = g.ids
+        self._qside = (self._dx[e] * (qy - self._ay[e]) - self._dy[e] * (qx - self._ax[e])) > 0
+        self._pair_cell = cell
+
+    def query(self, points: np.ndarray) -> np.ndarray:
+        """Membership bitmasks.
+
+        Args:
+            points: ``(..., 2)`` float (m).
+
+        Returns:
+            ``(..., W)`` uint64: bit ``m % 64`` of word ``m // 64`` set where the point lies
+            inside ring ``m`` (even-odd rule).
+        """
+        if not hasattr(self, "_qside"):
+            self._edge_sides()
+        pts = np.asarray(points, dtype=np.float64)
+        lead = pts.shape[:-1]
+        px = np.ascontiguousarray(pts[..., 0]).reshape(-1)
+        py = np.ascontiguousarray(pts[..., 1]).reshape(-1)
+        g = self.grid
+        ix = np.floor((px - g.x0) * (1.0 / g.cell)).astype(np.int64)
+        iy = np.floor((py - g.y0) * (1.0 / g.cell)).astype(np.int64)
+        inside = (ix >= 0) & (ix < g.gx) & (iy >= 0) & (iy < g.gy)
+        cell = iy * g.gx + ix
+        if not inside.all():
+            cell[~inside] = 0
+        out = self.centre_mask[cell]
+        start = g.ptr[cell]
+        cnt = g.ptr[cell + 1] - start
+        if not inside.all():
+            out[~inside] = 0
+            cnt[~inside] = 0
+        total = int(cnt.sum())
+        if total:
+            p = np.repeat(np.arange(px.size), cnt)
+            k = start[p] + (np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt))   # pair index
+            e = g.ids[k]
+            ax, ay, dx, dy = self._ax[e], self._ay[e], self._dx[e], self._dy[e]
+            ppx, ppy = px[p], py[p]
+            # p and the cell centre q on opposite sides of the edge's line
+            cand = ((dx * (ppy - ay) - dy * (ppx - ax)) > 0) != self._qside[k]
+            if cand.any():
+                p, e, k = p[cand], e[cand], k[cand]
+                ppx, ppy = ppx[cand], ppy[cand]
+                ax, ay, bx, by = ax[cand], ay[cand], ax[cand] + dx[cand], ay[cand] + dy[cand]
+                c = self._pair_cell[k]
+                qx = g.x0 + (c % g.gx + 0.5) * g.cell
+                qy = g.y0 + (c // g.gx + 0.5) * g.cell
+                ux, uy = qx - ppx, qy - ppy
+                o3 = ux * (ay - ppy) - uy * (ax - ppx)
+                o4 = ux * (by - ppy) - uy * (bx - ppx)
+                flip = (o3 > 0) != (o4 > 0)
+                p, e = p[flip], e[flip]
+                if p.size:
+                    words = self.edge_word[e]
+                    bits = self.edge_bit[e]
+                    for w in range(self.W):
+                        sel = words == w if self.W > 1 else slice(None)
+                        pw, bw = p[sel], bits[sel]
+                        if pw.size == 0:
+                            continue
+                        # pairs are grouped by point (ascending): XOR-reduce each group
+                        starts = np.flatnonzero(np.concatenate([[True], pw[1:] != pw[:-1]]))
+                        out[pw[starts], w] ^= np.bitwise_xor.reduceat(bw, starts)
+        return out.reshape(lead + (self.W,))
+
+
+def masks_test(masks: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """``(..., W)`` uint64 masks AND ``(W,)`` bits -> ``(...)`` bool (any common bit)."""
+    return (np.bitwise_and(masks, bits) != 0).any(axis=-1)
+
+
+def lane_bits(flags: np.ndarray) -> np.ndarray:
+    """``(M,)`` bool -> ``(W,)`` uint64 bitmask of the flagged rings."""
+    flags = np.asarray(flags, dtype=bool)
+    W = max(1, (flags.shape[0] + 63) // 64)
+    out = np.zeros(W, dtype=np.uint64)
+    for m in np.nonzero(flags)[0]:
+        out[m // 64] |= np.uint64(1) << np.uint64(m % 64)
+    return out
+
+
+def sweep_pairs(ego_xy: np.ndarray, ego_r: float, obj_xy: np.ndarray, obj_r: np.ndarray,
+                obj_ok: np.ndarray, ego_ok: np.ndarray | None = None,
+                _split: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broad phase: ``(group, ego, object)`` index triples whose bounding circles overlap.
+
+    Within each group (a time step, or a time step and TTC offset) the few objects are
+    bucketed on a 2-D grid of cell ``R_max / 2`` (``R = ego_r + obj_r``); every ego position
+    takes the objects of the 5 x 5 cells around its own (5 contiguous CSR runs, no search),
+    then the circle test with each object's own radius filters the candidates. Exact: no
+    overlapping pair is missed. Long objects (a few trucks) are swept separately so that they
+    do not widen every window.
+
+    Args:
+        ego_xy: ``(G, N, 2)`` ego box centres (m). ego_r: ego bounding radius (m).
+        obj_xy: ``(G, A, 2)`` object centres (m). obj_r: ``(A,)`` object bounding radii (m).
+        obj_ok: ``(G, A)`` bool, objects present in the group.
+        ego_ok: optional ``(G, N)`` bool, ego positions to test (default all).
+
+    Returns:
+        ``(g, n, a)`` int64 arrays of equal length.
+    """
+    G, N = ego_xy.shape[:2]
+    A = obj_xy.shape[1]
+    empty = (np.zeros(0, np.int64),) * 3
+    if G == 0 or N == 0 or A == 0 or not obj_ok.any() or (ego_ok is not None and not ego_ok.any()):
+        return empty
+    R = ego_r + np.asarray(obj_r, dtype=np.float64)                   # (A,)
+    present = obj_ok.any(axis=0)
+    big = present & (R > 1.25 * np.median(R[present]) + 0.5)
+    if _split and big.any() and (present & ~big).any():
+        res = [sweep_pairs(ego_xy, ego_r, obj_xy, obj_r, obj_ok & m[None, :], ego_ok, False) for m in (~big, big)]
+        return tuple(np.concatenate([r[i] for r in res]) for i in range(3))
+    Rmax = float(R[present].max())
+    bw = 0.5 * Rmax
+    ex = np.ascontiguousarray(ego_xy[..., 0]).ravel()
+    ey = np.ascontiguousarray(ego_xy[..., 1]).ravel()
+    ox = np.ascontiguousarray(obj_xy[..., 0]).ravel()
+    oy = np.ascontiguousarray(obj_xy[..., 1]).ravel()
+    okf = obj_ok.ravel()
+    eok = np.ones(G * N, dtype=bool) if ego_ok is None else np.asarray(ego_ok, dtype=bool).ravel()
+    # 2-D buckets of width R_max / 2 (2 spare rows / columns on each side): an object within
+    # R_max of an ego lies in the 5 x 5 buckets around the ego's, i.e. in 5 contiguous runs
+    # of the row-major CSR order
+    lo_x = min(float(ex[eok].min()), float(ox[okf].min()))
+    hi_x = max(float(ex[eok].max()), float(ox[okf].max()))
+    lo_y = min(float(ey[eok].min()), float(oy[okf].min()))
+    hi_y = max(float(ey[eok].max()), float(oy[okf].max()))
+    nx = int((hi_x - lo_x) / bw) + 5
+    ny = int((hi_y - lo_y) / bw) + 5
+    per_g = nx * ny
+    oix = np.clip(np.floor((ox - lo_x) / bw).astype(np.int64) + 2, 0, nx - 1)
+    oiy = np.clip(np.floor((oy - lo_y) / bw).astype(np.int64) + 2, 0, ny - 1)
+    ocell = np.where(okf, np.repeat(np.arange(G), A) * per_g + oiy * nx + oix, G * per_g)
+    order = np.argsort(ocell, kind="stable")                            # object ids grouped by cell
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(ocell, minlength=G * per_g + 1))])
+    eix = np.clip(np.floor((ex - lo_x) / bw).astype(np.int64) + 2, 2, nx - 3)
+    eiy = np.clip(np.floor((ey - lo_y) / bw).astype(np.int64) + 2, 2, ny - 3)
+    ebase = np.repeat(np.arange(G), N) * per_g + eix
+    gns, gas = [], []
+    for dy in (-2, -1, 0, 1, 2):
+        row = ebase + (eiy + dy) * nx
+        lo = ptr[row - 2]
+        cnt = np.where(eok, ptr[row + 3] - lo, 0)
+        total = int(cnt.sum())
+        if total == 0:
+            continue
+        gn = np.repeat(np.arange(G * N), cnt)
+        ga = order[np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(total)]   # flat g * A + a
+        dx = ex[gn] - ox[ga]
+        dyy = ey[gn] - oy[ga]
+        Ra = R[ga % A]
+        keep = dx * dx + dyy * dyy <= Ra * Ra
+        gns.append(gn[keep])
+        gas.append(ga[keep])
+    if not gns:
+        return empty
+    gn, ga = np.concatenate(gns), np.concatenate(gas)
+    return gn // N, gn % N, ga % A
+
+
+def boxes_intersect_ring(boxes: np.ndarray, ring: np.ndarray,
+                         corner_inside: np.ndarray | None = None) -> np.ndarray:
+    """Whether oriented boxes intersect a polygon ring (closed sets, even-odd interior).
+
+    True where a box corner lies inside the ring, a ring vertex lies inside the box, or a box
+    edge crosses a ring edge.
+
+    Args:
+        boxes: ``(K, 5)`` ``[x, y, heading, length, width]`` (m, rad).
+        ring: ``(V, 2)`` open ring (m).
+        corner_inside: optional ``(K,)`` bool, already known "some corner inside the ring".
+
+    Returns:
+        ``(K,)`` bool.
+    """
+    b = _check_boxes(boxes, "boxes")
+    ring = np.asarray(ring, dtype=np.float64)
+    K = b.shape[0]
+    if K == 0:
+        return np.zeros(0, dtype=bool)
+    corners = box_corners(b[:, 0], b[:, 1], b[:, 2], b[:, 3], b[:, 4])      # (K, 4, 2)
+    if corner_inside is None:
+        inside = points_in_polygons(corners.reshape(-1, 2), ring[None]).reshape(K, 4).any(axis=1)
+    else:
+        inside = np.asarray(corner_inside, dtype=bool).copy()
+    # ring vertices inside the box
+    c, s = np.cos(b[:, 2])[:, None], np.sin(b[:, 2])[:, None]
+    rx = ring[None, :, 0] - b[:, 0:1]
+    ry = ring[None, :, 1] - b[:, 1:2]
+    lx, ly = rx * c + ry * s, -rx * s + ry * c
+    inside |= ((np.abs(lx) <= 0.5 * b[:, 3:4]) & (np.abs(ly) <= 0.5 * b[:, 4:5])).any(axis=1)
+    rest = np.nonzero(~inside)[0]
+    if rest.size:
+        V = ring.shape[0]
+        ra, rb = ring, np.roll(ring, -1, axis=0)
+        p = corners[rest]                                                   # (k, 4, 2)
+        q = np.roll(p, -1, axis=1)
+        P = np.broadcast_to(p[:, :, None, :], (rest.size, 4, V, 2)).reshape(-1, 2)
+        Q = np.broadcast_to(q[:, :, None, :], (rest.size, 4, V, 2)).reshape(-1, 2)
+        Ra = np.broadcast_to(ra[None, None], (rest.size, 4, V, 2)).reshape(-1, 2)
+        Rb = np.broadcast_to(rb[None, None], (rest.size, 4, V, 2)).reshape(-1, 2)
+        hit = _segments_cross(P, Q, Ra, Rb).reshape(rest.size, -1).any(axis=1)
+        inside[rest] = hit
+    return inside

@@ -12,9 +12,14 @@ Documented choices (deviations from PDM-Closed)
   ``v_des = clip(max(ego speed at t0, fastest agent speed at t0 inside the route corridor,
   5 m/s), 0, 40 m/s)`` and the proposals follow ``fractions * v_des`` with the fractions
   (0.2, 0.4, 0.6, 0.8, 1.0) that PDM-Closed applies to the speed limit.
-* **No lateral-offset proposals, no LQR.** The reference starts at the ego position and
-  blends its lateral offset from the centre-line to zero over 2 s (smoothstep); heading is
-  the centre-line tangent plus the blend's slope.
+* **No lateral-offset proposals.** The reference starts at the ego position and blends its
+  lateral offset from the centre-line to zero over 2 s (smoothstep); heading is the
+  centre-line tangent plus the blend's slope. These 41 states are the plan; as in NAVSIM
+  (which re-simulates PDM-Closed's trajectory with the scorer's simulator), the scorer then
+  tracks them with the LQR / bicycle model (:meth:`mosaic_ray.scoring.epdms.Scene.
+  reference_states`) before scoring.
+* **Choice.** Of the tracked proposals the scorer keeps the one PDM-Closed's own scorer would
+  rank best (penalties times 5 EP + 5 TTC + 2 LK + 2 HC, EP normalised among the proposals).
 * **Leading object.** At each 0.1 s step, the nearest valid agent whose centre projects ahead
   of the reference and within ``(ego width + agent width) / 2`` of the centre-line, or the
   entry of an on-route lane whose light is red at that step (a stopped virtual object), is
@@ -48,13 +53,13 @@ N_STEPS = 41
 
 def _extended_path(route: np.ndarray, extra: float = 300.0) -> tuple[np.ndarray, np.ndarray]:
     """The route polyline without repeated vertices, extended straight at both ends."""
-    pts = [route[0]]
-    for p in route[1:]:
-        if np.hypot(*(p - pts[-1])) > 1e-6:
-            pts.append(p)
-    if len(pts) < 2:  # degenerate route: a point; head along +x of the local frame
-        pts.append(pts[0] + np.array([1.0, 0.0]))
-    path = np.asarray(pts, dtype=np.float64)
+    route = np.asarray(route, dtype=np.float64)
+    # drop vertices closer than 1 um to the last kept one (consecutive duplicates)
+    step = np.hypot(*np.diff(route, axis=0).T)
+    keep = np.concatenate([[True], step > 1e-6])
+    path = route[keep]
+    if path.shape[0] < 2:  # degenerate route: a point; head along +x of the local frame
+        path = np.stack([path[0], path[0] + np.array([1.0, 0.0])])
     d0 = path[1] - path[0]
     d1 = path[-1] - path[-2]
     path = np.concatenate([[path[0] - extra * d0 / np.hypot(*d0)], path,
@@ -111,7 +116,10 @@ def reference_proposals(scene: Any, fractions: Sequence[float] = REFERENCE_FRACT
     valid = scene.agent_valid  # (41, A)
     A = boxes.shape[1]
     if A:
-        a_arc, a_lat, _ = project_to_polyline(boxes[..., :2], path)
+        a_arc = np.zeros(valid.shape)
+        a_lat = np.full(valid.shape, np.inf)  # invalid agents: never in the corridor
+        if valid.any():
+            a_arc[valid], a_lat[valid], _ = project_to_polyline(boxes[valid][:, :2], path)
         path_h = np.interp(a_arc, cum, vh)
         a_vlong = np.nan_to_num(scene.agent_speed) * np.cos(boxes[..., 2] - path_h)
         in_corr = valid & (np.abs(a_lat) <= 0.5 * (W + boxes[..., 4]))

@@ -9,6 +9,7 @@ wires it to batches. :func:`map_stage` runs a stage over a Ray dataset in an act
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -21,6 +22,16 @@ class Resources:
 
     cpus: float = 1.0
     gpus: float = 0.0
+
+
+def record_actor_pid(stage: str) -> None:
+    """Write this worker's PID to ``$MOSAIC_ACTOR_PID_DIR/<stage>-<pid>`` when that variable is
+    set (fault-injection tests kill a real actor by PID); does nothing otherwise."""
+    d = os.environ.get("MOSAIC_ACTOR_PID_DIR")
+    if d:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"{stage}-{os.getpid()}"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 class ProcessingStage(ABC):
@@ -90,3 +101,85 @@ def map_stage(ds, stage: ProcessingStage, num_workers: int = 1):
         num_cpus=stage.resources.cpus,
         num_gpus=stage.resources.gpus or None,
     )
+
+
+class ShardStage(ProcessingStage):
+    """A stage that maps whole input shards to output shards, exactly once per shard.
+
+    Each call reads one input shard (a storage-relative Parquet path), produces one output
+    table and writes it atomically under ``output_dir`` with the input shard's file name.
+    A shard whose output already exists is skipped, so a rerun after an interruption, or a
+    retry after an actor died mid-shard, never duplicates or loses rows (completion is
+    tracked per shard, as NeMo Curator tracks tasks).
+
+    Subclasses set ``storage_root``/``storage_cfg``/``output_dir`` and implement
+    :meth:`process_shard`.
+    """
+
+    batch_size = 1
+    output_dir: str = ""
+
+    def storage(self):
+        from mosaic_ray.config import StorageConfig
+        from mosaic_ray.storage import Storage
+
+        if getattr(self, "_storage", None) is None:
+            self._storage = Storage(self.storage_root, StorageConfig(**self.storage_cfg))
+        return self._storage
+
+    def output_path(self, shard: str) -> str:
+        return f"{self.output_dir}/{shard.rsplit('/', 1)[-1]}"
+
+    @abstractmethod
+    def process_shard(self, table: pa.Table) -> pa.Table:
+        """Transform one whole input shard (one output row per input row unless documented)."""
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        st = self.storage()
+        shards, rows, skipped = [], [], []
+        for shard in batch.column("shard").to_pylist():
+            out = self.output_path(shard)
+            if st.exists(out):  # finished earlier (rerun or retried task)
+                n = st.read_table(out, columns=[self.key_column]).num_rows
+                shards.append(shard), rows.append(n), skipped.append(True)
+                continue
+            result = self.process_shard(st.read_table(shard))
+            st.write_table(out, result)
+            shards.append(shard), rows.append(result.num_rows), skipped.append(False)
+        return pa.table({"shard": shards, "rows": pa.array(rows, pa.int64()), "skipped": skipped})
+
+    key_column: str = "clip_id"
+
+
+def preflight_shards(storage, shards: list[str], required: list[str]) -> None:
+    """Check every input shard before work starts: readable Parquet footer and the columns
+    the stage needs.
+
+    Raises:
+        ValueError: naming each unreadable or incomplete shard and the reason.
+    """
+    import pyarrow.parquet as pq
+
+    problems = []
+    for s in shards:
+        try:
+            with storage.fs.open_input_file(storage.path(s)) as f:
+                schema = pq.ParquetFile(f).schema_arrow
+        except Exception as e:  # truncated / not Parquet / unreadable
+            problems.append(f"{s}: unreadable Parquet ({type(e).__name__}: {str(e)[:160]})")
+            continue
+        missing = [c for c in required if c not in schema.names]
+        if missing:
+            problems.append(f"{s}: missing columns {missing}")
+    if problems:
+        raise ValueError("bad input shards (fix or remove them, then rerun):\n  " + "\n  ".join(problems))
+
+
+def run_shard_stage(stage: ShardStage, shards: list[str], num_workers: int) -> pa.Table:
+    """Run a :class:`ShardStage` over ``shards`` in an actor pool; returns one record per shard
+    (shard, rows, skipped)."""
+    import ray
+
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
+    out = map_stage(ds, stage, num_workers=num_workers)
+    return pa.Table.from_pylist(list(out.iter_rows())) if shards else pa.table({"shard": [], "rows": [], "skipped": []})

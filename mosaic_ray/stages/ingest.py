@@ -1,7 +1,11 @@
-"""``mosaic-ray ingest``: CommonRoad files -> deduplicated clip shards split by segment.
+"""``mosaic-ray ingest``: CommonRoad or ScenarioNet files -> deduplicated clip shards split by segment.
 
+``ingest.source`` picks the reader: ``commonroad`` (CommonRoad XML, :mod:`mosaic_ray.data.commonroad`)
+or ``scenarionet`` (ScenarioNet ``*.pkl`` scenarios of Waymo, nuScenes, nuPlan, Argoverse 2...,
+:mod:`mosaic_ray.data.scenarionet`); both give the same clip schema and quarantine records.
 Ray Data reads the file list and cuts clips file by file in parallel tasks
-(:class:`CutClipsStage`); the driver then deduplicates by content, splits by map segment and
+(:class:`CutClipsStage`); the driver then deduplicates by content, splits by map segment
+(or, with ``ingest.split_mode`` ``pool`` / ``validation``, puts every clip in that split) and
 writes Parquet shards under ``<run>/ingest/clips/<split>/`` plus ``quarantine.parquet``
 (one record per candidate that did not become a clip — unreadable XML, file without
 trajectories, invalid clip, duplicate) and ``summary.json``. Candidates = clips + quarantined.
@@ -9,20 +13,18 @@ trajectories, invalid clip, duplicate) and ``summary.json``. Candidates = clips 
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.data.clip import clips_from_table, clips_to_table, clip_schema
 from mosaic_ray.data.commonroad import CutOptions, cut_file, list_scenario_files
-from mosaic_ray.data.split import dedup_order_key, find_duplicates, plan_split
+from mosaic_ray.data.scenarionet import ScenarioNetOptions, cut_scenarionet_file, list_scenarionet_files
+from mosaic_ray.data.split import SplitPlan, dedup_order_key, find_duplicates, plan_split
 from mosaic_ray.stages.base import ProcessingStage, Resources, map_stage
 from mosaic_ray.storage import Storage, write_shards
 
@@ -35,45 +37,76 @@ QUARANTINE_SCHEMA = pa.schema([
 ])
 
 
-def _table_to_bytes(t: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with ipc.new_stream(sink, t.schema) as w:
-        w.write_table(t)
-    return sink.getvalue()
+CUTTERS = {"commonroad": cut_file, "scenarionet": cut_scenarionet_file}
 
 
-def _bytes_to_table(b: bytes) -> pa.Table:
-    return ipc.open_stream(io.BytesIO(b)).read_all()
+def list_input_files(cfg: ExperimentConfig) -> list[str]:
+    """Input files of the configured source (``ingest.source``) under the data folder(s)."""
+    dirs = cfg.resolved_data_dirs()
+    if cfg.ingest.source == "scenarionet":
+        return list_scenarionet_files(dirs)
+    return sorted({f for d in dirs for f in list_scenario_files(d)})
+
+
+def cut_key(path: str) -> str:
+    """Storage name of one input file's cut (file name + hash of the full path)."""
+    import hashlib
+    import os
+
+    return f"{os.path.basename(path)}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
 
 
 class CutClipsStage(ProcessingStage):
-    """Cut the clips of each file in a batch of file paths (column ``path``)."""
+    """Cut the clips of each file in a batch of file paths (column ``path``) with the reader of
+    ``source`` (``commonroad`` or ``scenarionet``).
+
+    Each file's result is written atomically to ``ingest/cut/<key>.quarantine.json`` and then
+    ``ingest/cut/<key>.parquet`` (the Parquet file marks the file as done), so a rerun after an
+    interruption cuts only the files not done yet. Returns one record per file."""
 
     name = "cut_clips"
     batch_size = 1
     stateful = False
 
-    def __init__(self, opts: CutOptions, cpus: float = 0.5):
+    def __init__(self, opts: CutOptions, cpus: float = 0.5, source: str = "commonroad",
+                 storage_root: str = "", storage_cfg: dict | None = None):
+        if source not in CUTTERS:
+            raise ValueError(f"unknown ingest source {source!r}; known: {', '.join(CUTTERS)}")
         self.opts = opts
+        self.source = source
         self.resources = Resources(cpus=cpus)
+        self.storage_root, self.storage_cfg = storage_root, storage_cfg or {}
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        paths, payloads, quarantines, counts = [], [], [], []
+        from mosaic_ray.config import StorageConfig
+
+        st = Storage(self.storage_root, StorageConfig(**self.storage_cfg))
+        cut = CUTTERS[self.source]
+        paths, counts, skipped = [], [], []
         for path in batch.column("path").to_pylist():
-            clips, bad = cut_file(path, self.opts)
+            key = f"{STAGE}/cut/{cut_key(path)}"
             paths.append(path)
-            payloads.append(_table_to_bytes(clips_to_table(clips)))
-            quarantines.append(json.dumps([q.to_dict() for q in bad]))
+            if st.exists(f"{key}.parquet"):
+                counts.append(-1)
+                skipped.append(True)
+                continue
+            clips, bad = cut(path, self.opts)
+            st.write_json(f"{key}.quarantine.json", [q.to_dict() for q in bad])
+            st.write_table(f"{key}.parquet", clips_to_table(clips))
             counts.append(len(clips))
-        return pa.table({"path": paths, "clips": pa.array(payloads, pa.binary()),
-                         "quarantine": quarantines, "n_clips": counts})
+            skipped.append(False)
+        return pa.table({"path": paths, "n_clips": counts, "skipped": skipped})
 
 
 def cut_options(cfg: ExperimentConfig) -> CutOptions:
+    """Cutting options of the configured source (:class:`ScenarioNetOptions` for scenarionet)."""
     ic = cfg.ingest
-    return CutOptions(stride_steps=None if ic.stride_s is None else max(1, round(ic.stride_s / 0.1)),
-                      min_speed_mps=ic.min_speed_mps, map_extension_m=ic.map_extension_m,
-                      agent_radius_m=ic.agent_radius_m)
+    common = dict(stride_steps=None if ic.stride_s is None else max(1, round(ic.stride_s / 0.1)),
+                  min_speed_mps=ic.min_speed_mps, map_extension_m=ic.map_extension_m,
+                  agent_radius_m=ic.agent_radius_m)
+    if ic.source == "scenarionet":
+        return ScenarioNetOptions(**common, other_egos=ic.other_egos, segment_by=ic.segment_by)
+    return CutOptions(**common)
 
 
 def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> dict:
@@ -83,7 +116,8 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         The ingest summary (also written to ``ingest/summary.json``).
 
     Raises:
-        FileNotFoundError: the data directory holds no ``*.xml`` file.
+        FileNotFoundError: the data folder(s) hold no input file (``*.xml`` for commonroad,
+            ``*.pkl`` scenarios for scenarionet).
     """
     import ray
 
@@ -91,21 +125,30 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         log.info("ingest: already complete, reusing %s", storage.uri(STAGE))
         return storage.read_json(f"{STAGE}/summary.json")
     t_start = time.time()
-    data_dir = cfg.resolved_data_dir()
-    files = list_scenario_files(data_dir)
+    source = cfg.ingest.source
+    data_dir = ", ".join(cfg.resolved_data_dirs())
+    files = list_input_files(cfg)
     if not files:
-        raise FileNotFoundError(f"no CommonRoad *.xml files under {data_dir}")
-    print(f"[ingest] cutting clips from {len(files)} files in {data_dir}", flush=True)
-    stage = CutClipsStage(cut_options(cfg), cpus=cfg.ingest.num_cpus_per_task)
+        what = "ScenarioNet *.pkl scenario" if source == "scenarionet" else "CommonRoad *.xml"
+        raise FileNotFoundError(f"no {what} files under {data_dir}")
+    if force and storage.exists(f"{STAGE}/cut"):
+        storage.delete(f"{STAGE}/cut")
+    print(f"[ingest] cutting clips from {len(files)} {source} files in {data_dir}", flush=True)
+    stage = CutClipsStage(cut_options(cfg), cpus=cfg.ingest.num_cpus_per_task, source=source,
+                          storage_root=storage.root_uri, storage_cfg=cfg.storage.model_dump())
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=min(len(files), 64))
-    results = map_stage(ds, stage)
+    records = list(map_stage(ds, stage).iter_rows())
+    resumed = sum(bool(r["skipped"]) for r in records)
+    if resumed:
+        print(f"[ingest] {resumed} files were cut by an earlier, interrupted run", flush=True)
 
     tables, quarantine = [], []
-    for row in results.iter_rows():
-        t = _bytes_to_table(row["clips"])
+    for path in files:  # in file order: deterministic dedup and shards
+        key = f"{STAGE}/cut/{cut_key(path)}"
+        t = storage.read_table(f"{key}.parquet")
         if t.num_rows:
             tables.append(t)
-        quarantine.extend(json.loads(row["quarantine"]))
+        quarantine.extend(storage.read_json(f"{key}.quarantine.json"))
     clips_table = pa.concat_tables(tables) if tables else clip_schema().empty_table()
     n_raw = clips_table.num_rows
 
@@ -126,10 +169,14 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
     per_seg = Counter(m["segment"] for m in meta)
     site_of = {m["segment"]: m["site"] for m in meta}
     ic = cfg.ingest
-    plan = plan_split(dict(per_seg), site_of, validation_fraction=ic.validation_fraction,
-                      train_fraction=ic.train_fraction, seed=ic.seed,
-                      validation_segments=ic.validation_segments, train_segments=ic.train_segments)
-    split_col = pa.array([plan.assignment[m["segment"]] for m in meta])
+    if ic.split_mode == "auto":
+        plan = plan_split(dict(per_seg), site_of, validation_fraction=ic.validation_fraction,
+                          train_fraction=ic.train_fraction, seed=ic.seed,
+                          validation_segments=ic.validation_segments, train_segments=ic.train_segments)
+    else:  # every clip to one split (a dataset too small to split three ways)
+        plan = SplitPlan({s: ic.split_mode for s in per_seg}, dict(per_seg), dict(site_of),
+                         [f"split_mode {ic.split_mode}: all {len(meta)} clips go to {ic.split_mode}"])
+    split_col = pa.array([plan.assignment[m["segment"]] for m in meta], pa.string())
     if storage.exists(f"{STAGE}/clips"):
         storage.delete(f"{STAGE}/clips")
     shards = {}
@@ -141,7 +188,7 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
                         pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
     reasons = Counter(q["reason"] for q in quarantine)
     summary = {
-        "data_dir": data_dir, "files": len(files),
+        "data_dir": data_dir, "source": source, "split_mode": ic.split_mode, "files": len(files),
         "candidates": n_raw + sum(1 for q in quarantine if q["reason"] != "duplicate"),
         "clips": len(keep), "quarantined": len(quarantine),
         "quarantine_reasons": dict(sorted(reasons.items())),
@@ -154,7 +201,7 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
                            for sp in ("validation", "train", "pool")},
         "notes": plan.notes,
         "shards": {k: len(v) for k, v in shards.items()},
-        "wall_time_s": round(time.time() - t_start, 1),
+        "wall_time_s": round(time.time() - t_start, 1), "files_resumed": resumed,
     }
     assert summary["candidates"] == summary["clips"] + summary["quarantined"]
     storage.write_json(f"{STAGE}/summary.json", summary)

@@ -10,7 +10,6 @@ An interrupted pilot stage resumes with ``Tuner.restore``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import numpy as np
@@ -105,15 +104,15 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
         "epochs": cfg.pilot.epochs, "lr": pc_.lr * 0.5, "weight_decay": pc_.weight_decay,
         "batch_size": pc_.batch_size, "mirror": pc_.augment_mirror, "torch_threads": pc_.torch_threads,
     }
-    from mosaic_ray.stages.runtime import cluster_cpus
+    from mosaic_ray.stages.runtime import cluster_cpus, tune_progress_callback
 
     max_conc = cfg.pilot.max_concurrent_trials or max(1, int(cluster_cpus() // cfg.pilot.cpus_per_trial))
-    storage_path = storage.path("tune") if storage.is_local else storage.uri("tune")
+    storage_path = storage.path("tune")  # with storage_filesystem: the in-filesystem path
     exp_name = f"{name}"
     by_key = {t["key"]: t for t in trials}
     trainable = tune.with_resources(tune.with_parameters(_pilot_trial, trials=by_key),
                                     {"cpu": cfg.pilot.cpus_per_trial})
-    exp_uri = os.path.join(storage_path, exp_name) if storage.is_local else f"{storage_path}/{exp_name}"
+    exp_uri = f"{storage_path}/{exp_name}"
     print(f"[pilot] {len(trials)} trials (domains × sizes × seeds), up to {max_conc} at a time", flush=True)
     if not force and tune.Tuner.can_restore(exp_uri, storage_filesystem=None if storage.is_local else storage.fs):
         tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_errored=True,
@@ -127,7 +126,11 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
             run_config=tune.RunConfig(storage_path=storage_path, name=exp_name,
                                       storage_filesystem=None if storage.is_local else storage.fs,
                                       failure_config=tune.FailureConfig(max_failures=1),
-                                      verbose=1),
+                                      verbose=0,
+                                      callbacks=[tune_progress_callback(
+                                          "pilot", len(trials),
+                                          lambda r: f"{r['domain']} n={r['n']} seed {r['seed']}: "
+                                                    f"ΔU = {100 * r['delta_u']:+.2f} ({r['trial_time_s']:.0f} s)")]),
         )
     grid = tuner.fit()
     rows = []

@@ -63,3 +63,26 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def tune_progress_callback(tag: str, total: int, fmt):
+    """A Ray Tune callback printing one line per finished trial (``[tag] k/total …``) instead
+    of Tune's periodic status tables; ``fmt(result_dict) -> str`` describes a result."""
+    from ray import tune
+
+    class _Progress(tune.Callback):
+        def __init__(self):
+            self.done = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.done += 1
+            try:
+                text = fmt(result)
+            except Exception:  # a progress line must never fail a run
+                text = ""
+            print(f"[{tag}] {self.done}/{total} {text}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[{tag}] trial {trial.trial_id} failed (it is retried once)", flush=True)
+
+    return _Progress()

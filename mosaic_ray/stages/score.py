@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.scoring.epdms import TERMS
-from mosaic_ray.stages.base import ProcessingStage, Resources, map_stage
+from mosaic_ray.stages.base import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,18 @@ def scores_schema(embed_dim: int) -> pa.Schema:
     return pa.schema(fields)
 
 
-class ScoreStage(ProcessingStage):
-    """Planner + EPDMS per clip (stateful: the checkpoint loads once per actor)."""
+class ScoreStage(ShardStage):
+    """Planner + EPDMS per clip, one pool shard per call (stateful: the checkpoint loads once
+    per actor); clips go through the planner in chunks of ``clip_batch_size``."""
 
     name = "score"
     stateful = True
 
     def __init__(self, storage_root: str, storage_cfg: dict, checkpoint: str, batch_size: int,
-                 cpus: float, gpus: float, torch_threads: int = 1):
+                 cpus: float, gpus: float, torch_threads: int = 1, output_dir: str = "score/scores"):
         self.storage_root, self.storage_cfg, self.checkpoint = storage_root, storage_cfg, checkpoint
-        self.batch_size = batch_size
+        self.clip_batch_size = batch_size
+        self.output_dir = output_dir
         self.resources = Resources(cpus=cpus, gpus=gpus)
         self.torch_threads = torch_threads
 
@@ -59,13 +61,20 @@ class ScoreStage(ProcessingStage):
         from mosaic_ray.stages.train import local_copy
 
         torch.set_num_threads(self.torch_threads)
+        record_actor_pid("score")
         st = Storage(self.storage_root, StorageConfig(**self.storage_cfg))
         self.device = "cuda" if (self.resources.gpus > 0 and torch.cuda.is_available()) else "cpu"
         self.model = load_checkpoint(local_copy(st, self.checkpoint), map_location=self.device).to(self.device)
         self.model.eval()
         self.schema = scores_schema(self.model.spec.embed_dim)
 
-    def process_batch(self, batch: pa.Table) -> pa.Table:
+    def process_shard(self, table: pa.Table) -> pa.Table:
+        parts = [self.score_table(table.slice(i, self.clip_batch_size))
+                 for i in range(0, table.num_rows, self.clip_batch_size)]
+        return pa.concat_tables(parts) if parts else self.schema.empty_table()
+
+    def score_table(self, batch: pa.Table) -> pa.Table:
+        """Score the clips of an Arrow table (clip schema); one output row per input row."""
         from mosaic_ray.data.clip import clip_from_row, clips_from_table
         from mosaic_ray.evaluate.planner_eval import score_planner
 
@@ -148,27 +157,30 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     Raises:
         RuntimeError: the output does not hold exactly one row per input clip.
     """
-    import ray
-
     if storage.is_done(out) and not force:
         return storage.done_payload(out)
     t0 = time.time()
     shards = storage.list(f"ingest/clips/{split}", ".parquet")
     if not shards:
         raise FileNotFoundError(f"no clip shards for split {split!r}; run ingest first")
-    if storage.exists(f"{out}/scores"):
+    preflight_shards(storage, shards, ["clip_id", "ego_states", "lane_offsets"])
+    ids = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
+    dups = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dups:
+        raise ValueError(f"duplicated clip ids in the {split} shards ({len(dups)}), e.g. {dups[:5]}: "
+                         "every clip must appear once; re-run ingest or remove the duplicates")
+    if force and storage.exists(f"{out}/scores"):
         storage.delete(f"{out}/scores")
-    n_actors = default_num_actors(cfg)
+    n_actors = min(default_num_actors(cfg), len(shards))
     stage = ScoreStage(storage.root_uri, cfg.storage.model_dump(), checkpoint, cfg.score.batch_size,
-                       cfg.score.num_cpus_per_actor, cfg.score.num_gpus_per_actor, cfg.planner.torch_threads)
-    ds = ray.data.read_parquet([storage.path(s) for s in shards], filesystem=storage.fs)
-    ds = ds.repartition(max(len(shards), 2 * n_actors))
+                       cfg.score.num_cpus_per_actor, cfg.score.num_gpus_per_actor, cfg.planner.torch_threads,
+                       output_dir=f"{out}/scores")
     print(f"[score] {split}: {len(shards)} shards through {n_actors} actor(s) "
           f"({cfg.score.num_cpus_per_actor} CPU, {cfg.score.num_gpus_per_actor} GPU each)", flush=True)
-    scored = map_stage(ds, stage, num_workers=n_actors)
-    scored.write_parquet(storage.path(f"{out}/scores"), filesystem=storage.fs)
+    records = run_shard_stage(stage, shards, n_actors)
+    skipped = int(sum(records.column("skipped").to_pylist())) if records.num_rows else 0
     # exactly one row per input clip
-    want = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
+    want = ids
     got_t = storage.read_table(f"{out}/scores", columns=["clip_id", "status"])
     got = got_t.column("clip_id").to_pylist()
     if sorted(got) != sorted(want):
@@ -177,9 +189,11 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     status = got_t.column("status").to_pylist()
     n_ok = sum(s == "ok" for s in status)
     payload = {"rows": len(got), "ok": n_ok, "errors": len(got) - n_ok, "actors": n_actors,
+               "shards": len(shards), "shards_resumed": skipped,
                "checkpoint": checkpoint, "wall_time_s": round(time.time() - t0, 1)}
     storage.mark_done(out, payload)
-    print(f"[score] {payload['rows']} clips scored ({payload['errors']} errors) in {payload['wall_time_s']} s", flush=True)
+    print(f"[score] {payload['rows']} clips scored ({payload['errors']} errors, {skipped} shards already done) "
+          f"in {payload['wall_time_s']} s", flush=True)
     return payload
 
 

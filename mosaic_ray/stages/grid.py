@@ -1,0 +1,114 @@
+"""The experiment grid: final trainings per (method, budget, seed) as concurrent Ray Tune trials.
+
+Each grid cell trains a planner on D_train ∪ D_sel with Ray Train (the ``TorchTrainer`` is
+built inside the Tune function, as Train V2 requires), evaluates it on validation and
+stores ``train/results/<key>.json``. Cells already stored are skipped, so an interrupted grid
+resumes where it stopped; the cells still to run are scheduled ``train.concurrency`` at a
+time within the cluster's resources (each trial reserves no CPU of its own; its Train workers
+and Ray Data tasks reserve theirs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.storage import Storage
+
+
+@dataclass
+class Cell:
+    """One grid cell: a method's selection at a budget, trained with one seed."""
+
+    method: str
+    budget: int
+    seed: int
+    pool_ids: list[str] = field(default_factory=list)
+    compute_extra_s: float = 0.0  # resource-seconds spent before training (scoring, pilots)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-b{self.budget}-s{self.seed}"
+
+    @property
+    def result_path(self) -> str:
+        return f"train/results/{self.key}.json"
+
+
+def _cell_trial(config: dict, cells: dict | None = None) -> None:
+    """Tune trainable for one grid cell: Ray Train run, validation evaluation, stored result."""
+    from ray import tune
+
+    from mosaic_ray.config import ExperimentConfig, StorageConfig
+    from mosaic_ray.evaluate.planner_eval import score_planner
+    from mosaic_ray.planner.model import load_checkpoint
+    from mosaic_ray.stages.ingest import load_clips
+    from mosaic_ray.stages.train import local_copy, train_planner
+
+    cell = Cell(**cells[config["cell"]])
+    cfg = ExperimentConfig.model_validate(config["cfg"])
+    st = Storage(config["storage_root"], StorageConfig(**config["storage_cfg"]))
+    t0 = time.time()
+    info = train_planner(cfg, st, name=cell.key, epochs=cfg.train.epochs, seed=cell.seed,
+                         pool_ids=cell.pool_ids or None,
+                         init_checkpoint="planner/base.pt" if cfg.train.init == "base" else None,
+                         fresh=bool(config.get("fresh", False)))
+    t_eval = time.time()
+    model = load_checkpoint(local_copy(st, info["checkpoint"]))
+    util = score_planner(model, load_clips(st, "validation"), model.spec.features).utility()
+    eval_s = time.time() - t_eval
+    cpus = cfg.train.num_workers * cfg.train.cpus_per_worker
+    res = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, **info, "validation": util,
+           "eval_time_s": round(eval_s, 1), "cell_time_s": round(time.time() - t0, 1),
+           "compute_cpu_s": round(info["wall_time_s"] * cpus + eval_s + cell.compute_extra_s, 1)}
+    st.write_json(cell.result_path, res)
+    tune.report({"epdms": util["epdms"], "key": cell.key})
+
+
+def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: bool = False) -> dict:
+    """Run the cells not yet stored (all with ``force``); returns ``{key: result}`` for all cells.
+
+    Raises:
+        RuntimeError: a cell failed after its retry (its error is in the message).
+    """
+    from ray import tune
+
+    from mosaic_ray.stages.runtime import tune_progress_callback
+
+    todo = [c for c in cells if force or not storage.exists(c.result_path)]
+    if todo:
+        conc = cfg.train.concurrency
+        keys = sorted(c.key for c in todo)
+        by_key = {c.key: asdict(c) for c in todo}
+        digest = hashlib.sha1(json.dumps(keys).encode()).hexdigest()[:8]
+        print(f"[train] {len(todo)} of {len(cells)} grid cells to run, {conc} at a time "
+              f"({len(cells) - len(todo)} finished earlier)", flush=True)
+        trainable = tune.with_resources(tune.with_parameters(_cell_trial, cells=by_key),
+                                        {"cpu": 0, "memory": 256 * 1024**2})  # the trial itself only waits
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cell": tune.grid_search(keys), "cfg": cfg.model_dump(mode="json"), "fresh": force,
+                         "storage_root": storage.root_uri, "storage_cfg": cfg.storage.model_dump()},
+            tune_config=tune.TuneConfig(max_concurrent_trials=conc,
+                                        trial_dirname_creator=lambda t: f"cell-{t.config['cell']}-{t.trial_id}"),
+            run_config=tune.RunConfig(
+                storage_path=storage.path("tune"),  # in-filesystem path (no scheme)
+                storage_filesystem=None if storage.is_local else storage.fs,
+                name=f"grid-{digest}-{int(time.time())}", verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+                callbacks=[tune_progress_callback(
+                    "train", len(todo), lambda r: f"{r['key']}: validation EPDMS {100 * r['epdms']:.2f}")]),
+        )
+        grid = tuner.fit()
+        errors = [str(r.error) for r in grid if r.error is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} grid cell(s) failed; first error: {errors[0][:2000]}")
+    out = {}
+    for c in cells:
+        if not storage.exists(c.result_path):
+            raise RuntimeError(f"grid cell {c.key} has no stored result")
+        out[c.key] = storage.read_json(c.result_path)
+    return out

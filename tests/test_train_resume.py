@@ -1,0 +1,71 @@
+"""Ray Train runs survive a killed worker and resume from their latest checkpoint."""
+
+import io
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ACTOR_PID_DIR
+from mosaic_ray.config import validate_config
+from mosaic_ray.pipeline import expert_futures
+from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
+from mosaic_ray.stages.ingest import load_clips, run_ingest
+from mosaic_ray.stages.train import train_planner
+from mosaic_ray.storage import Storage
+
+
+@pytest.fixture(scope="module")
+def setup(ray_local, small_data_dir, tmp_path_factory):
+    cfg = validate_config({
+        "name": "resume", "data_dir": str(small_data_dir), "output_dir": str(tmp_path_factory.mktemp("tr")),
+        "planner": {"vocab_size": 16, "embed_dim": 32, "hidden_dim": 32, "max_agents": 8, "max_lanes": 16},
+        "selection": {"budgets": [5]},
+        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 10}})
+    st = Storage(cfg.run_uri)
+    run_ingest(cfg, st)
+    buf = io.BytesIO()
+    np.save(buf, build_vocabulary(expert_futures(load_clips(st, "train")), 16))
+    st.write_bytes("planner/vocabulary.npy", buf.getvalue())
+    return cfg, st
+
+
+def test_killed_worker_resumes_from_checkpoint_and_matches(setup):
+    cfg, st = setup
+    epochs = 160  # long enough to kill a worker mid-run
+    ref = train_planner(cfg, st, name="uninterrupted", epochs=epochs, seed=3)
+    for f in ACTOR_PID_DIR.glob("train-*"):
+        f.unlink()
+    out = {}
+    th = threading.Thread(target=lambda: out.update(train_planner(cfg, st, name="killed", epochs=epochs, seed=3)))
+    th.start()
+    t0 = time.time()
+    def checkpoints() -> int:  # the first one is surely registered once a second one exists
+        return sum(p.startswith("train_runs/killed-") and "/checkpoint_" in p and p.endswith("train_state.pt")
+                   for p in st.list("train_runs", recursive=True))
+
+    while not (list(ACTOR_PID_DIR.glob("train-*")) and checkpoints() >= 2):
+        assert time.time() - t0 < 120 and th.is_alive(), "no checkpoint appeared"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the controller registers reported checkpoints on its next poll
+    victim = int(sorted(ACTOR_PID_DIR.glob("train-*"))[-1].read_text())
+    os.kill(victim, signal.SIGKILL)
+    th.join(timeout=300)
+    assert out, "the training did not finish after a worker was killed"
+    assert 0 < out["resumed_from_epoch"] < epochs  # restarted from a checkpoint, not from scratch
+    a = load_checkpoint(st.path(ref["checkpoint"])).state_dict()
+    b = load_checkpoint(st.path(out["checkpoint"])).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_of_a_finished_training_resumes_instead_of_retraining(setup):
+    cfg, st = setup
+    first = train_planner(cfg, st, name="twice", epochs=4, seed=1)
+    again = train_planner(cfg, st, name="twice", epochs=4, seed=1)
+    assert again["run_name"] == first["run_name"] and again["resumed_from_epoch"] == 4
+    assert st.read_bytes(first["checkpoint"]) == st.read_bytes(again["checkpoint"])
