@@ -59,8 +59,8 @@ def test_ray_job_submit_against_a_local_head(small_data_dir, tmp_path):
     """`ray start --head`, then `ray job submit --working-dir` runs a real ingest job."""
     bin_dir = Path(sys.executable).parent
     port, dash = _free_port(), _free_port()
-    env = dict(os.environ, RAY_ADDRESS="")
-    env.pop("RAY_ADDRESS")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
     temp = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))  # Unix socket paths must stay short
     start = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
              "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"]
@@ -71,7 +71,7 @@ def test_ray_job_submit_against_a_local_head(small_data_dir, tmp_path):
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
         submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
                   "--working-dir", str(ROOT), "--",
-                  "python", "jobs/run_experiment.py", "--command", "ingest", str(tmp_path / "job.yaml")]
+                  sys.executable, "jobs/run_experiment.py", "--command", "ingest", str(tmp_path / "job.yaml")]
         t0 = time.time()
         out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
