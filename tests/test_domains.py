@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -91,27 +90,30 @@ def test_caption_tags_and_no_digits():
     assert caption_clip(c) == cap  # deterministic
 
 
-REAL = Path("/work/ci_check/runs/ngsim_demo")
-
-
-@pytest.mark.skipif(not (REAL / "ingest" / "clips" / "pool").exists(), reason="demo run absent")
 def test_caption_real_clips():
-    import pyarrow.parquet as pq
+    """Captions of real NGSIM clips (an urban intersection segment and the freeway)."""
+    from conftest import ngsim_file
+    from mosaic_ray.data.commonroad import cut_file
 
-    from mosaic_ray.data.clip import clips_from_table
-
-    shard = sorted((REAL / "ingest" / "clips" / "pool").glob("*.parquet"))[0]
-    clips = clips_from_table(pq.read_table(shard))[:40]
+    clips = []
+    for f in ("Lankershim/USA_Lanker-2_13_T-1.xml", "US101/USA_US101-22_1_T-1.xml"):
+        clips += cut_file(str(ngsim_file(f)))[0][:25]
+    assert len(clips) == 50
+    seen_stopped = False
     for c in clips:
         cap = caption_clip(c)
         assert cap and not re.search(r"\d", cap)
         f = clip_features(c)
         if f["speed"] == "stopped":
             assert "stopped" in cap
+            seen_stopped = True
         if abs(f["heading_change"]) > 0.6:
             assert "turn" in cap
         if "highway" in c.tags:
             assert cap.startswith("Highway")
+        if "urban" in c.tags:
+            assert cap.startswith("Urban")
+    assert seen_stopped  # Lankershim has vehicles waiting at the lights
 
 
 # ---------------------------------------------------------------------- caption assigner
