@@ -68,3 +68,48 @@ def test_clips_without_a_domain_value_are_an_error():
         assign_domains(t, "site")
     with pytest.raises(DomainError, match="not in the score table"):
         assign_domains(t, "segment")
+
+
+def test_synthetic_copies_are_valid_and_score_like_their_source():
+    """Scale-pool copies (rigid motion + mirror) keep the clip valid and its EPDMS terms."""
+    from mosaic_ray.data.synthetic import transform_clip
+    from mosaic_ray.scoring.epdms import score_human
+
+    clips, _ = cut_file(str(ngsim_file("Lankershim/USA_Lanker-2_13_T-1.xml")))
+    for c in clips[:4]:
+        t0, e0 = score_human(c)
+        for k in (1, 2, 7):
+            s = transform_clip(c, k)
+            s.validate()
+            assert s.clip_id != c.clip_id and s.clip_id.endswith(f"-s{k}")
+            assert not np.allclose(s.ego_states[:, :2], c.ego_states[:, :2])
+            np.testing.assert_allclose(s.ego_states[:, 3], c.ego_states[:, 3])  # same speeds
+            t1, e1 = score_human(s)
+            assert abs(e1 - e0) < 1e-6, (k, e0, e1)
+    with pytest.raises(ValueError):
+        transform_clip(clips[0], 0)
+
+
+def test_expand_pool_writes_exactly_n_distinct_copies_and_resumes(ray_local, tmp_path):
+    """The scale-pool generator writes N clips with distinct new ids (last shard shorter) on
+    Ray tasks, and a rerun keeps the finished shards."""
+    from mosaic_ray.data.clip import clips_from_table, clips_to_table
+    from mosaic_ray.data.synthetic import expand_pool
+    from mosaic_ray.storage import Storage, write_shards
+
+    clips, _ = cut_file(str(ngsim_file("Lankershim/USA_Lanker-2_13_T-1.xml")))
+    src = Storage(str(tmp_path / "src"))
+    write_shards(src, "ingest/clips/pool", clips_to_table(clips[:7]), 3)
+    out = expand_pool(str(tmp_path / "src"), str(tmp_path / "dst"), 23, shard_size=5)
+    assert out["clips"] == 23 and out["shards"] == 5 and out["source_clips"] == 7
+    dst = Storage(str(tmp_path / "dst"))
+    shards = dst.list("ingest/clips/pool", ".parquet")
+    tables = [dst.read_table(s) for s in shards]
+    assert [t.num_rows for t in tables] == [5, 5, 5, 5, 3]
+    ids = [c.clip_id for t in tables for c in clips_from_table(t)]
+    assert len(set(ids)) == 23 and not set(ids) & {c.clip_id for c in clips[:7]}
+    first = dst.read_bytes(shards[0])
+    assert expand_pool(str(tmp_path / "src"), str(tmp_path / "dst"), 23, shard_size=5)["clips"] == 23
+    assert dst.read_bytes(shards[0]) == first
+    with pytest.raises(ValueError, match="no ingest/clips/pool"):
+        expand_pool(str(tmp_path / "nothing"), str(tmp_path / "dst2"), 5)

@@ -1,0 +1,167 @@
+"""Throughput and memory of the score stage (issue 5).
+
+    .venv/bin/python benchmarks/bench_score_stage.py SOURCE_RUN [--clips N] [--shard-size 32]
+        [--actors 1 2] [--no-loop] [--tag TAG]
+
+SOURCE_RUN is a finished run with ingested clips and ``planner/base.pt`` (e.g.
+``runs/ngsim_demo`` after ``make demo``). The benchmark builds a scratch run under
+``/tmp/mosaic_bench/<tag>`` whose pool is SOURCE_RUN's pool re-sharded to ``--shard-size``, or,
+with ``--clips N``, N synthetic copies of it (:mod:`mosaic_ray.data.synthetic`). Then:
+
+* plain loop: one process, no Ray, the same :class:`ScoreStage` code shard by shard
+  (1 torch thread) — the baseline;
+* Ray Data: ``run_score`` with 1 and 2 actors (0.5 CPU each) on a local 2-CPU Ray.
+
+It reports clips/s of each, the stage overhead (1 actor vs the loop), the scaling from one
+to two actors, and the peak resident memory summed over all processes of the run (sampled
+every 0.2 s with psutil; the driver included). Results: benchmarks/results/score_stage_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+class PeakRSS:
+    """Peak of the summed RSS of this process and its descendants (Ray workers included)."""
+
+    def __init__(self, period: float = 0.2):
+        import psutil
+
+        self.psutil, self.period, self.peak, self._stop = psutil, period, 0, threading.Event()
+
+    def _sample(self) -> int:
+        me = self.psutil.Process()
+        total = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                pass
+        return total
+
+    def __enter__(self):
+        self.base = self._sample()
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.period)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.th.join()
+
+
+def make_scratch_run(source: str, dest: str, shard_size: int, clips: int | None) -> int:
+    from mosaic_ray.storage import Storage, write_shards
+
+    src, dst = Storage(source), Storage(dest)
+    for rel in src.list("ingest/clips/train", ".parquet") + src.list("ingest/clips/validation", ".parquet") + \
+            [p for p in src.list("planner") if p.endswith((".pt", ".npy"))]:
+        if not dst.exists(rel):
+            dst.write_bytes(rel, src.read_bytes(rel))
+    if clips:
+        import ray
+
+        from mosaic_ray.data.synthetic import expand_pool
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            expand_pool(source, dest, clips, shard_size)
+        finally:
+            ray.shutdown()
+    elif not dst.list("ingest/clips/pool", ".parquet"):
+        write_shards(dst, "ingest/clips/pool", src.read_table("ingest/clips/pool"), shard_size)
+    return sum(dst.read_table(s, columns=["clip_id"]).num_rows for s in dst.list("ingest/clips/pool", ".parquet"))
+
+
+def plain_loop(dest: str, checkpoint: str) -> tuple[float, int]:
+    from mosaic_ray.stages.score import ScoreStage
+    from mosaic_ray.storage import Storage
+
+    st = Storage(dest)
+    stage = ScoreStage(dest, {}, checkpoint, 32, 1.0, 0.0, 1, output_dir="bench_loop/scores")
+    stage.setup()
+    n = 0
+    t0 = time.perf_counter()
+    for shard in st.list("ingest/clips/pool", ".parquet"):
+        n += stage.process_shard(st.read_table(shard)).num_rows
+    return time.perf_counter() - t0, n
+
+
+def ray_stage(dest: str, actors: int) -> tuple[float, dict]:
+    import ray
+
+    from mosaic_ray.config import validate_config
+    from mosaic_ray.stages.score import run_score
+    from mosaic_ray.storage import Storage
+
+    cfg = validate_config({"name": Path(dest).name, "output_dir": str(Path(dest).parent),
+                           "selection": {"budgets": [1]}, "ray": {"num_cpus": 2},
+                           "score": {"num_actors": actors, "num_cpus_per_actor": 0.5, "batch_size": 32}})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        payload = run_score(cfg, Storage(dest), "planner/base.pt", out=f"bench_ray{actors}", force=True)
+        return time.perf_counter() - t0, payload
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("source_run")
+    ap.add_argument("--clips", type=int, default=None, help="synthetic pool size (default: the real pool)")
+    ap.add_argument("--shard-size", type=int, default=32)
+    ap.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--no-loop", action="store_true")
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args()
+    tag = args.tag or (f"synthetic{args.clips}" if args.clips else "real")
+    dest = f"/tmp/mosaic_bench/{tag}"
+    n = make_scratch_run(args.source_run, dest, args.shard_size, args.clips)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    res = {"date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {cpu}, no GPU",
+           "source_run": args.source_run, "clips": n, "shard_size": args.shard_size, "runs": {}}
+    if not args.no_loop:
+        with PeakRSS() as mem:
+            secs, rows = plain_loop(dest, "planner/base.pt")
+        res["runs"]["plain_loop"] = {"seconds": round(secs, 2), "clips_per_s": round(rows / secs, 2),
+                                     "peak_rss_mb": round(mem.peak / 2**20)}
+        print(res["runs"]["plain_loop"], flush=True)
+    for k in args.actors:
+        with PeakRSS() as mem:
+            secs, payload = ray_stage(dest, k)
+        res["runs"][f"ray_{k}_actor"] = {"seconds": round(secs, 2), "clips_per_s": round(payload["rows"] / secs, 2),
+                                         "stage_wall_s": payload["wall_time_s"], "peak_rss_mb": round(mem.peak / 2**20)}
+        print(res["runs"][f"ray_{k}_actor"], flush=True)
+    r = res["runs"]
+    if "plain_loop" in r and "ray_1_actor" in r:
+        res["overhead_1_actor_vs_loop"] = round(r["plain_loop"]["clips_per_s"] / r["ray_1_actor"]["clips_per_s"] - 1, 3)
+    if "ray_1_actor" in r and "ray_2_actor" in r:
+        res["scaling_1_to_2_actors"] = round(r["ray_2_actor"]["clips_per_s"] / r["ray_1_actor"]["clips_per_s"], 3)
+    out = Path(__file__).parent / "results" / f"score_stage_{tag}_{res['date']}.json"
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    print(f"written {out}")
+    if args.clips:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
