@@ -70,11 +70,10 @@ class PeakRSS:
 def make_scratch_run(source: str, dest: str, shard_size: int, clips: int | None) -> int:
     from mosaic_ray.storage import Storage, write_shards
 
+    from mosaic_ray.data.synthetic import copy_run_inputs
+
     src, dst = Storage(source), Storage(dest)
-    for rel in src.list("ingest/clips/train", ".parquet") + src.list("ingest/clips/validation", ".parquet") + \
-            [p for p in src.list("planner") if p.endswith((".pt", ".npy"))]:
-        if not dst.exists(rel):
-            dst.write_bytes(rel, src.read_bytes(rel))
+    copy_run_inputs(src, dst)
     if clips:
         import ray
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from mosaic_ray.data.clip import Clip
 
-__all__ = ["transform_clip", "expand_pool"]
+__all__ = ["transform_clip", "expand_pool", "copy_run_inputs"]
 
 
 def _rigid(xy: np.ndarray, c: float, s: float, t: np.ndarray) -> np.ndarray:
@@ -97,6 +97,16 @@ def _expand_shard(src_root: str, dst_root: str, src_shards: list[str], bounds: l
     return len(out)
 
 
+def copy_run_inputs(src, dst) -> None:
+    """Copy the train / validation clip shards and the ``planner/`` files (``.pt``, ``.npy``,
+    ``.json``) of run ``src`` to run ``dst`` (both :class:`~mosaic_ray.storage.Storage`),
+    skipping files ``dst`` already has, so stages after ingest can run on ``dst``."""
+    for rel in src.list("ingest/clips/train", ".parquet") + src.list("ingest/clips/validation", ".parquet") + \
+            [p for p in src.list("planner") if p.endswith((".pt", ".npy", ".json"))]:
+        if not dst.exists(rel):
+            dst.write_bytes(rel, src.read_bytes(rel))
+
+
 def expand_pool(src_root: str, dst_root: str, n_clips: int, shard_size: int = 256) -> dict:
     """Write ``n_clips`` synthetic pool clips (copies of ``src_root``'s pool) under ``dst_root``
     with Ray tasks, one output shard of ``shard_size`` clips per task (the last one shorter;
@@ -122,10 +132,7 @@ def expand_pool(src_root: str, dst_root: str, n_clips: int, shard_size: int = 25
     sizes = [src.read_table(s, columns=["clip_id"]).num_rows for s in src_shards]
     bounds = [0] + np.cumsum(sizes).tolist()
     n_src = bounds[-1]
-    for rel in src.list("ingest/clips/train", ".parquet") + src.list("ingest/clips/validation", ".parquet") + \
-            [p for p in src.list("planner") if p.endswith((".pt", ".npy", ".json"))]:
-        if not dst.exists(rel):
-            dst.write_bytes(rel, src.read_bytes(rel))
+    copy_run_inputs(src, dst)
     n_shards = math.ceil(n_clips / shard_size)
     task = ray.remote(num_cpus=1)(_expand_shard)
     t0 = time.time()
