@@ -1,13 +1,16 @@
 """Selection at scale: the greedy allocator and the k-center coreset (issue 5 targets).
 
-    .venv/bin/python benchmarks/bench_selection.py [--quick]
+    .venv/bin/python benchmarks/bench_selection.py [--quick] [--cases allocator coreset]
+        [--repeats N] [--tag TAG]
 
 * allocator: B = 10^7 clips over M = 10^3 domains with random saturating laws (target ≤ 2 s);
 * coreset: k-center greedy on 10^6 × 128 float32 embeddings from a 10^4-clip training set,
   B = 10^4 (time and peak memory; O(pool) memory: a running min-distance vector).
 
 Each case runs in a fresh process (single thread: OMP/MKL threads = 1 unless --threads) so its
-peak RSS (``ru_maxrss``) is its own. Results go to benchmarks/results/selection_<date>.json.
+peak RSS (``ru_maxrss``) is its own; with ``--repeats N`` each case runs N times (fresh
+processes) and the minimum and median seconds are kept with every run's figure. Results go to
+benchmarks/results/selection_<date>[_<tag>].json.
 """
 
 from __future__ import annotations
@@ -65,15 +68,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--tag", default=None)
     args = ap.parse_args()
     sizes = (dict(M=100, B=10**5, N=10**5, T=10**3, Bc=10**3) if args.quick
              else dict(M=10**3, B=10**7, N=10**6, T=10**4, Bc=10**4))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     res = {"date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {cpu}, no GPU",
-           "python": platform.python_version(), "threads": args.threads, "quick": args.quick,
-           "allocator": run_case(CASES["allocator"].format(**sizes), args.threads),
-           "coreset": run_case(CASES["coreset"].format(**sizes), args.threads)}
-    out = Path(__file__).parent / "results" / f"selection_{res['date']}{'_quick' if args.quick else ''}.json"
+           "python": platform.python_version(), "threads": args.threads, "quick": args.quick}
+    for case in args.cases:
+        runs = [run_case(CASES[case].format(**sizes), args.threads) for _ in range(args.repeats)]
+        res[case] = min(runs, key=lambda r: r["seconds"])
+        if args.repeats > 1:
+            secs = sorted(r["seconds"] for r in runs)
+            res[case].update(repeats=args.repeats, seconds_median=secs[len(secs) // 2], seconds_all=secs)
+        print(case, res[case], flush=True)
+    suffix = ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+    out = Path(__file__).parent / "results" / f"selection_{res['date']}{suffix}.json"
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     print(f"written {out}")

@@ -27,7 +27,7 @@ if ! python -c 'import torch, sys; sys.exit(not torch.__version__.startswith("2.
   fi
 fi
 echo "setup: installing mosaic_ray and its dependencies"
-pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -q -e ".[test,bench]" 2>&1 | grep -v "^WARNING: Location" || true
 python -c 'import mosaic_ray, ray, torch, commonroad; print(f"setup: ok (ray {ray.__version__}, torch {torch.__version__})")'
 # Ray workers import the package afresh: keep bytecode around even when the
 # environment sets PYTHONDONTWRITEBYTECODE.
