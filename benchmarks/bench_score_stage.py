@@ -13,8 +13,9 @@ with ``--clips N``, N synthetic copies of it (:mod:`mosaic_ray.data.synthetic`).
 * Ray Data: ``run_score`` with 1 and 2 actors (0.5 CPU each) on a local 2-CPU Ray.
 
 It reports clips/s of each, the stage overhead (1 actor vs the loop), the scaling from one
-to two actors, and the peak resident memory summed over all processes of the run (sampled
-every 0.2 s with psutil; the driver included). Results: benchmarks/results/score_stage_*.json.
+to two actors, the peak resident memory summed over all processes of the run (sampled
+every 0.2 s with psutil; the driver included) and the CPU seconds each group of processes
+spent (scoring actors, raylet, GCS, driver, ...), which explains where two cores go. Results: benchmarks/results/score_stage_*.json.
 """
 
 from __future__ import annotations
@@ -34,25 +35,57 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 class PeakRSS:
-    """Peak of the summed RSS of this process and its descendants (Ray workers included)."""
+    """Peak of the summed RSS of this process and its descendants (Ray workers included), and
+    the CPU seconds each of them spent while sampled (a per-process-group profile: scoring
+    actors, Ray's own daemons, the driver, read tasks)."""
 
     def __init__(self, period: float = 0.2):
         import psutil
 
         self.psutil, self.period, self.peak, self._stop = psutil, period, 0, threading.Event()
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (label, cpu seconds at last sample)
+        self.cpu0: dict[int, float] = {}  # pid -> cpu seconds when first seen at __enter__
 
-    def _sample(self) -> int:
+    @staticmethod
+    def _label(p) -> str:
+        try:
+            cmd = " ".join(p.cmdline())
+        except Exception:  # noqa: BLE001 - a process that just exited
+            cmd = ""
+        for key, label in (("MapWorker", "scoring actors"), ("raylet", "raylet"), ("gcs_server", "gcs_server"),
+                           ("dashboard", "dashboard"), ("log_monitor", "log_monitor"),
+                           ("ReadFiles", "read tasks"), ("ray::", "other Ray workers")):
+            if key in cmd:
+                return label
+        return "driver" if p.pid == os.getpid() else (p.name() or "other")
+
+    def _sample(self, first: bool = False) -> int:
         me = self.psutil.Process()
         total = 0
         for p in [me] + me.children(recursive=True):
             try:
                 total += p.memory_info().rss
+                t = p.cpu_times()
+                secs = t.user + t.system
+                if p.pid not in self.cpu:
+                    if first:
+                        self.cpu0[p.pid] = secs
+                    self.cpu[p.pid] = (self._label(p), secs)
+                else:
+                    self.cpu[p.pid] = (self.cpu[p.pid][0], secs)
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                 pass
         return total
 
+    def cpu_profile(self) -> dict[str, float]:
+        """CPU seconds per process group while sampled (processes alive at a sample)."""
+        out: dict[str, float] = {}
+        for pid, (label, secs) in self.cpu.items():
+            out[label] = round(out.get(label, 0.0) + secs - self.cpu0.get(pid, 0.0), 1)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
     def __enter__(self):
-        self.base = self._sample()
+        self.base = self._sample(first=True)
         self.th = threading.Thread(target=self._run, daemon=True)
         self.th.start()
         return self
@@ -141,13 +174,14 @@ def main() -> None:
         with PeakRSS() as mem:
             secs, rows = plain_loop(dest, "planner/base.pt")
         res["runs"]["plain_loop"] = {"seconds": round(secs, 2), "clips_per_s": round(rows / secs, 2),
-                                     "peak_rss_mb": round(mem.peak / 2**20)}
+                                     "peak_rss_mb": round(mem.peak / 2**20), "cpu_s_by_process": mem.cpu_profile()}
         print(res["runs"]["plain_loop"], flush=True)
     for k in args.actors:
         with PeakRSS() as mem:
             secs, payload = ray_stage(dest, k)
         res["runs"][f"ray_{k}_actor"] = {"seconds": round(secs, 2), "clips_per_s": round(payload["rows"] / secs, 2),
-                                         "stage_wall_s": payload["wall_time_s"], "peak_rss_mb": round(mem.peak / 2**20)}
+                                         "stage_wall_s": payload["wall_time_s"], "peak_rss_mb": round(mem.peak / 2**20),
+                                         "cpu_s_by_process": mem.cpu_profile()}
         print(res["runs"][f"ray_{k}_actor"], flush=True)
     r = res["runs"]
     if "plain_loop" in r and "ray_1_actor" in r:
