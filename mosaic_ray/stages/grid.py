@@ -81,7 +81,7 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
     todo = [c for c in cells if force or not storage.exists(c.result_path)]
     if todo:
         conc = cfg.train.concurrency
-        keys = sorted(c.key for c in todo)
+        keys = [c.key for c in todo]  # the caller's order (config methods first to last)
         by_key = {c.key: asdict(c) for c in todo}
         digest = hashlib.sha1(json.dumps(keys).encode()).hexdigest()[:8]
         print(f"[train] {len(todo)} of {len(cells)} grid cells to run, {conc} at a time "
