@@ -48,16 +48,20 @@ class PeakRSS:
 
     @staticmethod
     def _label(p) -> str:
+        """Worker processes carry ``ray::…`` as their title (their full command line would also
+        name ``--raylet-name``); Ray's daemons are told apart by executable or script name."""
         try:
-            cmd = " ".join(p.cmdline())
+            cmd, name = " ".join(p.cmdline()), p.name()
         except Exception:  # noqa: BLE001 - a process that just exited
-            cmd = ""
-        for key, label in (("MapWorker", "scoring actors"), ("raylet", "raylet"), ("gcs_server", "gcs_server"),
-                           ("dashboard", "dashboard"), ("log_monitor", "log_monitor"),
-                           ("ReadFiles", "read tasks"), ("ray::", "other Ray workers")):
-            if key in cmd:
-                return label
-        return "driver" if p.pid == os.getpid() else (p.name() or "other")
+            cmd, name = "", ""
+        if cmd.startswith("ray::"):
+            return "Ray workers (scoring actors, read tasks)"
+        if name in ("raylet", "gcs_server"):
+            return name
+        for script in ("dashboard", "log_monitor", "monitor.py"):
+            if script in cmd:
+                return script.removesuffix(".py")
+        return "driver" if p.pid == os.getpid() else (name or "other")
 
     def _sample(self, first: bool = False) -> int:
         me = self.psutil.Process()
@@ -67,12 +71,10 @@ class PeakRSS:
                 total += p.memory_info().rss
                 t = p.cpu_times()
                 secs = t.user + t.system
-                if p.pid not in self.cpu:
-                    if first:
-                        self.cpu0[p.pid] = secs
-                    self.cpu[p.pid] = (self._label(p), secs)
-                else:
-                    self.cpu[p.pid] = (self.cpu[p.pid][0], secs)
+                if first:
+                    self.cpu0[p.pid] = secs
+                # labelled at every sample: a new worker takes its ray:: title after start-up
+                self.cpu[p.pid] = (self._label(p), secs)
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                 pass
         return total
