@@ -59,11 +59,16 @@ def test_ray_job_submit_against_a_local_head(small_data_dir, tmp_path):
     """`ray start --head`, then `ray job submit --working-dir` runs a real ingest job."""
     bin_dir = Path(sys.executable).parent
     port, dash = _free_port(), _free_port()
+    # The session's own local Ray instance (``ray_local``) already holds the default agent ports
+    # (52365 and friends); a second head on the same ports gets no dashboard agent and answers every
+    # submit with 500 "No available agent". Give this head its own ports.
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
     temp = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))  # Unix socket paths must stay short
     start = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-             "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"]
+             "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}", *agent_ports]
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
     try:
         cfg = {"name": "job", "data_dir": str(small_data_dir), "output_dir": str(tmp_path / "runs"),
