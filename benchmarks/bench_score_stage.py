@@ -1,16 +1,21 @@
 """Throughput and memory of the score stage (issue 5).
 
     .venv/bin/python benchmarks/bench_score_stage.py SOURCE_RUN [--clips N] [--shard-size 32]
-        [--actors 1 2] [--no-loop] [--tag TAG]
+        [--actors 1 2] [--no-loop] [--no-two-loops] [--repeats R] [--tag TAG]
 
 SOURCE_RUN is a finished run with ingested clips and ``planner/base.pt`` (e.g.
 ``runs/ngsim_demo`` after ``make demo``). The benchmark builds a scratch run under
 ``/tmp/mosaic_bench/<tag>`` whose pool is SOURCE_RUN's pool re-sharded to ``--shard-size``, or,
 with ``--clips N``, N synthetic copies of it (:mod:`mosaic_ray.data.synthetic`). Then:
 
-* plain loop: one process, no Ray, the same :class:`ScoreStage` code shard by shard
-  (1 torch thread) — the baseline;
-* Ray Data: ``run_score`` with 1 and 2 actors (0.5 CPU each) on a local 2-CPU Ray.
+* plain loop: one process, no Ray, the same :class:`ScoreStage` work shard by shard — load
+  the checkpoint, read, score, write each output shard (1 torch thread) — the baseline;
+* Ray Data: ``run_score`` with 1 and 2 actors (0.5 CPU each) on a local 2-CPU Ray;
+* two plain loops: two such processes side by side on every other shard, no Ray — what two
+  cores give two independent scoring processes here, the ceiling for the stage's scaling.
+
+``--repeats R`` runs R rounds, every variant once per round (interleaved, so that drift in the
+shared machine's load hits every variant alike), and reports medians and per-round ratios.
 
 It reports clips/s of each, the stage overhead (1 actor vs the loop), the scaling from one
 to two actors, the peak resident memory summed over all processes of the run (sampled
@@ -54,8 +59,10 @@ class PeakRSS:
             cmd, name = " ".join(p.cmdline()), p.name()
         except Exception:  # noqa: BLE001 - a process that just exited
             cmd, name = "", ""
-        if cmd.startswith("ray::"):
+        if cmd.startswith("ray::") or "default_worker.py" in cmd:
             return "Ray workers (scoring actors, read tasks)"
+        if "multiprocessing" in cmd:
+            return "plain loop processes"
         if name in ("raylet", "gcs_server"):
             return name
         for script in ("dashboard", "log_monitor", "monitor.py"):
@@ -124,18 +131,46 @@ def make_scratch_run(source: str, dest: str, shard_size: int, clips: int | None)
     return sum(dst.read_table(s, columns=["clip_id"]).num_rows for s in dst.list("ingest/clips/pool", ".parquet"))
 
 
-def plain_loop(dest: str, checkpoint: str) -> tuple[float, int]:
+def plain_loop(dest: str, checkpoint: str, shards: list[str] | None = None,
+               out_dir: str = "bench_loop/scores") -> dict:
+    """The same work as one scoring actor, without Ray: load the checkpoint, then per shard
+    read it, score it and write its output shard (``ShardStage.process_batch``). Returns the
+    wall seconds of the whole loop (set-up included, as the stage's time includes its actors'
+    start-up), the set-up seconds and the rows written."""
+    import pyarrow as pa
+
+    t0 = time.perf_counter()
     from mosaic_ray.stages.score import ScoreStage
     from mosaic_ray.storage import Storage
 
     st = Storage(dest)
-    stage = ScoreStage(dest, {}, checkpoint, 32, 1.0, 0.0, 1, output_dir="bench_loop/scores")
+    shards = shards if shards is not None else st.list("ingest/clips/pool", ".parquet")
+    stage = ScoreStage(dest, {}, checkpoint, 32, 1.0, 0.0, 1, output_dir=out_dir)
     stage.setup()
-    n = 0
+    t_setup = time.perf_counter() - t0
+    rec = stage.process_batch(pa.table({"shard": shards}))
+    return {"seconds": time.perf_counter() - t0, "setup_s": t_setup, "rows": int(sum(rec.column("rows").to_pylist()))}
+
+
+def _loop_child(args):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return plain_loop(*args)
+
+
+def two_loops(dest: str, checkpoint: str) -> dict:
+    """Two plain loops in two processes (no Ray), each on every other shard: what two cores
+    give two independent scoring processes on this machine, i.e. the ceiling for the
+    two-actor stage's scaling. Wall time from before the processes start (imports included)."""
+    import multiprocessing as mp
+
+    from mosaic_ray.storage import Storage
+
+    shards = Storage(dest).list("ingest/clips/pool", ".parquet")
     t0 = time.perf_counter()
-    for shard in st.list("ingest/clips/pool", ".parquet"):
-        n += stage.process_shard(st.read_table(shard)).num_rows
-    return time.perf_counter() - t0, n
+    with mp.get_context("spawn").Pool(2) as pool:
+        parts = pool.map(_loop_child, [(dest, checkpoint, shards[i::2], "bench_loop2/scores") for i in range(2)])
+    return {"seconds": time.perf_counter() - t0, "rows": sum(p["rows"] for p in parts),
+            "per_process_s": [round(p["seconds"], 2) for p in parts]}
 
 
 def ray_stage(dest: str, actors: int) -> tuple[float, dict]:
@@ -157,6 +192,19 @@ def ray_stage(dest: str, actors: int) -> tuple[float, dict]:
         ray.shutdown()
 
 
+def _clear(dest: str, rel: str) -> None:
+    from mosaic_ray.storage import Storage
+
+    st = Storage(dest)
+    if st.exists(rel):
+        st.delete(rel)
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("source_run")
@@ -164,6 +212,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=32)
     ap.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--no-loop", action="store_true")
+    ap.add_argument("--no-two-loops", action="store_true", help="skip the two-process plain loop (hardware ceiling)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds; each round runs every variant once, interleaved")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
     tag = args.tag or (f"synthetic{args.clips}" if args.clips else "real")
@@ -171,28 +221,45 @@ def main() -> None:
     n = make_scratch_run(args.source_run, dest, args.shard_size, args.clips)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     res = {"date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {cpu}, no GPU",
-           "source_run": args.source_run, "clips": n, "shard_size": args.shard_size, "runs": {}}
-    if not args.no_loop:
-        with PeakRSS() as mem:
-            secs, rows = plain_loop(dest, "planner/base.pt")
-        res["runs"]["plain_loop"] = {"seconds": round(secs, 2), "clips_per_s": round(rows / secs, 2),
-                                     "peak_rss_mb": round(mem.peak / 2**20), "cpu_s_by_process": mem.cpu_profile()}
-        print(res["runs"]["plain_loop"], flush=True)
-    for k in args.actors:
-        with PeakRSS() as mem:
-            secs, payload = ray_stage(dest, k)
-        res["runs"][f"ray_{k}_actor"] = {"seconds": round(secs, 2), "clips_per_s": round(payload["rows"] / secs, 2),
-                                         "stage_wall_s": payload["wall_time_s"], "peak_rss_mb": round(mem.peak / 2**20),
-                                         "cpu_s_by_process": mem.cpu_profile()}
-        print(res["runs"][f"ray_{k}_actor"], flush=True)
-    r = res["runs"]
-    if "plain_loop" in r and "ray_1_actor" in r:
-        res["overhead_1_actor_vs_loop"] = round(r["plain_loop"]["clips_per_s"] / r["ray_1_actor"]["clips_per_s"] - 1, 3)
-    if "ray_1_actor" in r and "ray_2_actor" in r:
-        res["scaling_1_to_2_actors"] = round(r["ray_2_actor"]["clips_per_s"] / r["ray_1_actor"]["clips_per_s"], 3)
+           "source_run": args.source_run, "clips": n, "shard_size": args.shard_size, "repeats": args.repeats,
+           "runs": {}}
+    variants = ([] if args.no_loop else ["plain_loop"]) + [f"ray_{k}_actor" for k in args.actors] \
+        + ([] if (args.no_loop or args.no_two_loops) else ["two_plain_loops"])
+    for rnd in range(args.repeats):
+        for v in variants:
+            with PeakRSS() as mem:
+                if v == "plain_loop":
+                    _clear(dest, "bench_loop")
+                    r = plain_loop(dest, "planner/base.pt")
+                    secs, rows, extra = r["seconds"], r["rows"], {"setup_s": round(r["setup_s"], 2)}
+                elif v == "two_plain_loops":
+                    _clear(dest, "bench_loop2")
+                    r = two_loops(dest, "planner/base.pt")
+                    secs, rows, extra = r["seconds"], r["rows"], {"per_process_s": r["per_process_s"]}
+                else:
+                    secs, payload = ray_stage(dest, int(v.split("_")[1]))
+                    rows, extra = payload["rows"], {"stage_wall_s": payload["wall_time_s"]}
+            one = {"seconds": round(secs, 2), "clips_per_s": round(rows / secs, 2), **extra,
+                   "peak_rss_mb": round(mem.peak / 2**20), "cpu_s_by_process": mem.cpu_profile()}
+            assert rows == n, f"{v}: {rows} rows for {n} clips"
+            res["runs"].setdefault(v, []).append(one)
+            print(f"round {rnd + 1}/{args.repeats} {v}: {one}", flush=True)
+    med = {v: _median([r["clips_per_s"] for r in runs]) for v, runs in res["runs"].items()}
+    res["median_clips_per_s"] = med
+    if "plain_loop" in med and "ray_1_actor" in med:
+        res["overhead_1_actor_vs_loop"] = round(med["plain_loop"] / med["ray_1_actor"] - 1, 3)
+        # per round, as the machine's load drifts between rounds
+        res["overhead_per_round"] = [round(a["clips_per_s"] / b["clips_per_s"] - 1, 3)
+                                     for a, b in zip(res["runs"]["plain_loop"], res["runs"]["ray_1_actor"])]
+    if "ray_1_actor" in med and "ray_2_actor" in med:
+        res["scaling_1_to_2_actors"] = round(med["ray_2_actor"] / med["ray_1_actor"], 3)
+        res["scaling_per_round"] = [round(b["clips_per_s"] / a["clips_per_s"], 3)
+                                    for a, b in zip(res["runs"]["ray_1_actor"], res["runs"]["ray_2_actor"])]
+    if "plain_loop" in med and "two_plain_loops" in med:
+        res["scaling_two_plain_loops"] = round(med["two_plain_loops"] / med["plain_loop"], 3)
     out = Path(__file__).parent / "results" / f"score_stage_{tag}_{res['date']}.json"
     out.write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))
     print(f"written {out}")
     if args.clips:
         shutil.rmtree(dest, ignore_errors=True)
