@@ -149,7 +149,9 @@ def plain_loop(dest: str, checkpoint: str, shards: list[str] | None = None,
     stage.setup()
     t_setup = time.perf_counter() - t0
     rec = stage.process_batch(pa.table({"shard": shards}))
-    return {"seconds": time.perf_counter() - t0, "setup_s": t_setup, "rows": int(sum(rec.column("rows").to_pylist()))}
+    return {"seconds": time.perf_counter() - t0, "setup_s": t_setup, "rows": int(sum(rec.column("rows").to_pylist())),
+            "shard_wall_s": float(sum(rec.column("wall_s").to_pylist())),
+            "shard_cpu_s": float(sum(rec.column("cpu_s").to_pylist()))}
 
 
 def _loop_child(args):
@@ -231,14 +233,18 @@ def main() -> None:
                 if v == "plain_loop":
                     _clear(dest, "bench_loop")
                     r = plain_loop(dest, "planner/base.pt")
-                    secs, rows, extra = r["seconds"], r["rows"], {"setup_s": round(r["setup_s"], 2)}
+                    secs, rows = r["seconds"], r["rows"]
+                    extra = {"setup_s": round(r["setup_s"], 2), "shard_wall_s": round(r["shard_wall_s"], 2),
+                             "shard_cpu_s": round(r["shard_cpu_s"], 2)}
                 elif v == "two_plain_loops":
                     _clear(dest, "bench_loop2")
                     r = two_loops(dest, "planner/base.pt")
                     secs, rows, extra = r["seconds"], r["rows"], {"per_process_s": r["per_process_s"]}
                 else:
                     secs, payload = ray_stage(dest, int(v.split("_")[1]))
-                    rows, extra = payload["rows"], {"stage_wall_s": payload["wall_time_s"]}
+                    rows = payload["rows"]
+                    extra = {"stage_wall_s": payload["wall_time_s"], "shard_wall_s": payload["shard_wall_s"],
+                             "shard_cpu_s": payload["shard_cpu_s"]}
             one = {"seconds": round(secs, 2), "clips_per_s": round(rows / secs, 2), **extra,
                    "peak_rss_mb": round(mem.peak / 2**20), "cpu_s_by_process": mem.cpu_profile()}
             assert rows == n, f"{v}: {rows} rows for {n} clips"

@@ -135,18 +135,27 @@ class ShardStage(ProcessingStage):
         """Transform one whole input shard (one output row per input row unless documented)."""
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
+        """Process each shard named in ``batch["shard"]``; returns one record per shard:
+        ``shard``, ``rows`` written, ``skipped`` (output existed), ``wall_s`` and ``cpu_s`` (this
+        process's CPU seconds) spent on it, read and write included."""
+        import time
+
         st = self.storage()
-        shards, rows, skipped = [], [], []
+        recs: dict[str, list] = {"shard": [], "rows": [], "skipped": [], "wall_s": [], "cpu_s": []}
         for shard in batch.column("shard").to_pylist():
+            t0, c0 = time.perf_counter(), time.process_time()
             out = self.output_path(shard)
             if st.exists(out):  # finished earlier (rerun or retried task)
-                n = st.read_table(out, columns=[self.key_column]).num_rows
-                shards.append(shard), rows.append(n), skipped.append(True)
-                continue
-            result = self.process_shard(st.read_table(shard))
-            st.write_table(out, result)
-            shards.append(shard), rows.append(result.num_rows), skipped.append(False)
-        return pa.table({"shard": shards, "rows": pa.array(rows, pa.int64()), "skipped": skipped})
+                n, skipped = st.read_table(out, columns=[self.key_column]).num_rows, True
+            else:
+                result = self.process_shard(st.read_table(shard))
+                st.write_table(out, result)
+                n, skipped = result.num_rows, False
+            for k, v in zip(recs, (shard, n, skipped, time.perf_counter() - t0, time.process_time() - c0)):
+                recs[k].append(v)
+        return pa.table({"shard": recs["shard"], "rows": pa.array(recs["rows"], pa.int64()),
+                         "skipped": recs["skipped"], "wall_s": pa.array(recs["wall_s"], pa.float64()),
+                         "cpu_s": pa.array(recs["cpu_s"], pa.float64())})
 
     key_column: str = "clip_id"
 
@@ -177,9 +186,9 @@ def preflight_shards(storage, shards: list[str], required: list[str]) -> None:
 
 def run_shard_stage(stage: ShardStage, shards: list[str], num_workers: int) -> pa.Table:
     """Run a :class:`ShardStage` over ``shards`` in an actor pool; returns one record per shard
-    (shard, rows, skipped)."""
+    (shard, rows, skipped, wall_s, cpu_s — see :meth:`ShardStage.process_batch`)."""
     import ray
 
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
     out = map_stage(ds, stage, num_workers=num_workers)
-    return pa.Table.from_pylist(list(out.iter_rows())) if shards else pa.table({"shard": [], "rows": [], "skipped": []})
+    return pa.Table.from_pylist(list(out.iter_rows())) if shards else pa.table({"shard": [], "rows": [], "skipped": [], "wall_s": [], "cpu_s": []})

@@ -190,6 +190,9 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     n_ok = sum(s == "ok" for s in status)
     payload = {"rows": len(got), "ok": n_ok, "errors": len(got) - n_ok, "actors": n_actors,
                "shards": len(shards), "shards_resumed": skipped,
+               # time inside the actors' shard calls (read + score + write), summed over shards
+               "shard_wall_s": round(float(sum(records.column("wall_s").to_pylist())), 2) if records.num_rows else 0.0,
+               "shard_cpu_s": round(float(sum(records.column("cpu_s").to_pylist())), 2) if records.num_rows else 0.0,
                "checkpoint": checkpoint, "wall_time_s": round(time.time() - t0, 1)}
     storage.mark_done(out, payload)
     print(f"[score] {payload['rows']} clips scored ({payload['errors']} errors, {skipped} shards already done) "
