@@ -53,6 +53,10 @@ def test_score_stage_gives_every_pool_clip_one_row(e2e):
     assert set(scores.column("status").to_pylist()) == {"ok"}
     imp = scores.column("importance").to_pylist()
     assert all(0.0 <= v <= 1.0 for v in imp)
+    # the shard records' timings reach the stage's done record (time spent inside shard calls)
+    done = run.storage.done_payload("score")
+    assert done["rows"] == len(pool) and done["shards_resumed"] == 0
+    assert 0.0 < done["shard_cpu_s"] and 0.0 < done["shard_wall_s"] <= done["wall_time_s"] * done["actors"] + 1.0
 
 
 def test_pilots_cover_domains_and_selections_are_nested(e2e):
