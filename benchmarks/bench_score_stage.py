@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -154,11 +155,6 @@ def plain_loop(dest: str, checkpoint: str, shards: list[str] | None = None,
             "shard_cpu_s": float(sum(rec.column("cpu_s").to_pylist()))}
 
 
-def _loop_child(args):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return plain_loop(*args)
-
-
 def two_loops(dest: str, checkpoint: str) -> dict:
     """Two plain loops in two processes (no Ray), each on every other shard: what two cores
     give two independent scoring processes on this machine, i.e. the ceiling for the
@@ -170,7 +166,8 @@ def two_loops(dest: str, checkpoint: str) -> dict:
     shards = Storage(dest).list("ingest/clips/pool", ".parquet")
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(2) as pool:
-        parts = pool.map(_loop_child, [(dest, checkpoint, shards[i::2], "bench_loop2/scores") for i in range(2)])
+        # spawned children re-import this module, so its OMP_NUM_THREADS=1 default holds there too
+        parts = pool.starmap(plain_loop, [(dest, checkpoint, shards[i::2], "bench_loop2/scores") for i in range(2)])
     return {"seconds": time.perf_counter() - t0, "rows": sum(p["rows"] for p in parts),
             "per_process_s": [round(p["seconds"], 2) for p in parts]}
 
@@ -194,20 +191,9 @@ def ray_stage(dest: str, actors: int) -> tuple[float, dict]:
         ray.shutdown()
 
 
-def _clear(dest: str, rel: str) -> None:
+def main() -> None:
     from mosaic_ray.storage import Storage
 
-    st = Storage(dest)
-    if st.exists(rel):
-        st.delete(rel)
-
-
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
-
-
-def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("source_run")
     ap.add_argument("--clips", type=int, default=None, help="synthetic pool size (default: the real pool)")
@@ -231,13 +217,13 @@ def main() -> None:
         for v in variants:
             with PeakRSS() as mem:
                 if v == "plain_loop":
-                    _clear(dest, "bench_loop")
+                    Storage(dest).delete("bench_loop")
                     r = plain_loop(dest, "planner/base.pt")
                     secs, rows = r["seconds"], r["rows"]
                     extra = {"setup_s": round(r["setup_s"], 2), "shard_wall_s": round(r["shard_wall_s"], 2),
                              "shard_cpu_s": round(r["shard_cpu_s"], 2)}
                 elif v == "two_plain_loops":
-                    _clear(dest, "bench_loop2")
+                    Storage(dest).delete("bench_loop2")
                     r = two_loops(dest, "planner/base.pt")
                     secs, rows, extra = r["seconds"], r["rows"], {"per_process_s": r["per_process_s"]}
                 else:
@@ -250,7 +236,7 @@ def main() -> None:
             assert rows == n, f"{v}: {rows} rows for {n} clips"
             res["runs"].setdefault(v, []).append(one)
             print(f"round {rnd + 1}/{args.repeats} {v}: {one}", flush=True)
-    med = {v: _median([r["clips_per_s"] for r in runs]) for v, runs in res["runs"].items()}
+    med = {v: statistics.median([r["clips_per_s"] for r in runs]) for v, runs in res["runs"].items()}
     res["median_clips_per_s"] = med
     if "plain_loop" in med and "ray_1_actor" in med:
         res["overhead_1_actor_vs_loop"] = round(med["plain_loop"] / med["ray_1_actor"] - 1, 3)

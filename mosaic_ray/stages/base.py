@@ -103,6 +103,11 @@ def map_stage(ds, stage: ProcessingStage, num_workers: int = 1):
     )
 
 
+SHARD_RECORDS = pa.schema([("shard", pa.string()), ("rows", pa.int64()), ("skipped", pa.bool_()),
+                           ("wall_s", pa.float64()), ("cpu_s", pa.float64())])
+"""One completion record per shard, as :meth:`ShardStage.process_batch` returns them."""
+
+
 class ShardStage(ProcessingStage):
     """A stage that maps whole input shards to output shards, exactly once per shard.
 
@@ -135,13 +140,13 @@ class ShardStage(ProcessingStage):
         """Transform one whole input shard (one output row per input row unless documented)."""
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        """Process each shard named in ``batch["shard"]``; returns one record per shard:
-        ``shard``, ``rows`` written, ``skipped`` (output existed), ``wall_s`` and ``cpu_s`` (this
-        process's CPU seconds) spent on it, read and write included."""
+        """Process each shard named in ``batch["shard"]``; returns one record per shard
+        (:data:`SHARD_RECORDS`): ``shard``, ``rows`` written, ``skipped`` (output existed),
+        ``wall_s`` and ``cpu_s`` (this process's CPU seconds) spent on it, read and write included."""
         import time
 
         st = self.storage()
-        recs: dict[str, list] = {"shard": [], "rows": [], "skipped": [], "wall_s": [], "cpu_s": []}
+        recs: list[dict] = []
         for shard in batch.column("shard").to_pylist():
             t0, c0 = time.perf_counter(), time.process_time()
             out = self.output_path(shard)
@@ -151,11 +156,9 @@ class ShardStage(ProcessingStage):
                 result = self.process_shard(st.read_table(shard))
                 st.write_table(out, result)
                 n, skipped = result.num_rows, False
-            for k, v in zip(recs, (shard, n, skipped, time.perf_counter() - t0, time.process_time() - c0)):
-                recs[k].append(v)
-        return pa.table({"shard": recs["shard"], "rows": pa.array(recs["rows"], pa.int64()),
-                         "skipped": recs["skipped"], "wall_s": pa.array(recs["wall_s"], pa.float64()),
-                         "cpu_s": pa.array(recs["cpu_s"], pa.float64())})
+            recs.append({"shard": shard, "rows": n, "skipped": skipped,
+                         "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0})
+        return pa.Table.from_pylist(recs, schema=SHARD_RECORDS)
 
     key_column: str = "clip_id"
 
@@ -186,9 +189,9 @@ def preflight_shards(storage, shards: list[str], required: list[str]) -> None:
 
 def run_shard_stage(stage: ShardStage, shards: list[str], num_workers: int) -> pa.Table:
     """Run a :class:`ShardStage` over ``shards`` in an actor pool; returns one record per shard
-    (shard, rows, skipped, wall_s, cpu_s — see :meth:`ShardStage.process_batch`)."""
+    (:data:`SHARD_RECORDS`)."""
     import ray
 
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
     out = map_stage(ds, stage, num_workers=num_workers)
-    return pa.Table.from_pylist(list(out.iter_rows())) if shards else pa.table({"shard": [], "rows": [], "skipped": [], "wall_s": [], "cpu_s": []})
+    return pa.Table.from_pylist(list(out.iter_rows()) if shards else [], schema=SHARD_RECORDS)

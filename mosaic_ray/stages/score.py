@@ -178,7 +178,7 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     print(f"[score] {split}: {len(shards)} shards through {n_actors} actor(s) "
           f"({cfg.score.num_cpus_per_actor} CPU, {cfg.score.num_gpus_per_actor} GPU each)", flush=True)
     records = run_shard_stage(stage, shards, n_actors)
-    skipped = int(sum(records.column("skipped").to_pylist())) if records.num_rows else 0
+    skipped = int(sum(records.column("skipped").to_pylist()))
     # exactly one row per input clip
     want = ids
     got_t = storage.read_table(f"{out}/scores", columns=["clip_id", "status"])
@@ -191,8 +191,8 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     payload = {"rows": len(got), "ok": n_ok, "errors": len(got) - n_ok, "actors": n_actors,
                "shards": len(shards), "shards_resumed": skipped,
                # time inside the actors' shard calls (read + score + write), summed over shards
-               "shard_wall_s": round(float(sum(records.column("wall_s").to_pylist())), 2) if records.num_rows else 0.0,
-               "shard_cpu_s": round(float(sum(records.column("cpu_s").to_pylist())), 2) if records.num_rows else 0.0,
+               "shard_wall_s": round(float(sum(records.column("wall_s").to_pylist())), 2),
+               "shard_cpu_s": round(float(sum(records.column("cpu_s").to_pylist())), 2),
                "checkpoint": checkpoint, "wall_time_s": round(time.time() - t0, 1)}
     storage.mark_done(out, payload)
     print(f"[score] {payload['rows']} clips scored ({payload['errors']} errors, {skipped} shards already done) "
