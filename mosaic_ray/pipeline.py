@@ -68,7 +68,7 @@ class Run:
         """Validation utility (mean EPDMS and nine terms) of a stored checkpoint."""
         from mosaic_ray.evaluate.planner_eval import score_planner
         from mosaic_ray.planner.model import load_checkpoint
-        from mosaic_ray.stages.train import local_copy
+        from mosaic_ray.stages.trainer import local_copy
 
         model = load_checkpoint(local_copy(self.storage, checkpoint))
         clips, cache = self.validation()
@@ -102,7 +102,7 @@ def stage_base(run: Run, force: bool = False) -> dict:
     from mosaic_ray.evaluate.planner_eval import score_human
     from mosaic_ray.planner.model import build_vocabulary
     from mosaic_ray.stages.ingest import load_clips
-    from mosaic_ray.stages.train import train_planner
+    from mosaic_ray.stages.trainer import train_planner
 
     st, cfg = run.storage, run.cfg
     if st.is_done("planner/base") and not force:

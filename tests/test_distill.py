@@ -19,7 +19,7 @@ from mosaic_ray.planner.model import (PlannerSpec, VocabularyPlanner, build_voca
 from mosaic_ray.planner.training import fit, plan_batches, to_tensors
 from mosaic_ray.scoring.epdms import TERMS, score_vocabulary
 from mosaic_ray.stages.distill import DISTILL_COLUMNS, load_targets, run_distill, targets_for
-from mosaic_ray.stages.train import featurize_batch
+from mosaic_ray.stages.trainer import featurize_batch
 from mosaic_ray.storage import Storage, write_shards
 
 SPEC = PlannerSpec(vocab_size=16, embed_dim=32, hidden_dim=32, max_agents=8, max_lanes=12)
@@ -93,7 +93,7 @@ def test_distill_stage_writes_exactly_one_row_per_clip(ray_local, small_run, anc
 
 
 def test_ray_train_uses_distillation_targets(ray_local, small_run):
-    from mosaic_ray.stages.train import train_planner
+    from mosaic_ray.stages.trainer import train_planner
 
     cfg, st, _, _ = small_run
     info = train_planner(cfg, st, name="distilled", epochs=3, seed=0)

@@ -15,7 +15,7 @@ from mosaic_ray.config import validate_config
 from mosaic_ray.pipeline import expert_futures
 from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
 from mosaic_ray.stages.ingest import load_clips, run_ingest
-from mosaic_ray.stages.train import train_planner
+from mosaic_ray.stages.trainer import train_planner
 from mosaic_ray.storage import Storage
 
 

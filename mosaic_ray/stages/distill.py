@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.scoring.epdms import DISTILL_TERMS, TERMS
-from mosaic_ray.stages.base import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
+from mosaic_ray.stages.shards import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class DistillStage(ShardStage):
         for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(v, "1")
         record_actor_pid("distill")
-        from mosaic_ray.stages.train import local_copy
+        from mosaic_ray.stages.trainer import local_copy
 
         self.anchors = np.load(local_copy(self.storage(), self.vocabulary)).astype(np.float64)
         if self.anchors.ndim != 3 or self.anchors.shape[1:] != (8, 3):

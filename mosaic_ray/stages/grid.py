@@ -46,7 +46,7 @@ def _cell_trial(config: dict, cells: dict | None = None) -> None:
     from mosaic_ray.evaluate.planner_eval import score_planner
     from mosaic_ray.planner.model import load_checkpoint
     from mosaic_ray.stages.ingest import load_clips
-    from mosaic_ray.stages.train import local_copy, train_planner
+    from mosaic_ray.stages.trainer import local_copy, train_planner
 
     cell = Cell(**cells[config["cell"]])
     cfg = ExperimentConfig.model_validate(config["cfg"])

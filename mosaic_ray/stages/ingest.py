@@ -25,7 +25,7 @@ from mosaic_ray.data.clip import clips_from_table, clips_to_table, clip_schema
 from mosaic_ray.data.commonroad import CutOptions, cut_file, list_scenario_files
 from mosaic_ray.data.scenarionet import ScenarioNetOptions, cut_scenarionet_file, list_scenarionet_files
 from mosaic_ray.data.split import SplitPlan, dedup_order_key, find_duplicates, plan_split
-from mosaic_ray.stages.base import ProcessingStage, Resources, map_stage
+from mosaic_ray.stages.shards import ProcessingStage, Resources, map_stage
 from mosaic_ray.storage import Storage, write_shards
 
 log = logging.getLogger(__name__)

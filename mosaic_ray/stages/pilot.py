@@ -37,7 +37,7 @@ def _pilot_trial(config: dict, trials: dict | None = None) -> None:
     from mosaic_ray.planner.features import featurize_clips
     from mosaic_ray.planner.model import load_checkpoint
     from mosaic_ray.planner.training import fit
-    from mosaic_ray.stages.train import local_copy
+    from mosaic_ray.stages.trainer import local_copy
 
     t0 = time.time()
     torch.set_num_threads(config["torch_threads"])

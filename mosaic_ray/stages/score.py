@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.scoring.epdms import TERMS
-from mosaic_ray.stages.base import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
+from mosaic_ray.stages.shards import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ScoreStage(ShardStage):
 
         from mosaic_ray.config import StorageConfig
         from mosaic_ray.planner.model import load_checkpoint
-        from mosaic_ray.stages.train import local_copy
+        from mosaic_ray.stages.trainer import local_copy
 
         torch.set_num_threads(self.torch_threads)
         record_actor_pid("score")

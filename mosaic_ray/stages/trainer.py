@@ -110,7 +110,7 @@ def _train_loop_per_worker(config: dict) -> None:
     from mosaic_ray.planner.training import cosine_lr, to_tensors, train_step
 
     torch.set_num_threads(config["torch_threads"])
-    from mosaic_ray.stages.base import record_actor_pid
+    from mosaic_ray.stages.shards import record_actor_pid
 
     record_actor_pid("train")
     ctx = ray.train.get_context()
