@@ -13,7 +13,8 @@ import pytest
 
 from mosaic_ray.data.clip import AGENT_PEDESTRIAN, POSE_STEPS, T0_INDEX
 from mosaic_ray.scoring import epdms as E
-from mosaic_ray.scoring.epdms import (TERMS, WEIGHTS, aggregate_epdms, apply_human_filter,
+from mosaic_ray.scoring.epdms import (DEFAULT_SCORER_CONFIG, TERMS, WEIGHTS, ScorerConfig, Term,
+                                      aggregate_epdms, apply_human_filter,
                                       comfort_signals, normalize_progress, prepare_scene,
                                       score_human, score_states, score_trajectories, score_vocabulary)
 from mosaic_ray.scoring.geometry import box_corners
@@ -409,10 +410,11 @@ def test_lk_measures_to_the_route_centre_line():
 # ============================================================================== HC
 def _violations(sig: dict) -> set:
     out = set()
-    if not ((sig["lon_accel"] > E.MIN_LON_ACCEL) & (sig["lon_accel"] < E.MAX_LON_ACCEL)).all():
+    c = DEFAULT_SCORER_CONFIG
+    if not ((sig["lon_accel"] > c.min_lon_accel) & (sig["lon_accel"] < c.max_lon_accel)).all():
         out.add("lon_accel")
-    for k, b in (("lat_accel", E.MAX_ABS_LAT_ACCEL), ("jerk", E.MAX_ABS_JERK), ("lon_jerk", E.MAX_ABS_LON_JERK),
-                 ("yaw_rate", E.MAX_ABS_YAW_RATE), ("yaw_accel", E.MAX_ABS_YAW_ACCEL)):
+    for k, b in (("lat_accel", c.max_abs_lat_accel), ("jerk", c.max_abs_mag_jerk), ("lon_jerk", c.max_abs_lon_jerk),
+                 ("yaw_rate", c.max_abs_yaw_rate), ("yaw_accel", c.max_abs_yaw_accel)):
         if not (np.abs(sig[k]) < b).all():
             out.add(k)
     return out
@@ -643,10 +645,10 @@ def test_score_vocabulary_is_one_call_of_all_anchors():
     anchors = np.concatenate([ego_frame_poses(const_vel(0, 0, v)) for v in (0.0, 4.0, 8.0, 12.0)])
     targets = score_vocabulary(clip, anchors)
     assert targets.shape == (4, 9) and targets.dtype == np.float64
-    assert np.isnan(targets[:, TERMS.index("EC")]).all()
+    assert np.isnan(targets[:, Term.EC]).all()
     ref = score_trajectories(clip, anchors)
     np.testing.assert_array_equal(targets[:, :8], ref.terms_array()[:, :8])
-    assert targets[0, TERMS.index("NC")] == 1.0 and targets[-1, TERMS.index("NC")] == 0.0
+    assert targets[0, Term.NC] == 1.0 and targets[-1, Term.NC] == 0.0
 
 
 def test_bad_shapes_raise():
@@ -662,3 +664,102 @@ def test_bad_shapes_raise():
         simulate_poses(np.zeros(3), np.zeros((1, 8, 3)))
     with pytest.raises(ValueError):
         score_states(scene, np.full((1, 41, 4), np.nan))
+
+
+# ============================================================================== ScorerConfig
+def test_term_enum_is_the_one_index_of_the_terms():
+    assert TERMS == tuple(t.name for t in Term) == ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC")
+    assert E.PENALTY_TERMS == ("NC", "DAC", "DDC", "TLC")
+    assert E.WEIGHTED_TERMS == ("EP", "TTC", "LK", "HC", "EC")
+    assert E.FILTERED_TERMS == E.DISTILL_TERMS == TERMS[:8]
+    assert tuple(WEIGHTS) == E.WEIGHTED_TERMS
+    ego = const_vel(0, 0, 10.0)
+    res = score_trajectories(two_lane_road(ego), ego_frame_poses(ego))
+    arr = res.terms_array()
+    for t in Term:
+        np.testing.assert_array_equal(arr[:, t], res.terms[t.name])
+
+
+def test_default_config_is_navsims():
+    c = DEFAULT_SCORER_CONFIG
+    assert c == ScorerConfig()
+    assert dict(WEIGHTS) == c.weights == {"EP": 5.0, "TTC": 5.0, "LK": 2.0, "HC": 2.0, "EC": 2.0}
+    assert (c.driving_direction_horizon, c.driving_direction_compliance_threshold,
+            c.driving_direction_violation_threshold) == (1.0, 2.0, 6.0)
+    assert c.ddc_window_steps == 10
+    assert (c.stopped_speed_threshold, c.future_collision_horizon_window) == (5e-3, 1.0)
+    assert c.ttc_offsets == (0, 3, 6, 9) and c.ttc_last_step == 31
+    assert (c.lane_keeping_deviation_limit, c.lk_max_steps, c.progress_distance_threshold) == (0.5, 20, 5.0)
+    assert (c.ego_stopped_speed_threshold, c.object_stopped_speed_threshold) == (5e-2, 5e-2)
+    assert c.behind_angle == pytest.approx(np.pi * 150 / 180) and c.ahead_angle == pytest.approx(np.pi / 6)
+    assert (c.min_lon_accel, c.max_lon_accel, c.max_abs_lat_accel, c.max_abs_mag_jerk, c.max_abs_lon_jerk,
+            c.max_abs_yaw_rate, c.max_abs_yaw_accel) == (-4.05, 2.40, 4.89, 8.37, 4.13, 0.95, 1.93)
+    assert (c.ec_acceleration_threshold, c.ec_jerk_threshold, c.ec_yaw_rate_threshold,
+            c.ec_yaw_accel_threshold) == (0.7, 0.5, 0.1, 0.1)
+
+
+def test_config_is_frozen_and_validated():
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_SCORER_CONFIG.lane_keeping_deviation_limit = 1.0
+    for bad in ({"ttc_weight": float("nan")}, {"ttc_offset_stride": 0}, {"progress_weight": -1.0},
+                {"future_collision_horizon_window": 5.0}, {"lane_keeping_horizon_window": 0.0},
+                {"max_abs_mag_jerk": "8.37"}):
+        with pytest.raises(ValueError):
+            ScorerConfig(**bad)
+
+
+def test_config_lane_keeping_limit_and_window_change_lk():
+    road = two_lane_road()
+    near = _offset_states(np.ones(41, bool), y_off=0.45)   # 0.45 m off the centre-line throughout
+    assert terms_of(road, near)["LK"][0] == 1.0
+    tight = ScorerConfig(lane_keeping_deviation_limit=0.4)
+    assert score_states(prepare_scene(road), near, config=tight)["LK"][0] == 0.0
+    # a limit above the one the scene was prepared for (its route grid radius) works too
+    far = _offset_states(np.ones(41, bool), y_off=0.6)
+    scene = prepare_scene(road)
+    assert score_states(scene, far)["LK"][0] == 0.0
+    assert score_states(scene, far, config=ScorerConfig(lane_keeping_deviation_limit=0.7))["LK"][0] == 1.0
+    # 15 steps off: passes the 2 s window, fails a 1 s window (10 steps)
+    short = _offset_states(np.arange(41) < 15)
+    assert score_states(scene, short)["LK"][0] == 1.0
+    assert score_states(scene, short, config=ScorerConfig(lane_keeping_horizon_window=1.0))["LK"][0] == 0.0
+
+
+def test_config_ttc_window_and_static_score_change_terms():
+    # the car-ahead TTC failure is seen only by the 0.6 / 0.9 s projections: a 0.5 s window
+    # (offsets 0, 3) passes it
+    ego = braking(0, 10.0, 8.0, t_start=2.8)
+    scene = prepare_scene(two_lane_road(ego, [Agent(const_vel(40, 0, 0.0))]))
+    assert score_states(scene, future(ego))["TTC"][0] == 0.0
+    cfg = ScorerConfig(future_collision_horizon_window=0.5)
+    assert cfg.ttc_offsets == (0, 3) and cfg.ttc_last_step == 37
+    assert score_states(scene, future(ego), config=cfg)["TTC"][0] == 1.0
+    ego = const_vel(0, 0, 10.0)
+    clip = two_lane_road(ego, [Agent(const_vel(30, 0, 0.0), size=(1.0, 1.0), type=AGENT_STATIC)])
+    cfg = ScorerConfig(static_object_collision_score=0.25)
+    assert score_states(prepare_scene(clip), future(ego), config=cfg)["NC"][0] == 0.25
+
+
+def test_config_weights_change_epdms_by_the_hand_computed_amount():
+    ego = const_vel(0, 0, 10.0)
+    scene = prepare_scene(two_lane_road(ego, [Agent(const_vel(75, 0, 0.0))]))
+    poses = np.concatenate([ego_frame_poses(const_vel(0, 0, v)) for v in (10.0, 5.0)])
+    base = score_trajectories(scene, poses)
+    cfg = ScorerConfig(progress_weight=3.0, ttc_weight=1.0)
+    res = score_trajectories(scene, poses, config=cfg)
+    for k in TERMS:   # the weights change the aggregate only
+        np.testing.assert_array_equal(res.terms[k], base.terms[k])
+    # candidate 1 at half speed: every term 1 but EP = its progress / the reference's
+    ep = base.progress_m[1] / base.reference_progress_m
+    assert 0.5 < ep < 0.9 and base.terms["EP"][1] == pytest.approx(ep)
+    assert all(base.terms[k][1] == 1.0 for k in ("NC", "DAC", "DDC", "TLC", "TTC", "LK", "HC"))
+    assert base.epdms[1] == pytest.approx((5 * ep + 5 + 2 + 2) / 14)
+    assert res.epdms[1] == pytest.approx((3 * ep + 1 + 2 + 2) / 8)
+    assert res.epdms[1] - base.epdms[1] == pytest.approx((3 * ep + 5) / 8 - (5 * ep + 9) / 14)
+    np.testing.assert_array_equal(res.epdms[0], 1.0)
+    t = {k: np.array([1.0]) for k in TERMS}
+    t["EP"] = np.array([0.5])
+    assert aggregate_epdms(t, True, cfg)[0] == pytest.approx((1.5 + 1 + 2 + 2 + 2) / 10)
+    assert aggregate_epdms(t, True, ScorerConfig(two_frame_extended_comfort_weight=0.0))[0] == \
+        pytest.approx((2.5 + 5 + 2 + 2) / 14)

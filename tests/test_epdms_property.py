@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from shapely.geometry import LineString, Point, Polygon
 
 from mosaic_ray.data.clip import T0_INDEX
-from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_states, score_trajectories
+from mosaic_ray.scoring.epdms import TERMS, ScorerConfig, prepare_scene, score_states, score_trajectories
 from mosaic_ray.scoring.geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect,
                                          boxes_intersect_ring, points_in_polygons, project_to_polyline,
                                          relative_bearing, segment_intersects_box, sweep_pairs)
@@ -80,6 +80,37 @@ def test_score_states_equals_reference_on_raw_states(seed):
     ref = ref_score_states(RefScene.from_clip(clip), states, prev)
     for k in TERMS:
         _same(vec[k], ref[k])
+
+
+# a config that moves every threshold and weight off NAVSIM's defaults
+_ODD_CONFIG = ScorerConfig(
+    progress_weight=3.0, ttc_weight=4.0, lane_keeping_weight=1.0, history_comfort_weight=3.0,
+    two_frame_extended_comfort_weight=1.5, ego_stopped_speed_threshold=0.5, object_stopped_speed_threshold=0.8,
+    agent_behind_tolerance_deg=120.0, agent_ahead_tolerance_deg=45.0, static_object_collision_score=0.3,
+    driving_direction_horizon=0.6, driving_direction_compliance_threshold=1.0,
+    driving_direction_violation_threshold=3.0, stopped_speed_threshold=0.2, future_collision_horizon_window=1.6,
+    ttc_offset_stride=4, progress_distance_threshold=8.0, lane_keeping_deviation_limit=0.8,
+    lane_keeping_horizon_window=1.2, min_lon_accel=-3.0, max_lon_accel=2.0, max_abs_lat_accel=3.0,
+    max_abs_mag_jerk=6.0, max_abs_lon_jerk=3.0, max_abs_yaw_rate=0.6, max_abs_yaw_accel=1.5,
+    ec_acceleration_threshold=0.4, ec_jerk_threshold=0.8, ec_yaw_rate_threshold=0.05, ec_yaw_accel_threshold=0.2)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SEEDS)
+def test_score_trajectories_equals_reference_under_a_non_default_config(seed):
+    # both implementations read the same ScorerConfig; a scene prepared with the default
+    # config scores with another one (route grid rebuilt for the wider LK limit)
+    rng = np.random.default_rng(seed)
+    clip = random_scene(rng)
+    poses = random_poses(rng, 4, float(clip.ego_states[T0_INDEX, 3]))
+    prev = random_poses(rng, 4, float(clip.ego_states[T0_INDEX - 5, 3])) if clip.has_prev_frame else None
+    vec = score_trajectories(prepare_scene(clip), poses, prev_poses=prev, config=_ODD_CONFIG)
+    ref = ref_score_trajectories(clip, poses, prev_poses=prev, config=_ODD_CONFIG)
+    assert vec.reference_index == ref["reference_index"]
+    for k in TERMS:
+        _same(vec.terms[k], ref["terms"][k])
+        assert vec.human_terms[k] == pytest.approx(ref["human_terms"][k], abs=1e-9, nan_ok=True)
+    _same(vec.epdms, ref["epdms"])
 
 
 def test_random_scenes_exercise_every_term():

@@ -20,6 +20,20 @@ Entry points
   rule-distillation targets of Hydra-MDP).
 * :func:`score_human` — the logged human future alone.
 
+Configuration
+-------------
+Every threshold and weight is a field of :class:`~mosaic_ray.scoring.config.ScorerConfig`
+(defaults: NAVSIM's ``PDMScorerConfig`` and ``pdm_comfort_metrics.py`` values, see
+:mod:`mosaic_ray.scoring.config`). The entry points take it as ``config=`` (None: the
+defaults) and pass it down: :func:`score_states` -> one function per term
+(``_no_at_fault_collision``, ``_drivable_area_compliance``, ``_driving_direction_compliance``,
+``_traffic_light_compliance``, ``_progress``, ``_time_to_collision``, ``_lane_keeping``,
+``_history_comfort``, ``_extended_comfort``, NAVSIM's ``_calculate_*``), and
+:func:`score_trajectories` -> the reference choice, :func:`normalize_progress` and
+:func:`aggregate_epdms`. The terms are indexed by :class:`~mosaic_ray.scoring.config.Term`
+(``TERMS``, ``PENALTY_TERMS``, ``WEIGHTED_TERMS``, ``FILTERED_TERMS``, ``DISTILL_TERMS`` are
+derived from it); ``WEIGHTS`` is the default config's read-only weight mapping.
+
 Speed: one call scores all proposals of a clip. Map membership uses a grid index that is
 exact (:class:`~mosaic_ray.scoring.geometry.PolygonGrid`), lane-keeping a grid of route
 segments, and the agent tests a sort-and-sweep broad phase before the separating-axis test.
@@ -91,8 +105,10 @@ Documented deviations from NAVSIM
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
@@ -102,58 +118,28 @@ from ..data.clip import (AGENT_STATIC, FUT_SLICE, N_PRE, POSE_STEPS, T0_INDEX, T
 from .geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect, boxes_intersect_ring,
                        lane_bits, masks_test, project_to_polyline, relative_bearing,
                        segment_intersects_box, sweep_pairs, wrap_angle)
+from .config import (DEFAULT_SCORER_CONFIG, DISTILL_TERMS, DT, FILTERED_TERMS, N_STEPS, PENALTY_TERMS, TERMS,
+                     WEIGHTED_TERMS, ScorerConfig, Term)
 from .reference import REFERENCE_FRACTIONS, reference_proposals
 from .simulate import (EgoGeometry, initial_dynamics, job_from_poses, job_from_states, simulate_poses,
                        track_many, track_states)
 
 __all__ = [
-    "TERMS", "WEIGHTS", "PENALTY_TERMS", "FILTERED_TERMS", "DISTILL_TERMS", "Scene", "EPDMSResult",
+    "Term", "TERMS", "WEIGHTS", "PENALTY_TERMS", "WEIGHTED_TERMS", "FILTERED_TERMS", "DISTILL_TERMS",
+    "ScorerConfig", "DEFAULT_SCORER_CONFIG", "Scene", "EPDMSResult",
     "prepare_scene", "score_states", "score_trajectories", "score_vocabulary", "score_human",
     "comfort_signals", "normalize_progress", "apply_human_filter", "aggregate_epdms",
 ]
 
-TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC")
-WEIGHTS = {"EP": 5, "TTC": 5, "LK": 2, "HC": 2, "EC": 2}
-PENALTY_TERMS = ("NC", "DAC", "DDC", "TLC")
-FILTERED_TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC")
-DISTILL_TERMS = FILTERED_TERMS  #: the 8 sub-scores the planner's distillation heads predict
+logger = logging.getLogger(__name__)
 
-N_STEPS = 41
-DT = 0.1
+#: ``term -> weight`` of the default config (read-only; a non-default weighting is a
+#: :class:`ScorerConfig` passed as ``config=``)
+WEIGHTS: Mapping[str, float] = MappingProxyType(DEFAULT_SCORER_CONFIG.weights)
+
+# structure, not thresholds (the thresholds and weights are ScorerConfig's)
 N_HISTORY = 15  # logged states prepended for HC (t0-1.5 .. t0-0.1 s)
-# NC (nuPlan get_collision_type / is_track_stopped)
-EGO_STOPPED_SPEED = 5e-2  # m/s
-OBJECT_STOPPED_SPEED = 5e-2  # m/s
-BEHIND_ANGLE = np.deg2rad(150.0)
-AHEAD_ANGLE = np.deg2rad(30.0)
-STATIC_OBJECT_SCORE = 0.5
-# DDC
-DDC_WINDOW_STEPS = 10  # int(1.0 s / 0.1 s): window [t - 10, t] as NAVSIM
-DDC_COMPLY = 2.0  # m
-DDC_VIOLATE = 6.0  # m
-# TTC
-TTC_LAST_STEP = 31  # 40 - 9
-TTC_OFFSETS = (0, 3, 6, 9)  # steps (0, 0.3, 0.6, 0.9 s)
-TTC_STOPPED_SPEED = 5e-3  # m/s
-# LK
-LK_MAX_DEVIATION = 0.5  # m
-LK_MAX_STEPS = 20  # ceil(2.0 s / 0.1 s)
-# EP
-PROGRESS_THRESHOLD = 5.0  # m
-# HC bounds (nuPlan / NAVSIM pdm_comfort_metrics)
-MIN_LON_ACCEL, MAX_LON_ACCEL = -4.05, 2.40  # m/s^2
-MAX_ABS_LAT_ACCEL = 4.89  # m/s^2
-MAX_ABS_JERK = 8.37  # m/s^3
-MAX_ABS_LON_JERK = 4.13  # m/s^3
-MAX_ABS_YAW_RATE = 0.95  # rad/s
-MAX_ABS_YAW_ACCEL = 1.93  # rad/s^2
-# EC thresholds (RMS of differences)
-EC_ACCEL = 0.7  # m/s^2
-EC_JERK = 0.5  # m/s^3
-EC_YAW_RATE = 0.1  # rad/s
-EC_YAW_ACCEL = 0.1  # rad/s^2
-EC_SHIFT = 5  # steps between frames (0.5 s)
-
+EC_SHIFT = 5  # steps between frames (0.5 s): EC compares current[:-5] with previous[5:]
 GRID_CELL = 1.0  # m, cell of the lane and route grids
 FAR = 1e7  # m, where invalid agents are parked
 
@@ -184,8 +170,11 @@ class Scene:
       :class:`~mosaic_ray.scoring.geometry.SegmentGrid` for the LK radius.
     * ``agent_boxes`` (41, A, 5) ``[x, y, heading, length, width]`` (invalid: parked far
       away); ``agent_valid`` (41, A) bool; ``agent_speed`` (41, A) m/s (0 where invalid);
-      ``agent_static`` (A,) bool; ``agent_stopped`` (A,) bool (NC rule, see module
-      docstring); ``agent_ignored`` (A,) bool: touched the logged ego box during the history;
+      ``agent_static`` (A,) bool; ``agent_first_speed`` (A,) m/s: speed at the first valid
+      step from t0 on; ``agent_stopped`` (A,) bool (NC rule, see module docstring, with the
+      ``object_stopped_speed_threshold`` of the config given to :func:`prepare_scene`; NC
+      re-derives it from ``agent_first_speed`` with the config it is scored with);
+      ``agent_ignored`` (A,) bool: touched the logged ego box during the history;
       ``agent_radius`` (A,) half diagonals (m).
     """
 
@@ -221,6 +210,7 @@ class Scene:
     agent_stopped: np.ndarray
     agent_ignored: np.ndarray
     agent_radius: np.ndarray
+    agent_first_speed: np.ndarray = None
     _lane_center_local: np.ndarray = field(repr=False, default=None)
     _lane_offsets: np.ndarray = field(repr=False, default=None)
     _cache: dict = field(repr=False, default_factory=dict)
@@ -258,6 +248,19 @@ class Scene:
         out[..., 1] = y0 + s * states[..., 0] + c * states[..., 1]
         out[..., 2] = wrap_angle(states[..., 2] + h0)
         return out
+
+    def route_grid_for(self, radius: float) -> SegmentGrid:
+        """:attr:`route_grid` if it supports ``radius`` (m), else a route grid built for it
+        (cached): LK with a ``lane_keeping_deviation_limit`` above the prepared one."""
+        if radius <= self.route_grid.radius:
+            return self.route_grid
+        key = ("route_grid", float(radius))
+        if key not in self._cache:
+            logger.debug("route grid rebuilt for an LK limit of %.3f m (prepared: %.3f m)", radius,
+                         self.route_grid.radius)
+            rc = self.route_center
+            self._cache[key] = SegmentGrid(rc[:-1], rc[1:], cell=GRID_CELL, radius=float(radius))
+        return self._cache[key]
 
     def lane_center_local(self, i: int) -> np.ndarray:
         """(n, 2) local centre-line of lane ``i``."""
@@ -323,11 +326,14 @@ def _with_backward_accel(states: np.ndarray, first: np.ndarray | None = None) ->
     return out
 
 
-def prepare_scene(clip: Clip) -> Scene:
+def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
     """Precompute everything :func:`score_states` needs for one clip.
 
     Args:
         clip: a :class:`~mosaic_ray.data.clip.Clip` (global frame, 61 steps, t0 at index 20).
+        config: the :class:`ScorerConfig` the route grid (its radius: the LK deviation limit)
+            and ``agent_stopped`` are prepared for (None: the defaults). A scene prepared
+            with one config scores correctly with any other (see :meth:`Scene.route_grid_for`).
 
     Returns:
         A :class:`Scene` in the clip's local frame.
@@ -335,6 +341,7 @@ def prepare_scene(clip: Clip) -> Scene:
     Raises:
         ClipValidationError (a ValueError): inconsistent clip arrays (``clip.validate()``).
     """
+    cfg = DEFAULT_SCORER_CONFIG if config is None else config
     clip.validate()
     es = np.asarray(clip.ego_states, dtype=np.float64)
     start = es[T0_INDEX].copy()
@@ -376,7 +383,8 @@ def prepare_scene(clip: Clip) -> Scene:
     tl = np.asarray(clip.lane_tl_state)[:, FUT_SLICE]  # (M, 41)
     red = ((tl == TL_RED) & on_route[:, None]).T.copy()  # (41, M)
     route_center = _loc(np.asarray(clip.route_center, dtype=np.float64))
-    route_grid = SegmentGrid(route_center[:-1], route_center[1:], cell=GRID_CELL, radius=LK_MAX_DEVIATION)
+    route_grid = SegmentGrid(route_center[:-1], route_center[1:], cell=GRID_CELL,
+                             radius=cfg.lane_keeping_deviation_limit)
 
     # ---- agents
     A = clip.num_agents
@@ -403,7 +411,7 @@ def prepare_scene(clip: Clip) -> Scene:
     static = np.asarray(clip.agent_types) == AGENT_STATIC
     first = np.argmax(aval, axis=0) if A else np.zeros(0, dtype=np.int64)
     first_speed = speed[first, np.arange(A)] if A else np.zeros(0)
-    stopped = static | (np.abs(first_speed) <= OBJECT_STOPPED_SPEED)
+    stopped = static | (np.abs(first_speed) <= cfg.object_stopped_speed_threshold)
     # history contact: agent box touches the logged ego box at any step t0-1.5 .. t0
     hsl = slice(N_PRE, T0_INDEX + 1)
     hboxes, hval = _boxes(hsl)
@@ -428,7 +436,7 @@ def prepare_scene(clip: Clip) -> Scene:
         route_center=route_center, route_grid=route_grid,
         agent_boxes=boxes, agent_valid=aval, agent_speed=speed, agent_static=static,
         agent_stopped=stopped, agent_ignored=ignored,
-        agent_radius=0.5 * np.hypot(size[:, 0], size[:, 1]),
+        agent_radius=0.5 * np.hypot(size[:, 0], size[:, 1]), agent_first_speed=first_speed,
         _lane_center_local=center, _lane_offsets=off,
     )
 
@@ -491,22 +499,32 @@ def comfort_signals(states: np.ndarray, yaw_accel_order: int = 3) -> dict[str, n
     }
 
 
-def _history_comfort(scene: Scene, states: np.ndarray) -> np.ndarray:
+def _history_comfort(scene: Scene, states: np.ndarray, cfg: ScorerConfig) -> np.ndarray:
+    """HC (NAVSIM ``_calculate_history_comfort``): the 15 logged history states + the states
+    ``(N, 41, 5)``; every bound of ``cfg`` (``min/max_lon_accel``, ``max_abs_lat_accel``,
+    ``max_abs_mag_jerk``, ``max_abs_lon_jerk``, ``max_abs_yaw_rate``, ``max_abs_yaw_accel``;
+    strict) must hold at every step -> ``(N,)`` float64 in {0, 1}."""
     N = states.shape[0]
     seq = np.concatenate([np.broadcast_to(scene.history, (N,) + scene.history.shape), states], axis=1)
     sig = comfort_signals(seq)
-    ok = ((sig["lon_accel"] > MIN_LON_ACCEL) & (sig["lon_accel"] < MAX_LON_ACCEL)).all(-1)
-    ok &= (np.abs(sig["lat_accel"]) < MAX_ABS_LAT_ACCEL).all(-1)
-    ok &= (np.abs(sig["jerk"]) < MAX_ABS_JERK).all(-1)
-    ok &= (np.abs(sig["lon_jerk"]) < MAX_ABS_LON_JERK).all(-1)
-    ok &= (np.abs(sig["yaw_rate"]) < MAX_ABS_YAW_RATE).all(-1)
-    ok &= (np.abs(sig["yaw_accel"]) < MAX_ABS_YAW_ACCEL).all(-1)
+    ok = ((sig["lon_accel"] > cfg.min_lon_accel) & (sig["lon_accel"] < cfg.max_lon_accel)).all(-1)
+    ok &= (np.abs(sig["lat_accel"]) < cfg.max_abs_lat_accel).all(-1)
+    ok &= (np.abs(sig["jerk"]) < cfg.max_abs_mag_jerk).all(-1)
+    ok &= (np.abs(sig["lon_jerk"]) < cfg.max_abs_lon_jerk).all(-1)
+    ok &= (np.abs(sig["yaw_rate"]) < cfg.max_abs_yaw_rate).all(-1)
+    ok &= (np.abs(sig["yaw_accel"]) < cfg.max_abs_yaw_accel).all(-1)
     return ok.astype(np.float64)
 
 
-def _extended_comfort(states: np.ndarray, prev: np.ndarray) -> np.ndarray:
+def _extended_comfort(states: np.ndarray, prev: np.ndarray | None, cfg: ScorerConfig) -> np.ndarray:
+    """EC (NAVSIM two-frame extended comfort): states ``(N, 41, 5)`` vs the previous frame's
+    ``(N, 41, 5)`` (or None: all NaN; NaN rows: NaN) over ``current[:-5]`` / ``previous[5:]``;
+    RMS of the differences of acceleration magnitude, jerk, yaw rate and yaw acceleration
+    (order 2) each ``<=`` its ``cfg.ec_*_threshold`` -> 1 else 0; ``(N,)`` float64."""
     N = states.shape[0]
     out = np.full(N, np.nan)
+    if prev is None:
+        return out
     rows = np.isfinite(prev).all(axis=(1, 2))
     if not rows.any():
         return out
@@ -516,8 +534,8 @@ def _extended_comfort(states: np.ndarray, prev: np.ndarray) -> np.ndarray:
     def rms(k: str) -> np.ndarray:
         return np.sqrt(np.mean((cur[k] - prv[k]) ** 2, axis=-1))
 
-    ok = (rms("accel") <= EC_ACCEL) & (rms("jerk") <= EC_JERK)
-    ok &= (rms("yaw_rate") <= EC_YAW_RATE) & (rms("yaw_accel") <= EC_YAW_ACCEL)
+    ok = (rms("accel") <= cfg.ec_acceleration_threshold) & (rms("jerk") <= cfg.ec_jerk_threshold)
+    ok &= (rms("yaw_rate") <= cfg.ec_yaw_rate_threshold) & (rms("yaw_accel") <= cfg.ec_yaw_accel_threshold)
     out[rows] = ok.astype(np.float64)
     return out
 
@@ -579,6 +597,49 @@ def ego_areas(scene: Scene, corners: np.ndarray, centre: np.ndarray, rear: np.nd
                     corner_masks=cm)
 
 
+@dataclass
+class EgoTrack:
+    """The ego boxes of N proposals over the 41 steps in the scene's local frame (NAVSIM's
+    ``_reset`` + ``_calculate_ego_area``), shared by the term functions.
+
+    Attributes: ``x``, ``y``, ``h``, ``v`` ``(N, T)`` centre position (m), heading (rad),
+    speed (m/s); ``ch``, ``sh`` ``(N, T)`` cos / sin of the heading; ``corners``
+    ``(N, T, 4, 2)`` (front-left, rear-left, rear-right, front-right; m); ``centre``,
+    ``rear`` ``(N, T, 2)`` box centre and rear axle (m); ``areas``: :class:`EgoAreas`;
+    ``contacts``: ``(t, n, a)`` int64 index arrays of ego box / agent box contacts
+    (:func:`_contacts`), shared by NC and TTC (offset 0).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    h: np.ndarray
+    v: np.ndarray
+    ch: np.ndarray
+    sh: np.ndarray
+    corners: np.ndarray
+    centre: np.ndarray
+    rear: np.ndarray
+    areas: EgoAreas
+    contacts: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    @property
+    def num_proposals(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _ego_track(scene: Scene, states: np.ndarray) -> EgoTrack:
+    """Global states ``(N, 41, 5)`` -> :class:`EgoTrack` (local frame)."""
+    loc = scene.to_local_states(states)
+    x, y, h, v = loc[..., 0], loc[..., 1], loc[..., 2], loc[..., 3]
+    ch, sh = np.cos(h), np.sin(h)
+    corners = box_corners(x, y, h, scene.ego_length, scene.ego_width)   # (N, T, 4, 2)
+    centre = loc[..., :2]
+    ro = scene.geometry.rear_offset
+    rear = np.stack([x - ro * ch, y - ro * sh], axis=-1)
+    return EgoTrack(x=x, y=y, h=h, v=v, ch=ch, sh=sh, corners=corners, centre=centre, rear=rear,
+                    areas=ego_areas(scene, corners, centre, rear), contacts=_contacts(scene, x, y, ch, sh))
+
+
 def _sat(ax, ay, ca, sa, hla, hwa, bx, by, cb, sb, hlb, hwb) -> np.ndarray:
     """Separating-axis test of box pairs with precomputed cos / sin of the headings; the same
     arithmetic as :func:`~mosaic_ray.scoring.geometry.boxes_intersect` (closed boxes)."""
@@ -612,11 +673,16 @@ def _contacts(scene, x, y, ch, sh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t[hit], n[hit], a[hit]
 
 
-def _no_at_fault_collision(scene, contacts, v, h, corners, rear, areas) -> np.ndarray:
+def _no_at_fault_collision(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
+    """NC (NAVSIM ``_calculate_no_at_fault_collision``, nuPlan ``get_collision_type``) ->
+    ``(N,)`` float64 in {0, ``cfg.static_object_collision_score``, 1}. Thresholds:
+    ``ego_stopped_speed_threshold`` (m/s), ``object_stopped_speed_threshold`` (m/s),
+    ``agent_behind_tolerance_deg``."""
+    v, h, corners, rear, areas = ego.v, ego.h, ego.corners, ego.rear, ego.areas
     N = v.shape[0]
     A = scene.num_agents
     nc = np.ones(N)
-    t, n, a = contacts
+    t, n, a = ego.contacts
     if not t.size:
         return nc
     ab = scene.agent_boxes
@@ -628,31 +694,36 @@ def _no_at_fault_collision(scene, contacts, v, h, corners, rear, areas) -> np.nd
     first = order[np.concatenate([[True], key_s[1:] != key_s[:-1]])]
     t, n, a = t[first], n[first], a[first]
     ob = ab[t, a]
-    ego_stopped = np.abs(v[n, t]) <= EGO_STOPPED_SPEED
-    obj_stopped = scene.agent_stopped[a]
-    behind = relative_bearing(rear[n, t], h[n, t], ob[:, :2]) > BEHIND_ANGLE
+    ego_stopped = np.abs(v[n, t]) <= cfg.ego_stopped_speed_threshold
+    obj_stopped = scene.agent_static[a] | (np.abs(scene.agent_first_speed[a]) <= cfg.object_stopped_speed_threshold)
+    behind = relative_bearing(rear[n, t], h[n, t], ob[:, :2]) > cfg.behind_angle
     front = segment_intersects_box(corners[n, t, 0], corners[n, t, 3], ob)
     lateral_fault = areas.multi[n, t] | areas.offroad[n, t]
     at_fault = ~ego_stopped & (obj_stopped | (~behind & (front | lateral_fault)))
-    val = np.where(scene.agent_static[a], STATIC_OBJECT_SCORE, 0.0)
+    val = np.where(scene.agent_static[a], cfg.static_object_collision_score, 0.0)
     np.minimum.at(nc, n[at_fault], val[at_fault])
     return nc
 
 
-def _time_to_collision(scene, contacts, x, y, h, ch, sh, v, rear, areas) -> np.ndarray:
+def _time_to_collision(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
+    """TTC (NAVSIM ``_calculate_ttc``) -> ``(N,)`` float64 in {0, 1}. Config:
+    ``ttc_offsets`` / ``ttc_last_step`` (from ``future_collision_horizon_window``, s, and
+    ``ttc_offset_stride``), ``stopped_speed_threshold`` (m/s), ``agent_ahead_tolerance_deg``,
+    ``agent_behind_tolerance_deg``."""
+    x, y, h, ch, sh, v, rear, areas = ego.x, ego.y, ego.h, ego.ch, ego.sh, ego.v, ego.rear, ego.areas
     N, T = x.shape
     A = scene.num_agents
     ttc = np.ones(N)
     if not A:
         return ttc
     L, W = scene.ego_length, scene.ego_width
-    T1 = TTC_LAST_STEP + 1
-    offs = np.asarray(TTC_OFFSETS)
+    T1 = cfg.ttc_last_step + 1
+    offs = np.asarray(cfg.ttc_offsets)
     K = offs.size
     sp = np.abs(v[:, :T1])
-    moving = sp >= TTC_STOPPED_SPEED                                  # (N, T1): other steps skipped
-    # offset 0: the ego box itself, i.e. the contacts up to step 31
-    t0, n0, a0 = contacts
+    moving = sp >= cfg.stopped_speed_threshold                        # (N, T1): other steps skipped
+    # offset 0: the ego box itself, i.e. the contacts up to the last step
+    t0, n0, a0 = ego.contacts
     keep0 = (t0 < T1)
     keep0[keep0] &= moving[n0[keep0], t0[keep0]]
     g0, n0, a0 = t0[keep0] * K, n0[keep0], a0[keep0]
@@ -684,7 +755,7 @@ def _time_to_collision(scene, contacts, x, y, h, ch, sh, v, rear, areas) -> np.n
     obj_xy = ab[t + offs[g % K], a, :2]
     bear = relative_bearing(rear[n, t], h[n, t], obj_xy)
     risky = areas.multi[n, t] | areas.offroad[n, t] | areas.rear_in_inter[n, t]
-    fail = (bear < AHEAD_ANGLE) | (risky & (bear <= BEHIND_ANGLE))
+    fail = (bear < cfg.ahead_angle) | (risky & (bear <= cfg.behind_angle))
     # events per (proposal, object) in (t, offset) order: the first non-failing one puts the
     # object on the ignore list; failing events before it set TTC = 0
     big = T1 * K + 1
@@ -696,7 +767,14 @@ def _time_to_collision(scene, contacts, x, y, h, ch, sh, v, rear, areas) -> np.n
     return ttc
 
 
-def _traffic_light(scene, corners, x, y, h, areas) -> np.ndarray:
+def _traffic_light_compliance(scene: Scene, ego: EgoTrack) -> np.ndarray:
+    """TLC (NAVSIM ``_calculate_traffic_light_compliance``): 0 where the ego box intersects
+    an on-route lane that is red at that step, else 1 -> ``(N,)`` float64 (no threshold)."""
+    return np.where(_red_light_touched(scene, ego.x, ego.y, ego.h, ego.areas), 0.0, 1.0)
+
+
+def _red_light_touched(scene: Scene, x, y, h, areas: EgoAreas) -> np.ndarray:
+    """``(N,)`` bool: the ego box touches a red on-route lane at some step."""
     N = x.shape[0]
     fail = np.zeros(N, dtype=bool)
     red = scene.red_lanes
@@ -723,9 +801,12 @@ def _traffic_light(scene, corners, x, y, h, areas) -> np.ndarray:
     return fail
 
 
-def score_states(scene: Scene, states: np.ndarray,
-                 prev_states: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def score_states(scene: Scene, states: np.ndarray, prev_states: np.ndarray | None = None, *,
+                 config: ScorerConfig | None = None) -> dict[str, np.ndarray]:
     """Raw EPDMS terms of simulated ego states (no EP normalisation, no human filter).
+
+    The numbers below are the defaults of :class:`ScorerConfig` (NAVSIM's); ``config``
+    replaces them.
 
     Follows EPDMS.md and NAVSIM ``pdm_scorer.py`` (``_calculate_ego_area``,
     ``_calculate_no_at_fault_collision``, ``_calculate_drivable_area_compliance``,
@@ -772,6 +853,7 @@ def score_states(scene: Scene, states: np.ndarray,
             m/s, m/s^2) at 0.1 s from t0.
         prev_states: None, ``(41, 4|5)`` or ``(N, 41, 4|5)`` global states of the previous
             frame (0.5 s earlier); rows containing NaN get EC = NaN.
+        config: thresholds (None: :data:`DEFAULT_SCORER_CONFIG`).
 
     Returns:
         dict ``term -> (N,) float64`` for all nine :data:`TERMS` (EP in metres).
@@ -779,73 +861,94 @@ def score_states(scene: Scene, states: np.ndarray,
     Raises:
         ValueError: on bad shapes or non-finite states.
     """
+    cfg = DEFAULT_SCORER_CONFIG if config is None else config
     S = _check_states(states)
     N = S.shape[0]
     if N == 0:
         return {k: np.zeros(0) for k in TERMS}
-    loc = scene.to_local_states(S)
-    x, y, h, v = loc[..., 0], loc[..., 1], loc[..., 2], loc[..., 3]
-    L, W = scene.ego_length, scene.ego_width
-    ch, sh = np.cos(h), np.sin(h)
-    corners = box_corners(x, y, h, L, W)                           # (N, T, 4, 2)
-    centre = loc[..., :2]
-    ro = scene.geometry.rear_offset
-    rear = np.stack([x - ro * ch, y - ro * sh], axis=-1)
-    areas = ego_areas(scene, corners, centre, rear)
-    contacts = _contacts(scene, x, y, ch, sh)
+    prev = None if prev_states is None else _prev_array(prev_states, N)
+    ego = _ego_track(scene, S)  # boxes, map areas, contacts (NAVSIM _reset, _calculate_ego_area)
+    terms = {
+        # 1. multiplicative metrics
+        Term.NC: _no_at_fault_collision(scene, ego, cfg),
+        Term.DAC: _drivable_area_compliance(ego),
+        Term.DDC: _driving_direction_compliance(ego, cfg),
+        Term.TLC: _traffic_light_compliance(scene, ego),
+        # 2. weighted metrics
+        Term.EP: _progress(scene, ego),
+        Term.TTC: _time_to_collision(scene, ego, cfg),
+        Term.LK: _lane_keeping(scene, ego, cfg),
+        Term.HC: _history_comfort(scene, S, cfg),
+        Term.EC: _extended_comfort(S, prev, cfg),
+    }
+    return {t.name: terms[t] for t in Term}
 
-    out: dict[str, np.ndarray] = {}
-    out["NC"] = _no_at_fault_collision(scene, contacts, v, h, corners, rear, areas)
-    out["DAC"] = np.where(areas.offroad.any(axis=1), 0.0, 1.0)
 
-    # DDC
-    disp = np.zeros((N, N_STEPS))
+def _drivable_area_compliance(ego: EgoTrack) -> np.ndarray:
+    """DAC (NAVSIM ``_calculate_drivable_area_compliance``): 0 if a corner lies in no lane at
+    some step, else 1 -> ``(N,)`` float64 (no threshold)."""
+    return np.where(ego.areas.offroad.any(axis=1), 0.0, 1.0)
+
+
+def _driving_direction_compliance(ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
+    """DDC (NAVSIM ``_calculate_driving_direction_compliance``): centre displacement (m) of
+    oncoming steps summed over windows ``[t - cfg.ddc_window_steps, t]``; worst window
+    ``< driving_direction_compliance_threshold`` -> 1, ``< ..._violation_threshold`` -> 0.5,
+    else 0 -> ``(N,)`` float64."""
+    x, y = ego.x, ego.y
+    N, T = x.shape
+    disp = np.zeros((N, T))
     disp[:, 1:] = np.hypot(np.diff(x, axis=1), np.diff(y, axis=1))
-    disp[areas.on_route] = 0.0
+    disp[ego.areas.on_route] = 0.0
     cs = np.concatenate([np.zeros((N, 1)), np.cumsum(disp, axis=1)], axis=1)  # cs[t+1] = sum_0..t
-    t_idx = np.arange(N_STEPS)
-    lo = np.maximum(0, t_idx - DDC_WINDOW_STEPS)
+    t_idx = np.arange(T)
+    lo = np.maximum(0, t_idx - cfg.ddc_window_steps)
     worst = (cs[:, t_idx + 1] - cs[:, lo]).max(axis=1)
-    out["DDC"] = np.where(worst < DDC_COMPLY, 1.0, np.where(worst < DDC_VIOLATE, 0.5, 0.0))
+    return np.where(worst < cfg.driving_direction_compliance_threshold, 1.0,
+                    np.where(worst < cfg.driving_direction_violation_threshold, 0.5, 0.0))
 
-    out["TLC"] = np.where(_traffic_light(scene, corners, x, y, h, areas), 0.0, 1.0)
 
+def _progress(scene: Scene, ego: EgoTrack) -> np.ndarray:
+    """Raw EP (NAVSIM ``_calculate_progress``): arc length (m) along ``route_center`` from the
+    centre's projection at t0 to that at 4 s, floored at 0 -> ``(N,)`` float64 (normalised
+    later, :func:`normalize_progress`)."""
+    centre = ego.centre
+    N = centre.shape[0]
     same_start = bool(np.all(centre[:, 0] == centre[0, 0]))
-    pts = np.concatenate([centre[:1, 0], centre[:, -1]]) if same_start else np.concatenate([centre[:, 0], centre[:, -1]])
+    pts = np.concatenate([centre[:1, 0] if same_start else centre[:, 0], centre[:, -1]])
     arc, _, _ = project_to_polyline(pts, scene.route_center)
     a0 = arc[0] if same_start else arc[:N]
-    out["EP"] = np.maximum(arc[-N:] - a0, 0.0)
+    return np.maximum(arc[-N:] - a0, 0.0)
 
-    out["TTC"] = _time_to_collision(scene, contacts, x, y, h, ch, sh, v, rear, areas)
 
-    # LK
-    far = ~scene.route_grid.near(centre, LK_MAX_DEVIATION)
-    skip = areas.centre_in_inter
+def _lane_keeping(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
+    """LK (NAVSIM ``_calculate_lane_keeping``): 0 if the centre is farther than
+    ``cfg.lane_keeping_deviation_limit`` (m) from the route centre-line for
+    ``cfg.lk_max_steps`` consecutive steps (intersection steps neither count nor reset),
+    else 1 -> ``(N,)`` float64."""
+    limit = cfg.lane_keeping_deviation_limit
+    far = ~scene.route_grid_for(limit).near(ego.centre, limit)
+    skip = ego.areas.centre_in_inter
     off = far & ~skip
     reset = ~far & ~skip
     c = np.cumsum(off, axis=1)
     last = np.maximum.accumulate(np.where(reset, c, 0), axis=1)
-    out["LK"] = np.where((c - last).max(axis=1) >= LK_MAX_STEPS, 0.0, 1.0)
-
-    out["HC"] = _history_comfort(scene, S)
-    if prev_states is None:
-        out["EC"] = np.full(N, np.nan)
-    else:
-        out["EC"] = _extended_comfort(S, _prev_array(prev_states, N))
-    return {k: out[k] for k in TERMS}
+    return np.where((c - last).max(axis=1) >= cfg.lk_max_steps, 0.0, 1.0)
 
 
 # ================================================================================ aggregation
 def normalize_progress(raw: np.ndarray, penalty: np.ndarray, raw_ref: float,
-                       penalty_ref: float) -> np.ndarray:
+                       penalty_ref: float, config: ScorerConfig | None = None) -> np.ndarray:
     """EP from raw progress, NAVSIM ``_aggregate_scores`` on the pair (reference, candidate).
 
-    ``m = max(raw * pen, raw_ref * pen_ref)``; ``EP = raw * pen / m`` if ``m > 5 m``, else
-    ``EP = 1`` where ``pen > 0`` and ``0`` where ``pen == 0``.
+    ``m = max(raw * pen, raw_ref * pen_ref)``; ``EP = raw * pen / m`` if ``m > 5 m``
+    (``config.progress_distance_threshold``), else ``EP = 1`` where ``pen > 0`` and ``0``
+    where ``pen == 0``.
 
     Args:
         raw, penalty: ``(N,)`` raw progress (m) and NC·DAC·DDC·TLC of the candidates.
         raw_ref, penalty_ref: the same for the chosen reference proposal.
+        config: None: :data:`DEFAULT_SCORER_CONFIG`.
 
     Returns:
         ``(N,)`` float64 EP in [0, 1].
@@ -854,7 +957,7 @@ def normalize_progress(raw: np.ndarray, penalty: np.ndarray, raw_ref: float,
     pen = np.asarray(penalty, dtype=np.float64)
     num = raw * pen
     norm = np.maximum(num, float(raw_ref) * float(penalty_ref))
-    big = norm > PROGRESS_THRESHOLD
+    big = norm > (DEFAULT_SCORER_CONFIG if config is None else config).progress_distance_threshold
     return np.where(big, np.clip(num / np.where(big, norm, 1.0), 0.0, 1.0), np.where(pen == 0.0, 0.0, 1.0))
 
 
@@ -878,22 +981,34 @@ def apply_human_filter(terms: Mapping[str, np.ndarray],
     return out
 
 
-def aggregate_epdms(terms: Mapping[str, np.ndarray], ec_available: bool) -> np.ndarray:
+def aggregate_epdms(terms: Mapping[str, np.ndarray], ec_available: bool,
+                    config: ScorerConfig | None = None) -> np.ndarray:
     """``NC·DAC·DDC·TLC·(5EP + 5TTC + 2LK + 2HC + 2EC)/16``, or ``/14`` without EC.
+
+    The weights are ``config.weights`` (NAVSIM ``PDMScorerConfig.weighted_metrics_array``;
+    the defaults above): ``prod(penalties) * sum(w_k * term_k) / sum(w_k)`` over the weighted
+    terms, EC left out when not available; a term of weight 0 is left out as well.
 
     Args:
         terms: ``term -> (N,)`` (or scalars) for the nine :data:`TERMS`.
         ec_available: whether EC (and its weight) enters.
+        config: None: :data:`DEFAULT_SCORER_CONFIG`.
 
     Returns:
         ``(N,)`` float64 (or a 0-d array for scalar input).
+
+    Raises:
+        ValueError: the weights of the terms that enter sum to 0.
     """
+    weights = (DEFAULT_SCORER_CONFIG if config is None else config).weights
     pen = np.ones_like(np.asarray(terms["NC"], dtype=np.float64))
     for k in PENALTY_TERMS:
         pen = pen * np.asarray(terms[k], dtype=np.float64)
-    names = ["EP", "TTC", "LK", "HC"] + (["EC"] if ec_available else [])
-    num = sum(WEIGHTS[k] * np.asarray(terms[k], dtype=np.float64) for k in names)
-    den = float(sum(WEIGHTS[k] for k in names))
+    names = [k for k in WEIGHTED_TERMS if (ec_available or k != Term.EC.name) and weights[k] != 0]
+    den = float(sum(weights[k] for k in names))
+    if den <= 0.0:
+        raise ValueError("aggregate_epdms: the weights of the terms that enter sum to 0")
+    num = sum(weights[k] * np.asarray(terms[k], dtype=np.float64) for k in names)
     return pen * num / den
 
 
@@ -940,21 +1055,25 @@ def _penalty(t: Mapping[str, np.ndarray]) -> np.ndarray:
     return t["NC"] * t["DAC"] * t["DDC"] * t["TLC"]
 
 
-def _select_reference(raw: Mapping[str, np.ndarray], sl: slice) -> int:
+def _select_reference(raw: Mapping[str, np.ndarray], sl: slice, cfg: ScorerConfig) -> int:
     """PDM-Closed's choice: the proposal its own scorer ranks best (EP normalised among the
-    proposals, weights 5 EP, 5 TTC, 2 LK, 2 HC)."""
+    proposals with ``cfg.progress_distance_threshold``; weights ``cfg`` of EP, TTC, LK, HC:
+    5, 5, 2, 2 by default). Returns the index within ``sl``."""
+    w = cfg.weights
     pen, prog = _penalty(raw)[sl], raw["EP"][sl]
     if pen.size == 0:
         return 0
     m = (prog * pen).max()
-    ep = prog * pen / m if m > PROGRESS_THRESHOLD else np.where(pen == 0.0, 0.0, 1.0)
-    score = pen * (5 * ep + 5 * raw["TTC"][sl] + 2 * raw["LK"][sl] + 2 * raw["HC"][sl]) / 14.0
+    ep = prog * pen / m if m > cfg.progress_distance_threshold else np.where(pen == 0.0, 0.0, 1.0)
+    den = w["EP"] + w["TTC"] + w["LK"] + w["HC"]
+    score = pen * (w["EP"] * ep + w["TTC"] * raw["TTC"][sl] + w["LK"] * raw["LK"][sl] + w["HC"] * raw["HC"][sl]) / den
     return int(np.argmax(score))
 
 
 def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
                        prev_states: np.ndarray | None = None, human_filter: bool = True,
-                       prev_poses: np.ndarray | None = None) -> EPDMSResult:
+                       prev_poses: np.ndarray | None = None, *,
+                       config: ScorerConfig | None = None) -> EPDMSResult:
     """Score planner poses on a clip: simulate, score with reference and human, aggregate.
 
     The N candidates (poses tracked by :meth:`Scene.simulate`), the R tracked reference
@@ -973,6 +1092,8 @@ def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
         prev_poses: alternatively, ``(8, 3)`` / ``(N, 8, 3)`` planner poses of the previous
             frame (ego frame at t0-0.5 s), tracked here with :meth:`Scene.simulate_prev`.
             Without ``prev_states`` and ``prev_poses`` EC is dropped (NaN, weight 14).
+        config: thresholds and weights (None: :data:`DEFAULT_SCORER_CONFIG`), used by every
+            term, the reference choice, the EP normalisation and the aggregation.
 
     Returns:
         :class:`EPDMSResult`.
@@ -980,22 +1101,82 @@ def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
     Raises:
         ValueError: on bad shapes, or both ``prev_states`` and ``prev_poses`` given.
     """
-    scene = clip_or_scene if isinstance(clip_or_scene, Scene) else prepare_scene(clip_or_scene)
+    cfg = DEFAULT_SCORER_CONFIG if config is None else config
+    scene = clip_or_scene if isinstance(clip_or_scene, Scene) else prepare_scene(clip_or_scene, cfg)
+    poses, pp = _check_poses(poses, prev_states, prev_poses)
+    N = poses.shape[0]
+    ec_available = prev_states is not None or prev_poses is not None
+
+    # 1. simulate: candidates, reference proposals, human future, previous frames
+    cand, prev_tracked = _track_proposals(scene, poses, pp, ec_available)
+    if prev_tracked is not None:
+        prev_states = prev_tracked
+    refs = scene.reference_states()
+    R, hi = refs.shape[0], N + refs.shape[0]  # rows: candidates [0, N), references [N, hi), human hi
+    allst = np.concatenate([cand, refs, scene.human_states()[None]], axis=0)
+    prev_all = None
+    if ec_available:
+        p = _prev_array(prev_states, N)
+        prev_all = np.concatenate([p, np.full((R, N_STEPS, 5), np.nan), scene.human_prev_states()[None]], axis=0)
+
+    # 2. raw terms of all of them in one call
+    raw = score_states(scene, allst, prev_all, config=cfg)
+    pen = _penalty(raw)
+    prog = raw["EP"]
+
+    # 3. the reference PDM-Closed keeps, and EP normalised per candidate against it
+    best = _select_reference(raw, slice(N, hi), cfg)
+    ref_prog = float(prog[N + best]) if R else 0.0
+    ref_pen = float(pen[N + best]) if R else 0.0
+    cand_terms = {k: raw[k][:N].copy() for k in TERMS}
+    cand_terms["EP"] = normalize_progress(prog[:N], pen[:N], ref_prog, ref_pen, cfg)
+    norm = np.maximum(prog[:N] * pen[:N], ref_prog * ref_pen)
+    human = {k: float(raw[k][hi]) for k in TERMS}
+    human["EP"] = float(normalize_progress(prog[hi:hi + 1], pen[hi:hi + 1], 0.0, 0.0, cfg)[0])
+    if not ec_available:
+        cand_terms["EC"] = np.full(N, np.nan)
+        human["EC"] = float("nan")
+
+    # 4. human filter and aggregation
+    terms = apply_human_filter(cand_terms, human) if human_filter else {k: v.copy() for k, v in cand_terms.items()}
+    epdms = aggregate_epdms(terms, ec_available, cfg)
+    human_epdms = float(aggregate_epdms({k: np.array([v]) for k, v in human.items()}, ec_available, cfg)[0])
+    return EPDMSResult(
+        terms=terms, raw_terms=cand_terms, epdms=np.asarray(epdms, dtype=np.float64),
+        human_terms=human, human_epdms=human_epdms, ec_available=ec_available,
+        states=cand[..., :4].copy(), progress_m=prog[:N].copy(), ep_normalizer=norm,
+        reference_states=np.array(refs[..., :4]), reference_index=best,
+        reference_progress_m=ref_prog, reference_penalty=ref_pen,
+    )
+
+
+def _check_poses(poses: np.ndarray, prev_states: np.ndarray | None,
+                 prev_poses: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate :func:`score_trajectories`' inputs -> ``poses`` ``(N, 8, 3)`` float64 and the
+    previous-frame poses ``(N, 8, 3)`` (broadcast from ``(8, 3)``) or None."""
     poses = np.asarray(poses, dtype=np.float64)
     if poses.ndim != 3 or poses.shape[1:] != (8, 3):
         raise ValueError(f"poses: expected (N, 8, 3), got {poses.shape}")
     if prev_states is not None and prev_poses is not None:
         raise ValueError("give prev_states or prev_poses, not both")
     N = poses.shape[0]
+    pp = None
     if prev_poses is not None:
         pp = np.asarray(prev_poses, dtype=np.float64)
         if pp.shape == (8, 3):
             pp = np.broadcast_to(pp, (N, 8, 3))
         if pp.shape != (N, 8, 3):
             raise ValueError(f"prev_poses: expected (8, 3) or ({N}, 8, 3), got {pp.shape}")
-    ec_available = prev_states is not None or prev_poses is not None
-    # one tracker call for everything not simulated yet: candidates, reference proposals,
-    # human future, previous frames
+    return poses, pp
+
+
+def _track_proposals(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | None,
+                     ec_available: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """ONE tracker call for everything not simulated yet: the candidates ``poses``
+    ``(N, 8, 3)``, the reference proposals, the human future and, with EC, the previous
+    frames (``prev_poses`` ``(N, 8, 3)`` or None, and the human's). The scene-level ones
+    are cached on ``scene``. Returns the candidates' global states ``(N, 41, 5)`` and those
+    of ``prev_poses`` ``(N, 41, 5)`` (None without ``prev_poses``)."""
     g = scene.geometry
     jobs = {"cand": job_from_poses(scene.start_state, poses, g, scene.init_accel, scene.init_steer)}
     if "reference" not in scene._cache:
@@ -1005,7 +1186,7 @@ def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
         jobs["human"] = job_from_poses(scene.start_state, scene.human_poses[None], g, scene.init_accel,
                                        scene.init_steer)
     if prev_poses is not None:
-        jobs["prev"] = job_from_poses(scene.prev_start, pp, g, scene.prev_accel, scene.prev_steer)
+        jobs["prev"] = job_from_poses(scene.prev_start, prev_poses, g, scene.prev_accel, scene.prev_steer)
     if ec_available and "human_prev" not in scene._cache:
         jobs["human_prev"] = job_from_poses(scene.prev_start, scene.human_prev_poses[None], g,
                                             scene.prev_accel, scene.prev_steer)
@@ -1016,50 +1197,11 @@ def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
             arr = np.array(arr)
             arr.setflags(write=False)
             scene._cache[key] = arr
-    cand = tracked["cand"]
-    refs = scene.reference_states()
-    R = refs.shape[0]
-    allst = np.concatenate([cand, refs, scene.human_states()[None]], axis=0)
-    if prev_poses is not None:
-        prev_states = tracked["prev"]
-    prev_all = None
-    if ec_available:
-        p = _prev_array(prev_states, N)
-        prev_all = np.concatenate([p, np.full((R, N_STEPS, 5), np.nan), scene.human_prev_states()[None]], axis=0)
-
-    raw = score_states(scene, allst, prev_all)
-    pen = _penalty(raw)
-    prog = raw["EP"]
-    best = _select_reference(raw, slice(N, N + R))
-    ref_prog = float(prog[N + best]) if R else 0.0
-    ref_pen = float(pen[N + best]) if R else 0.0
-
-    ep = normalize_progress(prog[:N], pen[:N], ref_prog, ref_pen)
-    norm = np.maximum(prog[:N] * pen[:N], ref_prog * ref_pen)
-    hi = N + R
-    human_ep = float(normalize_progress(prog[hi:hi + 1], pen[hi:hi + 1], 0.0, 0.0)[0])
-
-    cand_terms = {k: raw[k][:N].copy() for k in TERMS}
-    cand_terms["EP"] = ep
-    human = {k: float(raw[k][hi]) for k in TERMS}
-    human["EP"] = human_ep
-    if not ec_available:
-        cand_terms["EC"] = np.full(N, np.nan)
-        human["EC"] = float("nan")
-    terms = apply_human_filter(cand_terms, human) if human_filter else {k: v.copy() for k, v in cand_terms.items()}
-    epdms = aggregate_epdms(terms, ec_available)
-    human_epdms = float(aggregate_epdms({k: np.array([v]) for k, v in human.items()}, ec_available)[0])
-    return EPDMSResult(
-        terms=terms, raw_terms=cand_terms, epdms=np.asarray(epdms, dtype=np.float64),
-        human_terms=human, human_epdms=human_epdms, ec_available=ec_available,
-        states=cand[..., :4].copy(), progress_m=prog[:N].copy(), ep_normalizer=norm,
-        reference_states=np.array(refs[..., :4]), reference_index=best,
-        reference_progress_m=ref_prog, reference_penalty=ref_pen,
-    )
+    return tracked["cand"], tracked.get("prev")
 
 
 def score_vocabulary(clip_or_scene: Clip | Scene, anchors: np.ndarray,
-                     human_filter: bool = True) -> np.ndarray:
+                     human_filter: bool = True, *, config: ScorerConfig | None = None) -> np.ndarray:
     """Rule-distillation targets: the nine terms of every vocabulary anchor on one clip.
 
     Hydra-MDP learns to predict, for every vocabulary trajectory, the sub-scores the rule
@@ -1071,28 +1213,32 @@ def score_vocabulary(clip_or_scene: Clip | Scene, anchors: np.ndarray,
         clip_or_scene: a Clip or Scene.
         anchors: ``(K, 8, 3)`` ego-frame poses (m, m, rad).
         human_filter: apply the human filter (default, as the evaluation does).
+        config: thresholds and weights (None: :data:`DEFAULT_SCORER_CONFIG`).
 
     Returns:
         ``(K, 9)`` float64, columns in :data:`TERMS` order (EP normalised; EC NaN).
     """
-    res = score_trajectories(clip_or_scene, np.asarray(anchors, dtype=np.float64), human_filter=human_filter)
+    res = score_trajectories(clip_or_scene, np.asarray(anchors, dtype=np.float64), human_filter=human_filter,
+                             config=config)
     return res.terms_array()
 
 
-def score_human(clip_or_scene: Clip | Scene, with_ec: bool | None = None) -> tuple[dict[str, float], float]:
+def score_human(clip_or_scene: Clip | Scene, with_ec: bool | None = None, *,
+                config: ScorerConfig | None = None) -> tuple[dict[str, float], float]:
     """EPDMS terms and score of the logged human future (tracked; no filter applies to it).
 
     Args:
         clip_or_scene: a Clip or Scene.
         with_ec: include EC (the human's tracked future vs its tracked future from the frame
             0.5 s earlier). None: ``clip.has_prev_frame``.
+        config: thresholds and weights (None: :data:`DEFAULT_SCORER_CONFIG`).
 
     Returns:
         ``(terms, epdms)``: ``term -> float`` (EC NaN without EC) and the human EPDMS.
     """
-    scene = clip_or_scene if isinstance(clip_or_scene, Scene) else prepare_scene(clip_or_scene)
+    scene = clip_or_scene if isinstance(clip_or_scene, Scene) else prepare_scene(clip_or_scene, config)
     if with_ec is None:
         with_ec = bool(scene.clip.has_prev_frame)
     res = score_trajectories(scene, np.zeros((0, 8, 3)),
-                             prev_states=scene.human_prev_states() if with_ec else None)
+                             prev_states=scene.human_prev_states() if with_ec else None, config=config)
     return res.human_terms, res.human_epdms

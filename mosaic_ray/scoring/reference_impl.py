@@ -6,7 +6,8 @@ This module recomputes everything :mod:`mosaic_ray.scoring.epdms` computes, the 
 tracker written per proposal with its ``pinv`` least-squares fits
 (``batch_lqr_utils.py``) and the 3 x 3 horizon products of ``batch_lqr.py``, and
 ``scipy.signal.savgol_filter`` for the comfort signals. It shares with the vectorised scorer
-only the constants, :class:`~mosaic_ray.scoring.simulate.EgoGeometry` /
+only the thresholds (:class:`~mosaic_ray.scoring.config.ScorerConfig`, read here field by
+field as NAVSIM's ``PDMScorer`` reads its config), :class:`~mosaic_ray.scoring.simulate.EgoGeometry` /
 :class:`~mosaic_ray.scoring.simulate.TrackerParams`, and the IDM reference-proposal
 generator (:func:`mosaic_ray.scoring.reference.reference_proposals`, an input generator, not
 a term).
@@ -32,6 +33,7 @@ from shapely.geometry import LineString, Point, Polygon
 
 from ..data.clip import AGENT_STATIC, FUT_SLICE, N_PRE, POSE_STEPS, T0_INDEX, TL_RED, Clip
 from . import epdms as E
+from .config import DEFAULT_SCORER_CONFIG, FILTERED_TERMS, TERMS, ScorerConfig
 from .simulate import DEFAULT_PARAMS, EgoGeometry, TrackerParams
 
 __all__ = ["RefScene", "ref_simulate", "ref_track", "ref_score_states", "ref_score_trajectories"]
@@ -207,7 +209,9 @@ class RefScene:
     human_prev_poses: np.ndarray
 
     @classmethod
-    def from_clip(cls, clip: Clip) -> "RefScene":
+    def from_clip(cls, clip: Clip, config: ScorerConfig | None = None) -> "RefScene":
+        """``config`` (None: the defaults) gives the object-stopped speed threshold (m/s)."""
+        cfg = DEFAULT_SCORER_CONFIG if config is None else config
         es = clip.ego_states
         L, W = float(clip.ego_size[0]), float(clip.ego_size[1])
         geom = EgoGeometry.from_size(L, W)
@@ -235,7 +239,7 @@ class RefScene:
         for a in range(clip.num_agents):
             for k in range(T0_INDEX, T0_INDEX + 41):
                 if clip.agent_valid[a, k] and np.isfinite(clip.agent_states[a, k]).all():
-                    stopped[a] |= abs(clip.agent_states[a, k, 3]) <= E.OBJECT_STOPPED_SPEED
+                    stopped[a] |= abs(clip.agent_states[a, k, 3]) <= cfg.object_stopped_speed_threshold
                     break
         hist = np.zeros((15, 5))
         for i, k in enumerate(range(N_PRE, T0_INDEX)):
@@ -286,25 +290,25 @@ def _signals(seq: np.ndarray, yaw_order: int) -> dict:
             "yaw_rate": np.round(yr, 8), "yaw_accel": np.round(sg(yaw, 5, yaw_order, 2), 8)}
 
 
-def _hc(seq: np.ndarray) -> float:
+def _hc(seq: np.ndarray, cfg: ScorerConfig) -> float:
     s = _signals(seq, 3)
-    ok = np.all((s["lon_accel"] > E.MIN_LON_ACCEL) & (s["lon_accel"] < E.MAX_LON_ACCEL))
-    ok &= np.all(np.abs(s["lat_accel"]) < E.MAX_ABS_LAT_ACCEL)
-    ok &= np.all(np.abs(s["jerk"]) < E.MAX_ABS_JERK)
-    ok &= np.all(np.abs(s["lon_jerk"]) < E.MAX_ABS_LON_JERK)
-    ok &= np.all(np.abs(s["yaw_rate"]) < E.MAX_ABS_YAW_RATE)
-    ok &= np.all(np.abs(s["yaw_accel"]) < E.MAX_ABS_YAW_ACCEL)
+    ok = np.all((s["lon_accel"] > cfg.min_lon_accel) & (s["lon_accel"] < cfg.max_lon_accel))
+    ok &= np.all(np.abs(s["lat_accel"]) < cfg.max_abs_lat_accel)
+    ok &= np.all(np.abs(s["jerk"]) < cfg.max_abs_mag_jerk)
+    ok &= np.all(np.abs(s["lon_jerk"]) < cfg.max_abs_lon_jerk)
+    ok &= np.all(np.abs(s["yaw_rate"]) < cfg.max_abs_yaw_rate)
+    ok &= np.all(np.abs(s["yaw_accel"]) < cfg.max_abs_yaw_accel)
     return float(ok)
 
 
-def _ec(cur: np.ndarray, prev: np.ndarray) -> float:
+def _ec(cur: np.ndarray, prev: np.ndarray, cfg: ScorerConfig) -> float:
     c, p = _signals(cur[:-5], 2), _signals(prev[5:], 2)
 
     def rms(k):
         return math.sqrt(float(np.mean((c[k] - p[k]) ** 2)))
 
-    return float(rms("accel") <= E.EC_ACCEL and rms("jerk") <= E.EC_JERK
-                 and rms("yaw_rate") <= E.EC_YAW_RATE and rms("yaw_accel") <= E.EC_YAW_ACCEL)
+    return float(rms("accel") <= cfg.ec_acceleration_threshold and rms("jerk") <= cfg.ec_jerk_threshold
+                 and rms("yaw_rate") <= cfg.ec_yaw_rate_threshold and rms("yaw_accel") <= cfg.ec_yaw_accel_threshold)
 
 
 # ==================================================================================== terms
@@ -320,13 +324,19 @@ def _with_accel(states: np.ndarray) -> np.ndarray:
     return out
 
 
-def ref_score_states(rs: RefScene, states: np.ndarray, prev_states: np.ndarray | None = None) -> dict:
+def ref_score_states(rs: RefScene, states: np.ndarray, prev_states: np.ndarray | None = None,
+                     config: ScorerConfig | None = None) -> dict:
     """Raw terms (EP in metres) of global box-centre states ``(N, 41, 4|5)``, per step with
-    shapely; ``prev_states`` ``(N, 41, 4|5)`` (NaN rows: EC NaN) or None."""
+    shapely; ``prev_states`` ``(N, 41, 4|5)`` (NaN rows: EC NaN) or None; ``config``: the
+    thresholds (None: the defaults; the object-stopped threshold is the RefScene's)."""
+    cfg = DEFAULT_SCORER_CONFIG if config is None else config
+    behind = math.radians(cfg.agent_behind_tolerance_deg)
+    ahead = math.radians(cfg.agent_ahead_tolerance_deg)
+    ddc_window, ttc_offsets, lk_steps = cfg.ddc_window_steps, cfg.ttc_offsets, cfg.lk_max_steps
     S = _with_accel(np.asarray(states, dtype=np.float64))
     N = S.shape[0]
     L, W, ro = rs.geom.length, rs.geom.width, rs.geom.rear_offset
-    out = {k: np.ones(N) for k in E.TERMS}
+    out = {k: np.ones(N) for k in TERMS}
     if prev_states is not None:
         prev_states = np.asarray(prev_states, dtype=np.float64)
     for n in range(N):
@@ -355,11 +365,11 @@ def ref_score_states(rs: RefScene, states: np.ndarray, prev_states: np.ndarray |
                 if a in collided or not polys[t].intersects(apoly):
                     continue
                 h = S[n, t, 2]
-                if abs(S[n, t, 3]) <= E.EGO_STOPPED_SPEED:
+                if abs(S[n, t, 3]) <= cfg.ego_stopped_speed_threshold:
                     fault = False
                 elif rs.stopped[a]:
                     fault = True
-                elif _bearing(rear[t][0], rear[t][1], h, ax, ay) > E.BEHIND_ANGLE:
+                elif _bearing(rear[t][0], rear[t][1], h, ax, ay) > behind:
                     fault = False
                 else:
                     c = list(polys[t].exterior.coords)
@@ -368,7 +378,7 @@ def ref_score_states(rs: RefScene, states: np.ndarray, prev_states: np.ndarray |
                     else:
                         fault = multi[t] or off[t]
                 if fault:
-                    nc = min(nc, E.STATIC_OBJECT_SCORE if rs.static[a] else 0.0)
+                    nc = min(nc, cfg.static_object_collision_score if rs.static[a] else 0.0)
                 else:
                     collided.add(a)
         out["NC"][n] = nc
@@ -376,8 +386,9 @@ def ref_score_states(rs: RefScene, states: np.ndarray, prev_states: np.ndarray |
         # DDC
         prog = [0.0] + [math.hypot(S[n, t, 0] - S[n, t - 1, 0], S[n, t, 1] - S[n, t - 1, 1]) if not on_route[t] else 0.0
                         for t in range(1, 41)]
-        worst = max(sum(prog[max(0, t - E.DDC_WINDOW_STEPS):t + 1]) for t in range(41))
-        out["DDC"][n] = 1.0 if worst < E.DDC_COMPLY else (0.5 if worst < E.DDC_VIOLATE else 0.0)
+        worst = max(sum(prog[max(0, t - ddc_window):t + 1]) for t in range(41))
+        out["DDC"][n] = (1.0 if worst < cfg.driving_direction_compliance_threshold
+                         else (0.5 if worst < cfg.driving_direction_violation_threshold else 0.0))
         # TLC
         out["TLC"][n] = 0.0 if any(rs.red[t, m] and polys[t].intersects(rs.lanes[m])
                                    for t in range(41) for m in range(len(rs.lanes))) else 1.0
@@ -388,16 +399,16 @@ def ref_score_states(rs: RefScene, states: np.ndarray, prev_states: np.ndarray |
         # TTC
         temp = set(rs.ignored)
         ttc = 1.0
-        for t in range(E.TTC_LAST_STEP + 1):
+        for t in range(41 - max(ttc_offsets)):
             sp = abs(S[n, t, 3])
             h = S[n, t, 2]
-            for k in E.TTC_OFFSETS:
+            for k in ttc_offsets:
                 proj = affinity.translate(polys[t], sp * math.cos(h) * k * DT, sp * math.sin(h) * k * DT)
                 for a, apoly, ax, ay in rs.agents[t + k]:
-                    if a in temp or sp < E.TTC_STOPPED_SPEED or not proj.intersects(apoly):
+                    if a in temp or sp < cfg.stopped_speed_threshold or not proj.intersects(apoly):
                         continue
                     b = _bearing(rear[t][0], rear[t][1], h, ax, ay)
-                    if b < E.AHEAD_ANGLE or ((multi[t] or off[t] or r_inter[t]) and b <= E.BEHIND_ANGLE):
+                    if b < ahead or ((multi[t] or off[t] or r_inter[t]) and b <= behind):
                         ttc = 0.0
                     else:
                         temp.add(a)
@@ -408,37 +419,41 @@ def ref_score_states(rs: RefScene, states: np.ndarray, prev_states: np.ndarray |
         for t in range(41):
             if c_inter[t]:
                 continue
-            if rs.route.distance(Point(S[n, t, 0], S[n, t, 1])) > E.LK_MAX_DEVIATION:
+            if rs.route.distance(Point(S[n, t, 0], S[n, t, 1])) > cfg.lane_keeping_deviation_limit:
                 streak += 1
             else:
                 streak = 0
-            if streak >= E.LK_MAX_STEPS:
+            if streak >= lk_steps:
                 lk = 0.0
                 break
         out["LK"][n] = lk
-        out["HC"][n] = _hc(np.concatenate([rs.history, S[n]], axis=0))
+        out["HC"][n] = _hc(np.concatenate([rs.history, S[n]], axis=0), cfg)
         if prev_states is None or not np.isfinite(prev_states[n]).all():
             out["EC"][n] = np.nan
         else:
-            out["EC"][n] = _ec(S[n], _with_accel(prev_states[n][None])[0])
+            out["EC"][n] = _ec(S[n], _with_accel(prev_states[n][None])[0], cfg)
     return out
 
 
 def ref_score_trajectories(clip: Clip, poses: np.ndarray, prev_poses: np.ndarray | None = None,
-                           human_filter: bool = True, reference_plans: np.ndarray | None = None) -> dict:
+                           human_filter: bool = True, reference_plans: np.ndarray | None = None,
+                           config: ScorerConfig | None = None) -> dict:
     """Full pipeline for one clip, proposal by proposal.
 
     Args:
         clip: the clip. poses: ``(N, 8, 3)`` ego-frame poses. prev_poses: ``(N, 8, 3)`` poses
             of the previous frame or None (EC dropped). reference_plans: ``(R, 41, 4)`` IDM
             plans (default: :func:`~mosaic_ray.scoring.reference.reference_proposals` of the
-            clip, the shared input generator).
+            clip, the shared input generator). config: thresholds and weights (None: the
+            defaults).
 
     Returns:
         dict with ``terms`` (term -> (N,)), ``epdms`` (N,), ``human_terms`` (term -> float),
         ``states`` (N, 41, 5), ``reference_index``.
     """
-    rs = RefScene.from_clip(clip)
+    cfg = DEFAULT_SCORER_CONFIG if config is None else config
+    w = cfg.weights
+    rs = RefScene.from_clip(clip, cfg)
     g = rs.geom
     if reference_plans is None:
         from .reference import reference_proposals
@@ -458,7 +473,7 @@ def ref_score_trajectories(clip: Clip, poses: np.ndarray, prev_poses: np.ndarray
         pc = [ref_simulate(rs.prev_start, p, g, rs.prev_accel, rs.prev_steer) for p in np.asarray(prev_poses, float)]
         hp = ref_simulate(rs.prev_start, rs.human_prev_poses, g, rs.prev_accel, rs.prev_steer)
         prev = np.array(pc + [np.full((41, 5), np.nan)] * R + [hp]).reshape(N + R + 1, 41, 5)
-    raw = ref_score_states(rs, allst, prev)
+    raw = ref_score_states(rs, allst, prev, cfg)
     pen = raw["NC"] * raw["DAC"] * raw["DDC"] * raw["TLC"]
     prog = raw["EP"]
     # reference choice
@@ -467,29 +482,31 @@ def ref_score_trajectories(clip: Clip, poses: np.ndarray, prev_poses: np.ndarray
     m = max(rp) if R else 0.0
     for r in range(R):
         i = N + r
-        ep = rp[r] / m if m > E.PROGRESS_THRESHOLD else (0.0 if pen[i] == 0 else 1.0)
-        sc = pen[i] * (5 * ep + 5 * raw["TTC"][i] + 2 * raw["LK"][i] + 2 * raw["HC"][i]) / 14.0
+        ep = rp[r] / m if m > cfg.progress_distance_threshold else (0.0 if pen[i] == 0 else 1.0)
+        sc = pen[i] * (w["EP"] * ep + w["TTC"] * raw["TTC"][i] + w["LK"] * raw["LK"][i] + w["HC"] * raw["HC"][i]) \
+            / (w["EP"] + w["TTC"] + w["LK"] + w["HC"])
         if sc > best_score:
             best, best_score = r, sc
     ref_val = prog[N + best] * pen[N + best] if R else 0.0
-    terms = {k: raw[k][:N].copy() for k in E.TERMS}
+    terms = {k: raw[k][:N].copy() for k in TERMS}
     for n in range(N):
         mm = max(prog[n] * pen[n], ref_val)
-        terms["EP"][n] = prog[n] * pen[n] / mm if mm > E.PROGRESS_THRESHOLD else (0.0 if pen[n] == 0 else 1.0)
+        terms["EP"][n] = (prog[n] * pen[n] / mm if mm > cfg.progress_distance_threshold
+                          else (0.0 if pen[n] == 0 else 1.0))
     hi = N + R
-    human = {k: float(raw[k][hi]) for k in E.TERMS}
+    human = {k: float(raw[k][hi]) for k in TERMS}
     hv = prog[hi] * pen[hi]
-    human["EP"] = 1.0 if hv > E.PROGRESS_THRESHOLD else (0.0 if pen[hi] == 0 else 1.0)
+    human["EP"] = 1.0 if hv > cfg.progress_distance_threshold else (0.0 if pen[hi] == 0 else 1.0)
     if prev is None:
         terms["EC"][:] = np.nan
         human["EC"] = float("nan")
     if human_filter:
-        for k in E.FILTERED_TERMS:
+        for k in FILTERED_TERMS:
             if human[k] == 0.0:
                 terms[k][:] = 1.0
-    names = ["EP", "TTC", "LK", "HC"] + (["EC"] if prev is not None else [])
-    den = sum(E.WEIGHTS[k] for k in names)
+    names = [k for k in ("EP", "TTC", "LK", "HC", "EC") if (prev is not None or k != "EC") and w[k] != 0]
+    den = sum(w[k] for k in names)
     epdms = np.array([terms["NC"][n] * terms["DAC"][n] * terms["DDC"][n] * terms["TLC"][n]
-                      * sum(E.WEIGHTS[k] * terms[k][n] for k in names) / den for n in range(N)])
+                      * sum(w[k] * terms[k][n] for k in names) / den for n in range(N)])
     return {"terms": terms, "epdms": epdms, "human_terms": human, "states": allst[:N],
             "reference_index": best}
