@@ -104,8 +104,12 @@ def test_ingest_on_ray_accounts_for_every_candidate(ray_local, small_data_dir, t
     assert not (segs["validation"] & segs["train"])
     q = pq.read_table(st.path("ingest/quarantine.parquet"))
     assert q.num_rows == s["quarantined"]
-    # a rerun is skipped (stage complete) and returns the same summary
-    assert run_ingest(cfg, st) == s
+    # a rerun (run_ingest itself; skipping a complete step is the step runner's job) reuses
+    # every file's cut and gives the same summary
+    again = run_ingest(cfg, st)
+    assert again["files_resumed"] == s["files"] - s["files_resumed"] > 0
+    timing = ("wall_time_s", "files_resumed")
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in s.items() if k not in timing}
 
 
 def test_interrupted_ingest_resumes_per_file_and_matches(ray_local, small_data_dir, tmp_path):
@@ -125,3 +129,29 @@ def test_interrupted_ingest_resumes_per_file_and_matches(ray_local, small_data_d
         assert again[k] == first[k]
     for sp, t in shards.items():
         assert st.read_table(f"ingest/clips/{sp}").sort_by("clip_id").equals(t)
+
+
+def test_shared_map_builder_extends_lanes_leaving_the_crop():
+    from mosaic_ray.data.maps import (EXTENSION_ID_OFFSET, LaneLists, add_straight_extensions, assemble_map,
+                                      lanes_containing, offset_bounds)
+
+    lanes = LaneLists()
+    x = np.linspace(0.0, 20.0, 5)
+    for lid, y in ((1, 0.0), (2, 3.5)):  # two parallel same-direction lanes along +x, 3.5 m wide
+        c = np.column_stack([x, np.full(5, y)])
+        left, right = offset_bounds(c, np.full(5, 1.75), np.full(5, 1.75))
+        lanes.add(lid, left, right, c, False, [], [], [3 - lid])
+    add_straight_extensions(lanes, 30.0)
+    m = assemble_map(lanes, [])
+    fwd, back = 1 + EXTENSION_ID_OFFSET, 1 + 2 * EXTENSION_ID_OFFSET
+    assert m.lane_ids.tolist() == [1, 2, fwd, back, 2 + EXTENSION_ID_OFFSET, 2 + 2 * EXTENSION_ID_OFFSET]
+    assert m.is_extension.tolist() == [False, False, True, True, True, True]
+    assert m.successors[1] == [fwd] and m.predecessors[fwd] == [1] and m.predecessors[1] == [back]
+    assert m.same_dir_neighbours[fwd] == [2 + EXTENSION_ID_OFFSET]
+    assert m.offsets.tolist() == [0, 5, 10, 14, 18, 22, 26] and m.stop_lines.shape == (0, 2, 2)
+    ext = m.center[m.offsets[2]:m.offsets[3]]  # beyond the end, in the driving direction
+    np.testing.assert_allclose(ext, [[20, 0], [30, 0], [40, 0], [50, 0]])
+    np.testing.assert_allclose(m.center[m.offsets[3]:m.offsets[4]], [[-30, 0], [-20, 0], [-10, 0], [0, 0]])
+    assert m.polygons[0].area == pytest.approx(20 * 3.5)
+    hits = lanes_containing(m, np.array([[10.0, 0.5], [45.0, 3.0], [10.0, 0.5]]), np.array([0.0, 0.0, np.pi]))
+    assert hits == [[0], [4], []]  # the opposite heading is on no lane

@@ -239,6 +239,49 @@ def make_clip_id(segment: str, t0: int, start_xy: Sequence[float]) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def near_ego(states: np.ndarray, valid: np.ndarray, ego_states: np.ndarray, ego_valid: np.ndarray,
+             radius_m: float) -> bool:
+    """Whether an agent comes within ``radius_m`` m of the ego at a step where both are valid
+    (the readers' rule for which agents a clip keeps).
+
+    Args:
+        states, ego_states: (T, 4) float x, y (m), heading (rad), speed (m/s) over the window.
+        valid, ego_valid: (T,) bool.
+    """
+    both = valid & ego_valid
+    if not both.any():
+        return False
+    return bool(np.linalg.norm(states[both, :2] - ego_states[both, :2], axis=1).min() <= radius_m)
+
+
+def window_fields(ego_states: np.ndarray, ego_valid: np.ndarray, ego_size: Sequence[float],
+                  agent_ids: Sequence[int], agent_types: Sequence[int], agent_size: Sequence[Sequence[float]],
+                  agent_states: Sequence[np.ndarray], agent_valid: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The ego and agent fields of a :class:`Clip` from what a reader collects for a window.
+
+    Args:
+        ego_states: (T_ALL, 4) float, NaN allowed where ``ego_valid`` (T_ALL,) is False (stored
+            as 0 there); ego_size: (length, width) m; agent_ids / agent_types: A ints;
+            agent_size: A (length, width) pairs (m); agent_states: A arrays (T_ALL, 4);
+            agent_valid: A arrays (T_ALL,) bool.
+
+    Returns:
+        ``has_prev_frame``, ``ego_states``, ``ego_valid``, ``ego_size``, ``agent_ids`` (A,)
+        int64, ``agent_types`` (A,) int8, ``agent_size`` (A, 2), ``agent_states``
+        (A, T_ALL, 4), ``agent_valid`` (A, T_ALL) bool.
+    """
+    A = len(agent_ids)
+    return dict(
+        has_prev_frame=bool(ego_valid[:N_PRE].all()),
+        ego_states=np.where(ego_valid[:, None], ego_states, 0.0), ego_valid=ego_valid,
+        ego_size=np.array(ego_size, float),
+        agent_ids=np.asarray(agent_ids, np.int64), agent_types=np.asarray(agent_types, np.int8),
+        agent_size=np.asarray(agent_size, float).reshape(A, 2),
+        agent_states=np.asarray(agent_states, float).reshape(A, T_ALL, 4),
+        agent_valid=np.asarray(agent_valid, bool).reshape(A, T_ALL),
+    )
+
+
 # ---------------------------------------------------------------------------- Arrow codec
 def clip_schema() -> pa.Schema:
     """Arrow schema of a clip shard (metadata columns, then ``name``/``name__shape`` pairs)."""

@@ -7,13 +7,18 @@ non-overlapping by default. One file is read with ``commonroad-io`` and turned i
 could not become a clip (unreadable XML, a file without trajectories, a clip that fails
 validation), so every candidate is accounted for.
 
-Map handling (documented deviations):
+Map handling (documented deviations). :func:`build_map` reads the lanelet network (the
+CommonRoad-specific part: lanelets, intersections, traffic lights) into
+:class:`~mosaic_ray.data.maps.LaneLists`; the extensions, the map arrays with their lane
+polygons and the route come from :mod:`mosaic_ray.data.maps`, shared with the ScenarioNet
+reader (:mod:`mosaic_ray.data.scenarionet`).
 
 * The whole lanelet network of a file is the clip's map (the NGSIM maps are 100–250 m crops).
 * Lanes that leave the crop (no successor / no predecessor) get a straight extension of
-  ``map_extension_m`` (flag ``lane_is_extension``): the recordings stop where the camera view
-  ended, and without the extension a planner that drives further than the logged human
-  would leave the drivable area at the crop's edge, which NAVSIM's full maps never do.
+  ``map_extension_m`` (flag ``lane_is_extension``,
+  :func:`~mosaic_ray.data.maps.add_straight_extensions`): the recordings stop where the
+  camera view ended, and without the extension a planner that drives further than the logged
+  human would leave the drivable area at the crop's edge, which NAVSIM's full maps never do.
 * Intersection lanes are the successors listed by the intersections' incomings.
 * A traffic light attached to an incoming lanelet governs entry into that lanelet's
   successors in the light's direction (left / straight / right); ``lane_tl_state`` carries
@@ -25,24 +30,22 @@ Source: NAVSIM scene layout (``navsim/common/dataclasses.py``, 4 history frames 
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
-import shapely
 
 from mosaic_ray.data.clip import (
     AGENT_CYCLIST, AGENT_PEDESTRIAN, AGENT_STATIC, AGENT_VEHICLE, N_FUT, N_HIST, N_PRE, T0_INDEX,
     T_ALL, TL_GREEN, TL_INACTIVE, TL_NONE, TL_RED, TL_RED_YELLOW, TL_YELLOW, Clip,
-    ClipValidationError, make_clip_id,
+    ClipValidationError, make_clip_id, near_ego, window_fields,
 )
+from mosaic_ray.data.maps import LaneLists, MapArrays, add_straight_extensions, assemble_map, plan_route
 
 SITES = (("US101", "US101"), ("Lanker", "Lankershim"), ("Peach", "Peachtree"))
 _SEGMENT_RE = re.compile(r"^([A-Z]{3}_[A-Za-z0-9]+-\d+)_\d+")
-EXTENSION_ID_OFFSET = 10**9
 STATIC_FIRST_STEP = -10**6  #: marks a static obstacle's one-state track
 
 _TYPE_MAP = {
@@ -120,34 +123,27 @@ def list_scenario_files(data_dir: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ map
-@dataclass
-class MapArrays:
-    """The lanelet network of one file as arrays (see :class:`Clip` for the layout)."""
-
-    lane_ids: np.ndarray
-    offsets: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    center: np.ndarray
-    in_intersection: np.ndarray
-    is_extension: np.ndarray
-    successors: dict[int, list[int]]
-    predecessors: dict[int, list[int]]
-    same_dir_neighbours: dict[int, list[int]]
-    polygons: list  # shapely polygons, index-aligned with lane_ids
-    stop_lines: np.ndarray
-    tl_lanes: dict[int, list]  # lane id -> list of (TrafficLight) governing entry
-    index: dict[int, int]
-
-
-def _extend(points: np.ndarray, direction: np.ndarray, length: float, n: int = 4) -> np.ndarray:
-    return points[None, :] + direction[None, :] * np.linspace(0.0, length, n)[:, None]
-
-
 def build_map(scenario, extension_m: float) -> MapArrays:
-    """Arrays, polygons and topology of a scenario's lanelet network, with extensions."""
+    """Lanes, polygons and topology of a scenario's lanelet network, with straight extensions.
+
+    Every lanelet is a lane with its stored left / right / centre vertices (m); intersection
+    lanes are the successors listed by the intersections' incomings; same-direction adjacent
+    lanelets are neighbours; a lanelet's stop line (or its end, where the stop line gives no
+    points) is a stop line; ``tl_lanes`` maps each successor of a lanelet with traffic lights
+    to the lights whose direction covers the successor's turn. Lanes that leave the crop get
+    :func:`~mosaic_ray.data.maps.add_straight_extensions` of ``extension_m`` m.
+
+    Args:
+        scenario: a commonroad-io ``Scenario``.
+        extension_m: length of the straight extensions (0: none).
+
+    Raises:
+        ValueError: the lanelet network has no lanelets (the file is quarantined ``bad_map``).
+    """
     net = scenario.lanelet_network
     lanelets = sorted(net.lanelets, key=lambda l: l.lanelet_id)
+    if not lanelets:
+        raise ValueError("the lanelet network has no lanelets")
     intersection_lanes: set[int] = set()
     turn_of: dict[int, str] = {}
     for inter in net.intersections:
@@ -159,28 +155,19 @@ def build_map(scenario, extension_m: float) -> MapArrays:
                     turn_of[lid] = d
     lights = {tl.traffic_light_id: tl for tl in net.traffic_lights}
 
-    ids, lefts, rights, centers, inter, ext = [], [], [], [], [], []
-    succ: dict[int, list[int]] = {}
-    pred: dict[int, list[int]] = {}
-    neigh: dict[int, list[int]] = {}
+    lanes = LaneLists()
     stop = []
     tl_lanes: dict[int, list] = {}
     for l in lanelets:
         lid = l.lanelet_id
-        ids.append(lid)
-        lefts.append(np.asarray(l.left_vertices, float))
-        rights.append(np.asarray(l.right_vertices, float))
-        centers.append(np.asarray(l.center_vertices, float))
-        inter.append(lid in intersection_lanes)
-        ext.append(False)
-        succ[lid] = list(l.successor or [])
-        pred[lid] = list(l.predecessor or [])
         nb = []
         if l.adj_left is not None and l.adj_left_same_direction:
             nb.append(l.adj_left)
         if l.adj_right is not None and l.adj_right_same_direction:
             nb.append(l.adj_right)
-        neigh[lid] = nb
+        lanes.add(lid, np.asarray(l.left_vertices, float), np.asarray(l.right_vertices, float),
+                  np.asarray(l.center_vertices, float), lid in intersection_lanes,
+                  list(l.successor or []), list(l.predecessor or []), nb)
         if l.stop_line is not None:
             s = l.stop_line
             a = np.asarray(s.start if s.start is not None else l.left_vertices[-1], float)
@@ -194,121 +181,8 @@ def build_map(scenario, extension_m: float) -> MapArrays:
                 covered = _TL_COVERS.get(tl.direction.value, {"left", "straight", "right"})
                 if turn_of.get(s_id, "straight") in covered or tl.direction.value == "all":
                     tl_lanes.setdefault(s_id, []).append(tl)
-    # straight extensions where lanes leave the crop
-    for i, l in enumerate(lanelets):
-        lid = l.lanelet_id
-        if extension_m <= 0 or lid in intersection_lanes:
-            continue
-        c = centers[i]
-        for forward, missing in ((True, not succ[lid]), (False, not pred[lid])):
-            if not missing:
-                continue
-            if forward:
-                d = c[-1] - c[-2]
-                start_l, start_r = lefts[i][-1], rights[i][-1]
-                cs = c[-1]
-            else:
-                d = c[0] - c[1]
-                start_l, start_r = lefts[i][0], rights[i][0]
-                cs = c[0]
-            norm = np.linalg.norm(d)
-            if norm < 1e-6:
-                continue
-            d = d / norm
-            L, R, C = _extend(start_l, d, extension_m), _extend(start_r, d, extension_m), _extend(cs, d, extension_m)
-            if not forward:  # keep vertices ordered along the driving direction
-                L, R, C = L[::-1], R[::-1], C[::-1]
-            eid = lid + EXTENSION_ID_OFFSET * (1 if forward else 2)
-            ids.append(eid)
-            lefts.append(L)
-            rights.append(R)
-            centers.append(C)
-            inter.append(False)
-            ext.append(True)
-            succ[eid], pred[eid], neigh[eid] = [], [], []
-            if forward:
-                succ[lid] = [eid]
-                pred[eid] = [lid]
-            else:
-                pred[lid] = [eid]
-                succ[eid] = [lid]
-    # extensions of same-direction neighbours are neighbours too
-    ext_of = {}
-    for eid in ids:
-        if eid >= EXTENSION_ID_OFFSET:
-            ext_of[(eid % EXTENSION_ID_OFFSET, eid // EXTENSION_ID_OFFSET)] = eid
-    for (base, kind), eid in ext_of.items():
-        neigh[eid] = [ext_of[(n, kind)] for n in neigh.get(base, []) if (n, kind) in ext_of]
-    counts = [len(c) for c in centers]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    polys = [shapely.Polygon(np.concatenate([lf, rt[::-1]])) for lf, rt in zip(lefts, rights)]
-    polys = [p if p.is_valid else p.buffer(0) for p in polys]
-    for p in polys:
-        shapely.prepare(p)
-    return MapArrays(
-        lane_ids=np.asarray(ids, np.int64), offsets=offsets,
-        left=np.concatenate(lefts), right=np.concatenate(rights), center=np.concatenate(centers),
-        in_intersection=np.asarray(inter, bool), is_extension=np.asarray(ext, bool),
-        successors=succ, predecessors=pred, same_dir_neighbours=neigh, polygons=polys,
-        stop_lines=np.asarray(stop, float).reshape(-1, 2, 2), tl_lanes=tl_lanes,
-        index={lid: i for i, lid in enumerate(ids)},
-    )
-
-
-def _lane_heading_at(m: MapArrays, i: int, xy: np.ndarray) -> float:
-    c = m.center[m.offsets[i]:m.offsets[i + 1]]
-    j = int(np.argmin(np.linalg.norm(c - xy, axis=1)))
-    a, b = (c[j], c[j + 1]) if j + 1 < len(c) else (c[j - 1], c[j])
-    return math.atan2(b[1] - a[1], b[0] - a[0])
-
-
-def _wrap(a: np.ndarray | float) -> np.ndarray | float:
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
-
-
-def lanes_containing(m: MapArrays, xy: np.ndarray, heading: np.ndarray) -> list[list[int]]:
-    """For points (n, 2) with headings (n,), the lane indices containing each point whose
-    direction is within 90° of the heading."""
-    hits: list[list[int]] = [[] for _ in range(len(xy))]
-    for i, poly in enumerate(m.polygons):
-        inside = shapely.contains_xy(poly, xy[:, 0], xy[:, 1])
-        for k in np.flatnonzero(inside):
-            if abs(_wrap(_lane_heading_at(m, i, xy[k]) - heading[k])) < math.pi / 2:
-                hits[k].append(i)
-    return hits
-
-
-def _chain(m: MapArrays, start: int, route: set[int], goal: np.ndarray, ahead_m: float,
-           forward: bool) -> list[int]:
-    """Follow successors (or predecessors) from lane index ``start`` for ``ahead_m`` metres,
-    preferring route lanes, then the lane ending nearest ``goal``."""
-    out = [start]
-    travelled = 0.0
-    cur = start
-    seen = {start}
-    while travelled < ahead_m:
-        nxt_ids = (m.successors if forward else m.predecessors).get(int(m.lane_ids[cur]), [])
-        cand = [m.index[n] for n in nxt_ids if n in m.index and m.index[n] not in seen]
-        if not cand:
-            break
-        in_route = [c for c in cand if int(m.lane_ids[c]) in route]
-        if in_route:
-            cand = in_route
-        cur = min(cand, key=lambda c: float(np.linalg.norm(
-            m.center[m.offsets[c + 1] - 1 if forward else m.offsets[c]] - goal)))
-        seen.add(cur)
-        out.append(cur)
-        c = m.center[m.offsets[cur]:m.offsets[cur + 1]]
-        travelled += float(np.linalg.norm(np.diff(c, axis=0), axis=1).sum())
-    return out if forward else out[::-1]
-
-
-def _dedupe_polyline(p: np.ndarray, min_step: float = 0.05) -> np.ndarray:
-    keep = [0]
-    for i in range(1, len(p)):
-        if np.linalg.norm(p[i] - p[keep[-1]]) > min_step:
-            keep.append(i)
-    return p[keep]
+    add_straight_extensions(lanes, extension_m)
+    return assemble_map(lanes, stop, tl_lanes)
 
 
 def _tl_state(tl, step: int) -> int:
@@ -319,70 +193,6 @@ def _tl_state(tl, step: int) -> int:
     except Exception:  # a malformed cycle: treat as unknown
         return TL_NONE
     return _TL_MAP.get(st.value, TL_NONE)
-
-
-@dataclass
-class Route:
-    """Where the logged future goes on the map (the route NAVSIM's scorer needs).
-
-    Attributes:
-        route_idx: lane indices the logged future drives through, in order.
-        on_route: lane indices of the route's carriageway: the route lanes, the successor chain
-            150 m ahead and 50 m behind, and their same-direction neighbours (nuPlan roadblocks).
-        chain: lane indices whose centre-lines make up ``center``.
-        center: (P, 2) float64 route centre-line (m), along the travel direction.
-        source: ``"map"`` (a lane chain) or ``"log"`` (the ego was on no lane at t0: the
-            logged path extended straight by 100 m).
-    """
-
-    route_idx: list[int]
-    on_route: set[int]
-    chain: list[int]
-    center: np.ndarray
-    source: str
-
-
-def plan_route(m: MapArrays, ego_states: np.ndarray, ego_valid: np.ndarray) -> Route:
-    """The route of a clip from its logged ego states (T_ALL, 4) and the map (shared by the
-    CommonRoad and ScenarioNet readers)."""
-    fut = ego_states[T0_INDEX:]
-    hits = lanes_containing(m, fut[:, :2], fut[:, 2]) if len(m.lane_ids) else [[] for _ in fut]
-    route_idx: list[int] = []
-    for h in hits:
-        for i in h:
-            if i not in route_idx:
-                route_idx.append(i)
-    route_ids = {int(m.lane_ids[i]) for i in route_idx}
-    on_route: set[int] = set(route_idx)
-    goal = fut[-1, :2]
-    if route_idx:
-        on_route.update(_chain(m, route_idx[-1], route_ids, goal, 150.0, True))
-        on_route.update(_chain(m, route_idx[0], route_ids, goal, 50.0, False))
-    frontier = list(on_route)
-    while frontier:
-        i = frontier.pop()
-        for nb in m.same_dir_neighbours.get(int(m.lane_ids[i]), []):
-            j = m.index.get(nb)
-            if j is not None and j not in on_route:
-                on_route.add(j)
-                frontier.append(j)
-    chain: list[int] = []
-    if hits[0]:  # a successor chain from the lane at t0
-        first = next((i for i in route_idx if i in hits[0]), hits[0][0])
-        back = _chain(m, first, route_ids, ego_states[T0_INDEX, :2], 40.0, False)
-        chain = back[:-1] + _chain(m, first, route_ids, goal, 220.0, True)
-        center = _dedupe_polyline(np.concatenate([m.center[m.offsets[i]:m.offsets[i + 1]] for i in chain]))
-        source = "map"
-    else:  # ego on no lane at t0: the logged path, extended straight
-        path = ego_states[ego_valid][:, :2]
-        d = path[-1] - path[-2] if len(path) > 1 else np.array([1.0, 0.0])
-        n = np.linalg.norm(d)
-        d = d / n if n > 1e-6 else np.array([math.cos(fut[-1, 2]), math.sin(fut[-1, 2])])
-        center = _dedupe_polyline(np.concatenate([path, _extend(path[-1], d, 100.0, 6)[1:]]))
-        source = "log"
-    if len(center) < 2:
-        center = np.stack([ego_states[T0_INDEX, :2], ego_states[T0_INDEX, :2] + 1.0])
-    return Route(route_idx, on_route, chain, center, source)
 
 
 # --------------------------------------------------------------------------------- tracks
@@ -520,20 +330,13 @@ def _make_clip(m: MapArrays, tracks: list[Track], ego: Track, t0: int, opts: Cut
             v = np.ones(T_ALL, bool)
         else:
             st, v = tr.window(start, stop)
-        if not v.any():
-            continue
-        both = v & ego_valid
-        if not both.any():
-            continue
-        d = np.linalg.norm(st[both, :2] - ego_states[both, :2], axis=1)
-        if d.min() > opts.agent_radius_m:
+        if not near_ego(st, v, ego_states, ego_valid, opts.agent_radius_m):
             continue
         ids.append(tr.obstacle_id)
         types.append(tr.agent_type)
         sizes.append((tr.length, tr.width))
         states.append(st)
         valid.append(v)
-    A = len(ids)
     route = plan_route(m, ego_states, ego_valid)
     route_idx, on_route, route_center, route_source = route.route_idx, route.on_route, route.center, route.source
     # traffic lights per lane and step
@@ -553,13 +356,7 @@ def _make_clip(m: MapArrays, tracks: list[Track], ego: Track, t0: int, opts: Cut
         clip_id=make_clip_id(segment, t0, start_xy), dataset="commonroad-ngsim", site=site,
         segment=segment, scenario_id=scenario_id, source_file=source_file, tags=list(tags),
         t0=int(t0), ego_id=int(ego.obstacle_id), route_source=route_source,
-        has_prev_frame=bool(ego_valid[:N_PRE].all()),
-        ego_states=np.where(ego_valid[:, None], ego_states, 0.0), ego_valid=ego_valid,
-        ego_size=np.array([ego.length, ego.width]),
-        agent_ids=np.asarray(ids, np.int64), agent_types=np.asarray(types, np.int8),
-        agent_size=np.asarray(sizes, float).reshape(A, 2),
-        agent_states=np.asarray(states, float).reshape(A, T_ALL, 4),
-        agent_valid=np.asarray(valid, bool).reshape(A, T_ALL),
+        **window_fields(ego_states, ego_valid, (ego.length, ego.width), ids, types, sizes, states, valid),
         lane_ids=m.lane_ids, lane_offsets=m.offsets, lane_left=m.left, lane_right=m.right,
         lane_center=m.center, lane_in_intersection=m.in_intersection, lane_on_route=on_route_mask,
         lane_tl_state=tl_state, lane_is_extension=m.is_extension,
@@ -568,11 +365,18 @@ def _make_clip(m: MapArrays, tracks: list[Track], ego: Track, t0: int, opts: Cut
     )
 
 
-def cut_files(paths: Iterable[str], opts: CutOptions | None = None) -> tuple[list[Clip], list[QuarantineRecord]]:
-    """:func:`cut_file` over several files (in-process; the Ray stage parallelises files)."""
+def cut_each(cut: Callable[[str, Any], tuple[list[Clip], list[QuarantineRecord]]], paths: Iterable[str],
+             opts: Any = None) -> tuple[list[Clip], list[QuarantineRecord]]:
+    """``cut(path, opts)`` (a reader's one-file function) over several files, in-process:
+    all clips, then all quarantine records, in file order."""
     clips, bad = [], []
     for p in paths:
-        c, b = cut_file(p, opts)
+        c, b = cut(p, opts)
         clips.extend(c)
         bad.extend(b)
     return clips, bad
+
+
+def cut_files(paths: Iterable[str], opts: CutOptions | None = None) -> tuple[list[Clip], list[QuarantineRecord]]:
+    """:func:`cut_file` over several files (in-process; the Ray stage parallelises files)."""
+    return cut_each(cut_file, paths, opts)

@@ -23,6 +23,14 @@ plain ``pickle.load`` would run any code a file names). This module turns one fi
 (:mod:`mosaic_ray.data.commonroad`) and a :class:`~mosaic_ray.data.commonroad.QuarantineRecord`
 for whatever cannot become a clip, so every later stage works unchanged.
 
+Structure: :func:`parse_scenario` checks shapes and resamples the tracks; :func:`build_map`
+does the ScenarioNet-specific map part (lane features, half-widths from ``width`` /
+``polygon`` / road lines, traffic-light states, stop lines, crosswalks) and hands the lanes to
+:mod:`mosaic_ray.data.maps`, shared with the CommonRoad reader, for the geometry helpers
+(de-duplication, Douglas-Peucker, normals, ray casting), the straight extensions, the map
+arrays with their lane polygons and the route (:func:`~mosaic_ray.data.maps.plan_route`);
+:func:`cut_scenario` cuts the windows.
+
 Conventions and documented choices
 ----------------------------------
 * **Egos.** The ``sdc`` track (``metadata["sdc_id"]``) always; with
@@ -49,8 +57,8 @@ Conventions and documented choices
   unwrapped; a resampled step is valid when both neighbours are) and traffic-light states
   by the previous sample.
 * **Lanes.** ``LANE_*`` features (``LANE_BIKE_LANE`` only with ``include_bike_lanes``): the
-  polyline is the centre-line (simplified with Douglas-Peucker at
-  ``simplify_tolerance_m``); the polygon is the centre-line offset by per-vertex half-widths
+  polyline is the centre-line (vertices closer than 5 cm dropped, then simplified with
+  Douglas-Peucker at ``simplify_tolerance_m``); the polygon is the centre-line offset by per-vertex half-widths
   left and right, from, in order: the converter's ``width`` (ScenarioNet's Waymo converter
   stores (N, 2) distances to the left and right boundary lines; 0 = unknown; a (N,) or
   scalar ``width`` is a full width), the distance to the lane's ``polygon`` outline where a
@@ -62,7 +70,8 @@ Conventions and documented choices
   the lines of crossing roads).
 * **Drivable area.** As in the CommonRoad path, the union of the clip's lane polygons
   (lanes, intersection lanes, straight extensions of ``map_extension_m`` where a lane has no
-  exit / entry lane, i.e. leaves the converter's map crop). Road edges (kerbs) enter only
+  exit / entry lane, i.e. leaves the converter's map crop:
+  :func:`~mosaic_ray.data.maps.add_straight_extensions`). Road edges (kerbs) enter only
   through the half-widths above (a lane side without a boundary line reaches the nearest
   line or edge); the ``ROAD_EDGE_*`` polylines themselves are not stored (the clip schema has
   lanes only). Known consequence: Waymo draws turn lanes as stylised arcs and drivers cut
@@ -126,10 +135,12 @@ import shapely
 
 from mosaic_ray.data.clip import (
     AGENT_CYCLIST, AGENT_PEDESTRIAN, AGENT_STATIC, AGENT_VEHICLE, DT, N_PRE, T0_INDEX, T_ALL,
-    TL_GREEN, TL_NONE, TL_RED, TL_YELLOW, Clip, ClipValidationError, make_clip_id,
+    TL_GREEN, TL_NONE, TL_RED, TL_YELLOW, Clip, ClipValidationError, make_clip_id, near_ego, window_fields,
 )
-from mosaic_ray.data.commonroad import (
-    EXTENSION_ID_OFFSET, CutOptions, MapArrays, QuarantineRecord, _extend, plan_route, window_starts,
+from mosaic_ray.data.commonroad import CutOptions, QuarantineRecord, cut_each, window_starts
+from mosaic_ray.data.maps import (
+    EXTENSION_ID_OFFSET, LaneLists, MapArrays, add_straight_extensions, assemble_map, dedupe_indices,
+    median_smooth, offset_bounds, plan_route, ray_distances, simplify_indices, wrap_angle,
 )
 from mosaic_ray.data.safe_pickle import CorruptPickleError, UnsafePickleError, safe_load
 
@@ -316,10 +327,6 @@ def read_scenario(path: str | os.PathLike) -> dict:
     return d
 
 
-def _wrap(a):
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
-
-
 def _vec(state: dict, key: str, T: int, oid: str, allow_scalar: bool = False,
          required: bool = True) -> np.ndarray | None:
     """A per-step scalar field as (T,) float, accepting (T,) and (T,1) (and scalars)."""
@@ -447,7 +454,7 @@ def resample_track(states: np.ndarray, valid: np.ndarray, size: np.ndarray, dt: 
     v = valid[i0] & (exact | valid[i1])
     a, b = states[i0], states[i1]
     out = a + f[:, None] * (b - a)
-    out[:, 2] = a[:, 2] + f * _wrap(b[:, 2] - a[:, 2])
+    out[:, 2] = a[:, 2] + f * wrap_angle(b[:, 2] - a[:, 2])
     out[exact] = a[exact]
     sz = size[i0] + f[:, None] * (size[i1] - size[i0])
     out[~v] = np.nan
@@ -455,49 +462,6 @@ def resample_track(states: np.ndarray, valid: np.ndarray, size: np.ndarray, dt: 
 
 
 # ----------------------------------------------------------------------------------- map
-def _rdp(p: np.ndarray, tol: float) -> np.ndarray:
-    """Indices kept by Douglas-Peucker simplification of polyline ``p`` (n, 2)."""
-    n = len(p)
-    if n <= 2 or tol <= 0:
-        return np.arange(n)
-    keep = np.zeros(n, bool)
-    keep[0] = keep[-1] = True
-    stack = [(0, n - 1)]
-    while stack:
-        a, b = stack.pop()
-        if b - a < 2:
-            continue
-        seg = p[b] - p[a]
-        L = float(np.hypot(*seg))
-        q = p[a + 1:b] - p[a]
-        d = np.abs(seg[0] * q[:, 1] - seg[1] * q[:, 0]) / L if L > 1e-9 else np.hypot(q[:, 0], q[:, 1])
-        j = int(np.argmax(d))
-        if d[j] > tol:
-            m = a + 1 + j
-            keep[m] = True
-            stack.extend([(a, m), (m, b)])
-    return np.flatnonzero(keep)
-
-
-def _normals(c: np.ndarray) -> np.ndarray:
-    """Unit left normals (n, 2) of a polyline (central differences, one-sided at the ends)."""
-    d = np.empty_like(c)
-    d[1:-1] = c[2:] - c[:-2]
-    d[0] = c[1] - c[0]
-    d[-1] = c[-1] - c[-2]
-    n = np.hypot(d[:, 0], d[:, 1])
-    d = d / np.maximum(n, 1e-9)[:, None]
-    return np.column_stack([-d[:, 1], d[:, 0]])
-
-
-def _median_smooth(w: np.ndarray, k: int = 2) -> np.ndarray:
-    if len(w) <= 2:
-        return w
-    pad = np.pad(w, k, mode="edge")
-    win = np.lib.stride_tricks.sliding_window_view(pad, 2 * k + 1)
-    return np.median(win, axis=1)
-
-
 def _ids_list(v: Any) -> list[str]:
     """Feature ids of a lane-link field: a list of ids, or of dicts with ``feature_id`` / ``id``."""
     if v is None:
@@ -533,26 +497,6 @@ class SNMap:
     stop_sign_lanes: set[int]
     crosswalks: list
     id_of_feature: dict[str, int]
-
-
-def _ray_hits(c: np.ndarray, idx: np.ndarray, side: float, length: float, tree, geoms) -> np.ndarray:
-    """Distance (len(idx),) from centre vertices ``c[idx]`` along the left (side=1) or right
-    (side=-1) normal to the nearest geometry of ``tree`` within ``length`` (NaN: none)."""
-    best = np.full(len(idx), np.nan)
-    if not len(idx) or tree is None:
-        return best
-    nrm = _normals(c)
-    p0 = c[idx]
-    p1 = p0 + side * nrm[idx] * length
-    rays = shapely.linestrings(np.stack([p0, p1], axis=1))
-    ri, li = tree.query(rays, predicate="intersects")
-    if not len(ri):
-        return best
-    dist = shapely.distance(shapely.points(p0[ri]), shapely.intersection(rays[ri], geoms[li]))
-    for r, dd in zip(ri, dist):
-        if np.isfinite(dd) and dd > 0.3 and not (best[r] <= dd):
-            best[r] = dd
-    return best
 
 
 def _half_widths(c: np.ndarray, feat: dict, inter: bool, lines_tree, lines,
@@ -593,11 +537,11 @@ def _half_widths(c: np.ndarray, feat: dict, inter: bool, lines_tree, lines,
     else:
         for side, arr in ((1.0, wl), (-1.0, wr)):
             idx = np.flatnonzero(np.isnan(arr))
-            arr[idx] = _ray_hits(c, idx, side, opts.max_half_width_m, lines_tree, lines)
+            arr[idx] = ray_distances(c, idx, side, opts.max_half_width_m, lines_tree, lines)
         wl = np.where(np.isnan(wl), opts.default_half_width_m, wl)
         wr = np.where(np.isnan(wr), opts.default_half_width_m, wr)
-    wl = np.clip(_median_smooth(wl), opts.min_half_width_m, opts.max_half_width_m)
-    wr = np.clip(_median_smooth(wr), opts.min_half_width_m, opts.max_half_width_m)
+    wl = np.clip(median_smooth(wl), opts.min_half_width_m, opts.max_half_width_m)
+    wr = np.clip(median_smooth(wr), opts.min_half_width_m, opts.max_half_width_m)
     return wl, wr
 
 
@@ -691,10 +635,7 @@ def build_map(scn: dict, T: int, dt: float, opts: ScenarioNetOptions) -> SNMap:
         comb = np.where((arr == TL_RED).any(0), TL_RED, arr.max(0)).astype(np.int8)
         tl_codes[id_of[lf]] = comb
 
-    ids, lefts, rights, centers, inter, ext = [], [], [], [], [], []
-    succ: dict[int, list[int]] = {}
-    pred: dict[int, list[int]] = {}
-    neigh: dict[int, list[int]] = {}
+    lanes = LaneLists()
     for lf in lane_fids:
         f = fmap[lf]
         if f.get("polyline") is None:
@@ -702,11 +643,7 @@ def build_map(scn: dict, T: int, dt: float, opts: ScenarioNetOptions) -> SNMap:
         raw = _xy(f["polyline"], f"lane {lf} polyline")
         ok = np.isfinite(raw).all(1)
         raw = raw[ok]
-        # drop repeated points, keep the original indices for the widths
-        keep = [0] if len(raw) else []
-        for i in range(1, len(raw)):
-            if np.linalg.norm(raw[i] - raw[keep[-1]]) > 0.05:
-                keep.append(i)
+        keep = dedupe_indices(raw)  # drop repeated points, keep the original indices for the widths
         if len(keep) < 2:
             continue  # a degenerate lane (one point): no area, no direction
         lid = id_of[lf]
@@ -721,73 +658,30 @@ def build_map(scn: dict, T: int, dt: float, opts: ScenarioNetOptions) -> SNMap:
                                                     f"expected ({len(ok)}, 2), ({len(ok)},) or a scalar")
         c = raw[keep]
         wl, wr = _half_widths(c, fw, is_inter, tree, lines_arr, opts, lf)
-        sel = _rdp(c, opts.simplify_tolerance_m)
+        sel = simplify_indices(c, opts.simplify_tolerance_m)
         c, wl, wr = c[sel], wl[sel], wr[sel]
-        nrm = _normals(c)
-        ids.append(lid)
-        centers.append(c)
-        lefts.append(c + nrm * wl[:, None])
-        rights.append(c - nrm * wr[:, None])
-        inter.append(is_inter)
-        ext.append(False)
-        succ[lid] = [id_of[x] for x in _ids_list(f.get("exit_lanes")) if x in id_of]
-        pred[lid] = [id_of[x] for x in _ids_list(f.get("entry_lanes")) if x in id_of]
-        neigh[lid] = [id_of[x] for x in _ids_list(f.get("left_neighbor")) + _ids_list(f.get("right_neighbor"))
-                      if x in id_of]
-    present = set(ids)
-    for d in (succ, pred, neigh):
+        left, right = offset_bounds(c, wl, wr)
+        lanes.add(lid, left, right, c, is_inter,
+                  [id_of[x] for x in _ids_list(f.get("exit_lanes")) if x in id_of],
+                  [id_of[x] for x in _ids_list(f.get("entry_lanes")) if x in id_of],
+                  [id_of[x] for x in _ids_list(f.get("left_neighbor")) + _ids_list(f.get("right_neighbor"))
+                   if x in id_of])
+    present = set(lanes.ids)
+    for d in (lanes.successors, lanes.predecessors, lanes.neighbours):
         for k in d:
             d[k] = [x for x in d[k] if x in present]
 
     # straight extensions where lanes leave the converter's map crop
-    n_real = len(ids)
-    for i in range(n_real):
-        lid = ids[i]
-        if opts.map_extension_m <= 0 or inter[i]:
-            continue
-        c = centers[i]
-        for forward, missing in ((True, not succ[lid]), (False, not pred[lid])):
-            if not missing:
-                continue
-            d = (c[-1] - c[-2]) if forward else (c[0] - c[1])
-            norm = np.linalg.norm(d)
-            if norm < 1e-6:
-                continue
-            d = d / norm
-            j = -1 if forward else 0
-            Lx = _extend(lefts[i][j], d, opts.map_extension_m)
-            Rx = _extend(rights[i][j], d, opts.map_extension_m)
-            Cx = _extend(c[j], d, opts.map_extension_m)
-            if not forward:
-                Lx, Rx, Cx = Lx[::-1], Rx[::-1], Cx[::-1]
-            eid = lid + EXTENSION_ID_OFFSET * (1 if forward else 2)
-            ids.append(eid)
-            lefts.append(Lx)
-            rights.append(Rx)
-            centers.append(Cx)
-            inter.append(False)
-            ext.append(True)
-            succ[eid], pred[eid], neigh[eid] = [], [], []
-            if forward:
-                succ[lid] = [eid]
-                pred[eid] = [lid]
-            else:
-                pred[lid] = [eid]
-                succ[eid] = [lid]
-    ext_of = {}
-    for eid in ids[n_real:]:
-        ext_of[(eid % EXTENSION_ID_OFFSET, eid // EXTENSION_ID_OFFSET)] = eid
-    for (base, kind), eid in ext_of.items():
-        neigh[eid] = [ext_of[(nb, kind)] for nb in neigh.get(base, []) if (nb, kind) in ext_of]
+    add_straight_extensions(lanes, opts.map_extension_m)
 
     # stop lines: at traffic-light stop points and at the start of stop-sign lanes
-    index = {lid: i for i, lid in enumerate(ids)}
+    index = lanes.index()
     stop: list[np.ndarray] = []
 
     def across(i: int, xy: np.ndarray) -> np.ndarray:
-        c = centers[i]
+        c = lanes.centers[i]
         j = int(np.argmin(np.linalg.norm(c - xy, axis=1)))
-        return np.stack([lefts[i][j], rights[i][j]])
+        return np.stack([lanes.lefts[i][j], lanes.rights[i][j]])
 
     for lf, sp in tl_stop_points:
         i = index.get(id_of.get(lf, -1))
@@ -798,24 +692,9 @@ def build_map(scn: dict, T: int, dt: float, opts: ScenarioNetOptions) -> SNMap:
         for lf in _ids_list(s.get("lane")):
             i = index.get(id_of.get(lf, -1))
             if i is not None:
-                stop.append(across(i, centers[i][0]))
-                stop_sign_lanes.add(ids[i])
-
-    counts = [len(c) for c in centers]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    polys = [shapely.Polygon(np.concatenate([lf, rt[::-1]])) for lf, rt in zip(lefts, rights)]
-    polys = [p if p.is_valid else p.buffer(0) for p in polys]
-    for p in polys:
-        shapely.prepare(p)
-    empty2 = np.zeros((0, 2))
-    arrays = MapArrays(
-        lane_ids=np.asarray(ids, np.int64), offsets=offsets,
-        left=np.concatenate(lefts) if lefts else empty2, right=np.concatenate(rights) if rights else empty2,
-        center=np.concatenate(centers) if centers else empty2,
-        in_intersection=np.asarray(inter, bool), is_extension=np.asarray(ext, bool),
-        successors=succ, predecessors=pred, same_dir_neighbours=neigh, polygons=polys,
-        stop_lines=np.asarray(stop, float).reshape(-1, 2, 2), tl_lanes={}, index=index,
-    )
+                stop.append(across(i, lanes.centers[i][0]))
+                stop_sign_lanes.add(lanes.ids[i])
+    arrays = assemble_map(lanes, stop)
     return SNMap(arrays, tl_codes, stop_sign_lanes, crosswalks, id_of)
 
 
@@ -994,12 +873,7 @@ def cut_scenarionet_file(path: str, opts: ScenarioNetOptions | None = None
 def cut_scenarionet_files(paths: Iterable[str], opts: ScenarioNetOptions | None = None
                           ) -> tuple[list[Clip], list[QuarantineRecord]]:
     """:func:`cut_scenarionet_file` over several files (in-process)."""
-    clips, bad = [], []
-    for p in paths:
-        c, b = cut_scenarionet_file(p, opts)
-        clips.extend(c)
-        bad.extend(b)
-    return clips, bad
+    return cut_each(cut_scenarionet_file, paths, opts)
 
 
 def _make_clip(ps: ParsedScenario, ego: SNTrack, t0: int, opts: ScenarioNetOptions,
@@ -1015,11 +889,7 @@ def _make_clip(ps: ParsedScenario, ego: SNTrack, t0: int, opts: ScenarioNetOptio
         if tr is ego:
             continue
         st, v = tr.window(start, stop)
-        both = v & ego_valid
-        if not both.any():
-            continue
-        d = np.linalg.norm(st[both, :2] - ego_states[both, :2], axis=1)
-        if d.min() > opts.agent_radius_m:
+        if not near_ego(st, v, ego_states, ego_valid, opts.agent_radius_m):
             continue
         L, W = tr.box(start, stop)
         if not (np.isfinite(L) and np.isfinite(W) and L > 0 and W > 0):
@@ -1029,7 +899,6 @@ def _make_clip(ps: ParsedScenario, ego: SNTrack, t0: int, opts: ScenarioNetOptio
         sizes.append((L, W))
         states.append(st)
         valid.append(v)
-    A = len(ids)
 
     # route: lanes the logged future drives through (shared with the CommonRoad reader)
     route = plan_route(m, ego_states, ego_valid)
@@ -1087,13 +956,7 @@ def _make_clip(ps: ParsedScenario, ego: SNTrack, t0: int, opts: ScenarioNetOptio
         clip_id=make_clip_id(ps.segment, t0, start_xy), dataset=ps.dataset, site=ps.site,
         segment=ps.segment, scenario_id=ps.scenario_id, source_file=source_file, tags=sorted(tags),
         t0=int(t0), ego_id=int(ego.int_id), route_source=route_source,
-        has_prev_frame=bool(ego_valid[:N_PRE].all()),
-        ego_states=np.where(ego_valid[:, None], ego_states, 0.0), ego_valid=ego_valid,
-        ego_size=np.array([ego_L, ego_W], float),
-        agent_ids=np.asarray(ids, np.int64), agent_types=np.asarray(types, np.int8),
-        agent_size=np.asarray(sizes, float).reshape(A, 2),
-        agent_states=np.asarray(states, float).reshape(A, T_ALL, 4),
-        agent_valid=np.asarray(valid, bool).reshape(A, T_ALL),
+        **window_fields(ego_states, ego_valid, (ego_L, ego_W), ids, types, sizes, states, valid),
         lane_ids=lane_ids, lane_offsets=offsets, lane_left=m.left[vidx].reshape(-1, 2),
         lane_right=m.right[vidx].reshape(-1, 2), lane_center=m.center[vidx].reshape(-1, 2),
         lane_in_intersection=m.in_intersection[sel], lane_on_route=on_route_mask,

@@ -12,21 +12,28 @@ Nothing here is training data: use it to measure throughput and memory at 10^5â€
 
 writes ``DEST_RUN/ingest/clips/pool/shard-*.parquet`` (copies of SOURCE_RUN's pool) and
 copies the source's train / validation shards and ``planner/`` files, so ``mosaic-ray score``
-runs on DEST_RUN.
+runs on DEST_RUN. Progress is a tqdm bar (on stderr) and ``logging`` records of this
+module's logger; the command line prints the summary dict as JSON on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
 import math
+import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from mosaic_ray.data.clip import Clip
 
 __all__ = ["transform_clip", "expand_pool", "copy_run_inputs"]
+
+log = logging.getLogger(__name__)
 
 
 def _rigid(xy: np.ndarray, c: float, s: float, t: np.ndarray) -> np.ndarray:
@@ -137,12 +144,17 @@ def expand_pool(src_root: str, dst_root: str, n_clips: int, shard_size: int = 25
     task = ray.remote(num_cpus=1)(_expand_shard)
     t0 = time.time()
     refs = [task.remote(src_root, dst_root, src_shards, bounds, i, shard_size, n_clips) for i in range(n_shards)]
+    log.info("writing %d synthetic clips (%d shards) from %d source clips to %s",
+             n_clips, n_shards, n_src, dst_root)
     done = 0
-    while refs:
-        ready, refs = ray.wait(refs, num_returns=min(len(refs), 16))
-        done += sum(ray.get(ready))
-        print(f"[synthetic] {done}/{n_clips} clips "
-              f"({time.time() - t0:.0f} s)", flush=True)
+    with tqdm(total=n_clips, unit="clip", desc="synthetic", disable=None) as bar:
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=min(len(refs), 16))
+            n = sum(ray.get(ready))
+            done += n
+            bar.update(n)
+            log.debug("%d/%d clips (%.0f s)", done, n_clips, time.time() - t0)
+    log.info("wrote %d synthetic clips in %.1f s", done, time.time() - t0)
     return {"clips": done, "shards": n_shards, "source_clips": n_src,
             "wall_time_s": round(time.time() - t0, 1)}
 
@@ -156,11 +168,13 @@ def main() -> None:
     ap.add_argument("--clips", type=int, required=True)
     ap.add_argument("--shard-size", type=int, default=256)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ray.init(include_dashboard=False)
     try:
-        print(expand_pool(args.source_run, args.dest_run, args.clips, args.shard_size))
+        summary = expand_pool(args.source_run, args.dest_run, args.clips, args.shard_size)
     finally:
         ray.shutdown()
+    sys.stdout.write(json.dumps(summary) + "\n")
 
 
 if __name__ == "__main__":
