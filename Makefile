@@ -1,8 +1,9 @@
-# mosaic_ray: `make demo` runs MOSAIC vs Random on the NGSIM recordings; `make test` runs the tests.
+# mosaic_ray: `make demo` runs MOSAIC vs Random on the NGSIM recordings; `make test` runs the tests
+# (`make test-core`: only the tests that need neither Ray nor ../shared/data, well under a minute).
 CONFIG ?= jobs/ngsim_demo.yaml
 VENV := .venv/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-core clean
 setup:
 	@scripts/setup.sh
 
@@ -11,6 +12,9 @@ demo: setup
 
 test: setup
 	$(VENV)/python -m pytest -q tests
+
+test-core: setup
+	$(VENV)/python -m pytest -q tests -m "not ray and not data"
 
 clean:
 	rm -rf runs .pytest_cache

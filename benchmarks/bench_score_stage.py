@@ -146,7 +146,7 @@ def plain_loop(dest: str, checkpoint: str, shards: list[str] | None = None,
 
     st = Storage(dest)
     shards = shards if shards is not None else st.list("ingest/clips/pool", ".parquet")
-    stage = ScoreStage(dest, {}, checkpoint, 32, 1.0, 0.0, 1, output_dir=out_dir)
+    stage = ScoreStage(st, checkpoint, 32, 1.0, 0.0, 1, output_dir=out_dir)
     stage.setup()
     t_setup = time.perf_counter() - t0
     rec = stage.process_batch(pa.table({"shard": shards}))

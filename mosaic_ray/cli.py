@@ -1,23 +1,31 @@
 """``mosaic-ray``: the command line.
 
-    mosaic-ray run CONFIG                 # every stage, then the report
-    mosaic-ray ingest|base|score|domains|pilot|select|train|report CONFIG
+    mosaic-ray run CONFIG                 # every step, then the report
+    mosaic-ray ingest|base|score|score_train|domains|pilot|select|train|report CONFIG
     mosaic-ray validate CONFIG            # check a config and exit
 
 Options: ``--set key=value`` (dotted keys, YAML values) overrides config entries;
-``--force`` redoes the named stage (``run --force score,pilot`` redoes those stages).
+``--force`` redoes the named step (``run --force score,pilot`` redoes those steps, a bare
+``run --force`` all of them); ``--log-level`` sets the library's logging (default ``info``:
+one line per step and per long-running unit of work; ``debug`` adds tracebacks).
+
+Exit codes: 0 done, 1 a step failed, 2 a bad config or command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import yaml
 
+from mosaic_ray import pipeline
 from mosaic_ray.config import ConfigError, load_config
+from mosaic_ray.stages.step import StepError
 
-COMMANDS = ("run", "ingest", "base", "score", "domains", "pilot", "select", "train", "report", "validate")
+COMMANDS = ("run", *pipeline.STEP_NAMES, "validate")
+log = logging.getLogger("mosaic_ray")
 
 
 def _overrides(items: list[str]) -> dict:
@@ -37,37 +45,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set train.num_workers=1")
     p.add_argument("--force", nargs="?", const="__this__", default="",
-                   help="redo the stage (for run: a comma-separated list of stages)")
+                   help="redo the step (for run: a comma-separated list of steps; bare: all)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="logging level of mosaic_ray (default: info)")
     return p
+
+
+def configure_logging(level: str) -> None:
+    """One stream handler on the ``mosaic_ray`` logger (time, level, message) at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("mosaic_ray")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         cfg = load_config(args.config, _overrides(args.overrides))
-    except ConfigError as e:
-        print(f"mosaic-ray: {e}", file=sys.stderr)
+        if args.command == "run":
+            force = [s for s in args.force.split(",") if s and s != "__this__"]
+            if args.force == "__this__":
+                force = list(pipeline.STEP_NAMES)
+            pipeline.expand_force(force)
+    except (ConfigError, KeyError) as e:
+        print(f"mosaic-ray: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     if args.command == "validate":
         print(f"config OK: {cfg.name} -> {cfg.run_uri}")
         return 0
-    from mosaic_ray import pipeline
-    from mosaic_ray.stages.runtime import ray_session
-
-    if args.command == "run":
-        force = tuple(s for s in args.force.split(",") if s and s != "__this__")
-        if args.force == "__this__":
-            force = pipeline.STAGES
-        report = pipeline.run_all(cfg, force=force)
-        print(f"\nReport: {report}\nSummary: {pipeline.Run(cfg).storage.uri('summary.json')}")
-        return 0
-    run = pipeline.Run(cfg)
-    force = bool(args.force)
-    with ray_session(cfg):
-        if args.command == "report":
-            print(f"Report: {pipeline.stage_report(run)}")
+    try:
+        if args.command == "run":
+            report = pipeline.run_all(cfg, force=force)
+            print(f"\nReport: {report}\nSummary: {pipeline.summary_uri(cfg)}")
         else:
-            getattr(pipeline, f"stage_{args.command}")(run, force)
+            out = pipeline.run_steps(cfg, [args.command], force=[args.command] if args.force else [])
+            if args.command == "report":
+                print(f"Report: {out['report']['report']}")
+    except (StepError, ConfigError) as e:
+        log.debug("traceback", exc_info=True)
+        print(f"mosaic-ray: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
     return 0
 
 

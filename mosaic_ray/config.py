@@ -18,13 +18,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mosaic_ray.selection.budgets import BudgetError, check_budget_spec, resolve_budgets
+from mosaic_ray.selection.methods import METHOD_NAMES, ResolvedMethod, check_method, resolve_method, split_method
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "commonroad-ngsim"
 DATA_DIR_ENV = "MOSAIC_DATA_DIR"
 OUTPUT_DIR_ENV = "MOSAIC_OUTPUT_DIR"
 
-KNOWN_METHODS = ("mosaic", "random", "uncertainty", "coreset", "chameleon",
-                 "mosaic_no_cluster", "mosaic_no_rank")
+#: every selection method (the registry in :mod:`mosaic_ray.selection.methods`)
+KNOWN_METHODS = METHOD_NAMES
 KNOWN_DOMAIN_COLUMNS = ("site", "segment", "scenario_id", "dataset")
 
 
@@ -105,9 +108,14 @@ class PlannerConfig(_Strict):
     lane_points: int = Field(10, ge=2)
     route_points: int = Field(16, ge=2)
     temperature_m: float = Field(1.0, gt=0, description="soft imitation target: softmax(-dist/T)")
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(64, ge=1)
+    # the training recipe (mosaic_ray.planner.training.TrainRecipe) of the base model; pilot runs
+    # and final trainings use it too, except where pilot.* / train.* set a value explicitly
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(64, ge=1, description="global batch (split over Ray Train workers)")
+    warmup_steps: int = Field(20, ge=0, description="linear LR warm-up steps before the cosine decay")
+    min_lr_ratio: float = Field(0.02, ge=0, le=1, description="LR floor of the cosine schedule, × lr")
+    grad_clip: float | None = Field(5.0, gt=0, description="max global gradient norm (None: no clipping)")
     base_epochs: int = Field(60, ge=1)
     augment_mirror: bool = Field(True, description="add left-right mirrored copies when training")
     seed: int = 0
@@ -188,12 +196,6 @@ class DomainConfig(_Strict):
         raise ValueError(f"unknown domain variant {name!r}; known: {[v.name for v in vs]}")
 
 
-def split_method(method: str) -> tuple[str, str | None]:
-    """``"chameleon@captions"`` -> ("chameleon", "captions"); ``"random"`` -> ("random", None)."""
-    base, _, variant = method.partition("@")
-    return base, (variant or None)
-
-
 class PilotConfig(_Strict):
     """Pilot runs on Ray Tune: one trial per (domain, size, seed)."""
 
@@ -202,6 +204,10 @@ class PilotConfig(_Strict):
     epochs: int = Field(8, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
+    weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
+    batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")
+    warmup_steps: int | None = Field(None, ge=0, description="None = planner.warmup_steps")
 
     @field_validator("sizes")
     @classmethod
@@ -222,7 +228,12 @@ class SelectionConfig(_Strict):
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, v: list[int | float]) -> list[int | float]:
-        bad = [b for b in v if not (b > 0) or (isinstance(b, float) and b > 1)]
+        bad = []
+        for b in v:
+            try:
+                check_budget_spec(b)
+            except BudgetError:
+                bad.append(b)
         if bad:
             raise ValueError(f"budgets must be positive integers or fractions in (0, 1]; bad: {bad}")
         return v
@@ -230,29 +241,33 @@ class SelectionConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
-        unknown = [m for m in v if split_method(m)[0] not in KNOWN_METHODS]
+        unknown = [m for m in v if split_method(m)[0] not in METHOD_NAMES]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {', '.join(KNOWN_METHODS)} "
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)} "
                              "(optionally with @<domain variant>, e.g. mosaic@captions)")
+        problems = []
+        for m in v:
+            try:
+                check_method(m)
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:
+            raise ValueError("; ".join(problems))
         if len(set(v)) != len(v):
             raise ValueError(f"methods listed twice: {v}")
         return v
 
     def resolve_budgets(self, pool_size: int) -> list[int]:
-        """Budgets as sorted distinct clip counts for a pool of ``pool_size`` clips.
+        """Budgets as sorted distinct clip counts for a pool of ``pool_size`` clips
+        (:func:`mosaic_ray.selection.budgets.resolve_budgets`).
 
         Raises:
             ConfigError: a budget exceeds the pool or rounds to 0 clips.
         """
-        out = []
-        for b in self.budgets:
-            n = int(round(b * pool_size)) if isinstance(b, float) else int(b)
-            if n < 1:
-                raise ConfigError(f"budget {b} is 0 clips for a pool of {pool_size}")
-            if n > pool_size:
-                raise ConfigError(f"budget {b} ({n} clips) exceeds the pool of {pool_size} clips")
-            out.append(n)
-        return sorted(set(out))
+        try:
+            return resolve_budgets(self.budgets, pool_size)
+        except BudgetError as e:
+            raise ConfigError(f"selection.budgets: {e}") from None
 
 
 class TrainConfig(_Strict):
@@ -264,10 +279,15 @@ class TrainConfig(_Strict):
     epochs: int = Field(60, ge=1)
     seeds: list[int] = Field([0], min_length=1)
     init: Literal["base", "scratch"] = Field("scratch", description="start from the base checkpoint or from scratch")
-    cache_shard: bool = Field(True, description="keep each worker's featurised shard in memory after epoch 1")
+    cache_shard: bool = Field(True, description="no effect (kept so that older configs load): every worker "
+                              "now holds its featurised rows in memory for the whole run")
     concurrency: int = Field(1, ge=1, description="grid cells (final trainings) run at the same time")
     checkpoint_every: int = Field(10, ge=1, description="epochs between Train checkpoints (resume points)")
     full_pool: bool = Field(False, description="also train on D_train ∪ the whole pool (a reference line)")
+    lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
+    weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
+    batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")
+    warmup_steps: int | None = Field(None, ge=0, description="None = planner.warmup_steps")
 
 
 class ExperimentConfig(_Strict):
@@ -289,14 +309,17 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _method_variants(self) -> "ExperimentConfig":
-        for m in self.selection.methods:
-            base, variant = split_method(m)
-            if variant is not None:
-                self.domains.variant(variant)  # raises for an unknown variant
-                if base not in ("mosaic", "chameleon", "mosaic_no_rank"):
-                    raise ValueError(f"method {m!r}: only domain-based methods (mosaic, mosaic_no_rank, "
-                                     "chameleon) take a @variant")
+        self.resolved_methods()  # raises for an unknown @variant
         return self
+
+    def resolved_methods(self) -> list[ResolvedMethod]:
+        """``selection.methods`` resolved against the domain variants, in config order.
+
+        Raises:
+            ValueError: a method names an unknown domain variant.
+        """
+        names = [v.name for v in self.domains.all_variants()]
+        return [resolve_method(m, names[0], names) for m in self.selection.methods]
 
     # ------------------------------------------------------------------ derived
     @property

@@ -7,6 +7,10 @@ only when its (multipart) upload completes. Stage completion is recorded by
 
 Credentials are never read here explicitly: S3 uses the standard AWS chain (environment,
 config files, instance role); ``StorageConfig`` only adds endpoint, region and scheme.
+
+A :class:`Storage` pickles as its root URI and config only (the ``pyarrow`` filesystem is
+re-opened on unpickling), so it can be handed to Ray tasks, actors, Train workers and Tune
+trials as it is; the S3 credentials are then read from the worker's own environment.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import io
 import json
 import os
 import posixpath
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -25,6 +30,8 @@ import pyarrow.parquet as pq
 
 from mosaic_ray.config import StorageConfig
 
+#: where :meth:`Storage.local_copy` puts downloads of remote (``s3://``) files
+LOCAL_CACHE_DIR = os.path.join(tempfile.gettempdir(), "mosaic_ray_cache")
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI (never credentials)."""
@@ -66,7 +73,11 @@ def make_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.Fi
 class Storage:
     """A storage root (local folder or ``s3://bucket/prefix``) with atomic I/O helpers.
 
-    Paths given to methods are relative to the root and use ``/``.
+    Paths given to methods are relative to the root and use ``/``. Picklable: the state is
+    ``root_uri`` and ``config``; the filesystem is opened again where it is unpickled.
+
+    Raises:
+        StorageError: unsupported URI scheme (at construction).
     """
 
     root_uri: str
@@ -75,6 +86,15 @@ class Storage:
     def __post_init__(self) -> None:
         self.fs, self.root = make_filesystem(self.root_uri, self.config)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the pyarrow filesystem is not sent along: it may hold credentials, and an
+        # S3FileSystem is re-created cheaply from the config on the receiving side
+        return {"root_uri": self.root_uri, "config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.root_uri, self.config = state["root_uri"], state["config"]
+        self.__post_init__()
 
     def __repr__(self) -> str:  # never print the filesystem object (it may hold keys)
         return f"Storage({self.root_uri!r})"
@@ -173,6 +193,27 @@ class Storage:
         if not tables:
             raise StorageError(f"no Parquet files under {self.uri(rel)}")
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+    def local_copy(self, rel: str) -> str:
+        """A local file path holding ``rel``: the file itself for a local root; for ``s3://`` a
+        download into :data:`LOCAL_CACHE_DIR` (named by a hash of the URI plus the base name,
+        written to a temporary name and renamed, so concurrent callers never see a partial
+        file; downloaded again on every call, so a rewritten object is never served stale).
+
+        Raises:
+            StorageError: ``rel`` cannot be read.
+        """
+        if self.is_local:
+            return self.path(rel)
+        os.makedirs(LOCAL_CACHE_DIR, exist_ok=True)
+        dest = os.path.join(LOCAL_CACHE_DIR,
+                            f"{uuid.uuid5(uuid.NAMESPACE_URL, self.uri(rel)).hex}-{posixpath.basename(rel)}")
+        data = self.read_bytes(rel)
+        tmp = dest + f".{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+        return dest
 
     def delete(self, rel: str) -> None:
         p = self.path(rel)

@@ -15,9 +15,9 @@ from mosaic_ray.selection.scaling_law import ScalingLaw
 from mosaic_ray.stages.pilot import plan_trials
 
 
-def test_nan_and_inf_coordinates_become_quarantine_records(tmp_path):
+def test_nan_and_inf_coordinates_become_quarantine_records(tmp_path, ngsim_clips):
     src = ngsim_file("US101/USA_US101-22_1_T-1.xml").read_text()
-    clean, _ = cut_file(str(ngsim_file("US101/USA_US101-22_1_T-1.xml")))
+    clean = ngsim_clips("US101/USA_US101-22_1_T-1.xml")
     # corrupt two recorded positions inside vehicles' trajectories: one NaN, one +inf
     spots = [m.span(1) for m in re.finditer(r"<state>\s*<position>\s*<point>\s*<x>([^<]+)</x>", src)]
     (a0, a1), (b0, b1) = spots[30], spots[600]
@@ -70,12 +70,12 @@ def test_clips_without_a_domain_value_are_an_error():
         assign_domains(t, "segment")
 
 
-def test_synthetic_copies_are_valid_and_score_like_their_source():
+def test_synthetic_copies_are_valid_and_score_like_their_source(ngsim_clips):
     """Scale-pool copies (rigid motion + mirror) keep the clip valid and its EPDMS terms."""
     from mosaic_ray.data.synthetic import transform_clip
     from mosaic_ray.scoring.epdms import score_human
 
-    clips, _ = cut_file(str(ngsim_file("Lankershim/USA_Lanker-2_13_T-1.xml")))
+    clips = ngsim_clips("Lankershim/USA_Lanker-2_13_T-1.xml")
     for c in clips[:4]:
         t0, e0 = score_human(c)
         for k in (1, 2, 7):
@@ -90,14 +90,14 @@ def test_synthetic_copies_are_valid_and_score_like_their_source():
         transform_clip(clips[0], 0)
 
 
-def test_expand_pool_writes_exactly_n_distinct_copies_and_resumes(ray_local, tmp_path):
+def test_expand_pool_writes_exactly_n_distinct_copies_and_resumes(ray_local, tmp_path, ngsim_clips):
     """The scale-pool generator writes N clips with distinct new ids (last shard shorter) on
     Ray tasks, and a rerun keeps the finished shards."""
     from mosaic_ray.data.clip import clips_from_table, clips_to_table
     from mosaic_ray.data.synthetic import expand_pool
     from mosaic_ray.storage import Storage, write_shards
 
-    clips, _ = cut_file(str(ngsim_file("Lankershim/USA_Lanker-2_13_T-1.xml")))
+    clips = ngsim_clips("Lankershim/USA_Lanker-2_13_T-1.xml")
     src = Storage(str(tmp_path / "src"))
     write_shards(src, "ingest/clips/pool", clips_to_table(clips[:7]), 3)
     out = expand_pool(str(tmp_path / "src"), str(tmp_path / "dst"), 23, shard_size=5)

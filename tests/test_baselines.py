@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mosaic_ray.config import KNOWN_METHODS
-from mosaic_ray.selection.baselines import (BASELINE_METHODS, ChameleonStrategy, CoresetStrategy,
+from mosaic_ray.selection.methods import BASELINE_METHODS
+from mosaic_ray.selection.baselines import (ChameleonStrategy, CoresetStrategy,
                                             MosaicNoClusterStrategy, MosaicNoRankStrategy,
                                             UncertaintyStrategy, chameleon_weights,
                                             k_center_greedy, leverage_scores, unranked_order)

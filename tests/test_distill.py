@@ -152,3 +152,27 @@ def test_checkpoints_with_and_without_heads_load(tmp_path, clips, anchors):
     loaded = load_checkpoint(str(tmp_path / "new.pt"))
     assert loaded.spec.distill and loaded.spec.distill_im_weight == 0.5
     np.testing.assert_allclose(plan_batches(loaded, f)["subscores"], plan_batches(distilled, f)["subscores"])
+
+
+def test_pilot_runs_train_on_the_distillation_targets(ray_local, small_run):
+    """Pilots get the same (B, K, 8) targets as the Ray Train path, joined by clip id."""
+    from mosaic_ray.planner.training import TrainRecipe, train_loop
+    from mosaic_ray.stages.distill import ensure_targets
+    from mosaic_ray.stages.pilot import pilot_features
+
+    cfg, st, train, pool = small_run
+    t = ensure_targets(cfg, st)  # already computed above: read back, not recomputed
+    spec = PlannerSpec(**{**SPEC.__dict__, "distill": True})
+    anchors = torch.from_numpy(np.load(st.path("planner/vocabulary.npy")))
+    model = VocabularyPlanner(spec, anchors)
+    ids = [pool[0].clip_id, "broken-clip"]
+    f = pilot_features(st, ids, t, model)
+    assert list(f["clip_id"]) == sorted([c.clip_id for c in train] + ids)  # canonical order
+    want = targets_for(t, f["clip_id"], 16)
+    np.testing.assert_array_equal(f["distill_targets"], want)
+    k = list(f["clip_id"]).index("broken-clip")
+    assert np.isnan(f["distill_targets"][k]).all() and np.isfinite(np.delete(f["distill_targets"], k, 0)).all()
+    hist = train_loop(model, f, TrainRecipe(lr=3e-3, batch_size=4, epochs=2), seed=0, name="pilot-distill")
+    assert np.isfinite(hist).all()
+    plain = pilot_features(st, ids, t, VocabularyPlanner(SPEC, anchors))  # no heads: no targets
+    assert "distill_targets" not in plain

@@ -90,14 +90,11 @@ def test_caption_tags_and_no_digits():
     assert caption_clip(c) == cap  # deterministic
 
 
-def test_caption_real_clips():
+def test_caption_real_clips(ngsim_clips):
     """Captions of real NGSIM clips (an urban intersection segment and the freeway)."""
-    from conftest import ngsim_file
-    from mosaic_ray.data.commonroad import cut_file
-
     clips = []
     for f in ("Lankershim/USA_Lanker-2_13_T-1.xml", "US101/USA_US101-22_1_T-1.xml"):
-        clips += cut_file(str(ngsim_file(f)))[0][:25]
+        clips += ngsim_clips(f)[:25]
     assert len(clips) == 50
     seen_stopped = False
     for c in clips:

@@ -13,29 +13,23 @@ import pytest
 import torch
 import yaml
 
-from conftest import ACTOR_PID_DIR, ROOT
-from mosaic_ray.config import validate_config
-from mosaic_ray.pipeline import expert_futures
+from conftest import ACTOR_PID_DIR, ROOT, TINY_PLANNER, copy_run
 from mosaic_ray.planner.features import featurize_clips
+from mosaic_ray.planner.futures import expert_futures
 from mosaic_ray.planner.model import PlannerSpec, VocabularyPlanner, build_vocabulary, save_checkpoint
 from mosaic_ray.planner.training import fit
-from mosaic_ray.stages.ingest import load_clips, run_ingest
+from mosaic_ray.stages.ingest import load_clips
 from mosaic_ray.stages.score import run_score
-from mosaic_ray.storage import Storage
-
-PLANNER = {"vocab_size": 16, "embed_dim": 32, "hidden_dim": 32, "max_agents": 8, "max_lanes": 16}
 
 
 @pytest.fixture(scope="module")
-def prepared(ray_local, small_data_dir, tmp_path_factory):
-    """An ingested run with small shards (many tasks) and a tiny planner at planner/base.pt."""
-    out = tmp_path_factory.mktemp("fault_runs")
-    raw = {"name": "faults", "data_dir": str(small_data_dir), "output_dir": str(out),
-           "ray": {"num_cpus": 2}, "planner": PLANNER, "selection": {"budgets": [5]},
-           "ingest": {"shard_size": 6}, "score": {"batch_size": 6, "num_actors": 2}}
-    cfg = validate_config(raw)
-    st = Storage(cfg.run_uri)
-    run_ingest(cfg, st)
+def prepared(ingested_run, tmp_path_factory):
+    """A copy of the shared ingested run re-sharded small (6 clips: many tasks) and a tiny
+    planner at planner/base.pt."""
+    cfg, st, raw = copy_run(ingested_run, tmp_path_factory.mktemp("fault_runs"), "faults", shard_size=6,
+                            ray={"num_cpus": 2}, planner=TINY_PLANNER,
+                            score={"batch_size": 6, "num_actors": 2})
+    assert len(st.list("ingest/clips/pool", ".parquet")) >= 8  # re-cut into shards of 6
     spec = PlannerSpec.from_config(cfg.planner)
     train = load_clips(st, "train")
     anchors = build_vocabulary(expert_futures(train + load_clips(st, "pool")), spec.vocab_size)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ngsim_file
 from mosaic_ray.config import validate_config
-from mosaic_ray.data.clip import FUT_SLICE, N_FUT, N_HIST, T0_INDEX, clips_from_table, clips_to_table
+from mosaic_ray.data.clip import FUT_SLICE, N_FUT, N_HIST, T0_INDEX, clips_from_table, clips_to_table, content_key
 from mosaic_ray.data.commonroad import cut_file, extract_tracks, segment_of, site_of, window_starts
 from mosaic_ray.data.split import plan_split
 from mosaic_ray.stages.ingest import run_ingest
@@ -84,11 +84,18 @@ def test_ingest_on_ray_accounts_for_every_candidate(ray_local, small_data_dir, t
     assert s["candidates"] == s["clips"] + s["quarantined"]
     assert s["quarantine_reasons"]["unreadable_xml"] == 1
     assert s["quarantine_reasons"]["no_trajectories"] == 1
-    # independent count: cut each file, group by content id
-    raw = Counter()
+    # every file: clips, quarantined or without a usable track (the map-only S-1 file)
+    assert s["files"] == 11 == s["files_with_clips"] + s["files_quarantined"] + s["files_without_usable_track"]
+    assert s["files_without_usable_track_reasons"] == {"no_trajectories": 1}
+    assert s["files_quarantined_reasons"].get("unreadable_xml") == 1
+    # independent count: cut each file, group by content (on these files clip ids and content
+    # keys group the clips alike)
+    raw, by_content = Counter(), Counter()
     for p in sorted(small_data_dir.rglob("*.xml")):
         clips, _ = cut_file(str(p))
         raw.update(c.clip_id for c in clips)
+        by_content.update(content_key(c.ego_states, c.t0) for c in clips)
+    assert sorted(raw.values()) == sorted(by_content.values())
     assert s["clips"] == len(raw)
     assert s["duplicates"] == sum(raw.values()) - len(raw) > 0  # US101-22 _1/_3/_4 replay the same vehicles
     # shards: every clip once, splits disjoint by segment, every site in validation

@@ -7,25 +7,31 @@ from pathlib import Path
 import pytest
 
 from mosaic_ray.config import validate_config
-from mosaic_ray.pipeline import Run, run_all
+from mosaic_ray.pipeline import run_all, run_steps
+from mosaic_ray.stages.step import Context
+
+from conftest import copy_run
+
+
+#: the small experiment every test here runs (tiny planner, one epoch where only plumbing counts)
+SMALL = {
+    "ray": {"num_cpus": 2},
+    "planner": {"vocab_size": 16, "embed_dim": 32, "hidden_dim": 32, "max_agents": 8,
+                "max_lanes": 16, "base_epochs": 2},
+    "score": {"batch_size": 16},
+    "pilot": {"sizes": [5, 10], "seeds": [0], "epochs": 1, "cpus_per_trial": 0.5},
+    "selection": {"budgets": [5, 15], "methods": ["mosaic", "random"]},
+    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": 1, "seeds": [0], "concurrency": 2},
+}
 
 
 @pytest.fixture(scope="module")
-def e2e(ray_local, small_data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    cfg = validate_config({
-        "name": "e2e", "data_dir": str(small_data_dir), "output_dir": str(out),
-        "ray": {"num_cpus": 2},
-        "planner": {"vocab_size": 16, "embed_dim": 32, "hidden_dim": 32, "max_agents": 8,
-                    "max_lanes": 16, "base_epochs": 4},
-        "score": {"batch_size": 16},
-        "pilot": {"sizes": [5, 10], "seeds": [0], "epochs": 2, "cpus_per_trial": 0.5},
-        "selection": {"budgets": [5, 15], "methods": ["mosaic", "random"]},
-        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "epochs": 3, "seeds": [0], "concurrency": 2},
-    })
+def e2e(ingested_run, tmp_path_factory):
+    """The small experiment on a copy of the session's ingested run (every later step runs)."""
+    cfg, _, _ = copy_run(ingested_run, tmp_path_factory.mktemp("runs"), "e2e", shard_size=128, **SMALL)
     t0 = time.time()
     report = run_all(cfg)
-    return cfg, Run(cfg), report, time.time() - t0
+    return cfg, Context.for_config(cfg), report, time.time() - t0
 
 
 def test_run_writes_summary_report_and_plots(e2e):
@@ -42,6 +48,7 @@ def test_run_writes_summary_report_and_plots(e2e):
         assert Path(run.storage.path(f"report/{png}")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["data"]["candidates"] == summary["data"]["clips"] + summary["data"]["quarantined"]
     assert set(summary["domains"]) == set(summary["data"]["pool_by_domain"])
+    assert summary["version"] == 1
 
 
 def test_score_stage_gives_every_pool_clip_one_row(e2e):
@@ -95,8 +102,6 @@ def test_every_strategy_and_domain_variant_selects_through_the_pipeline(e2e, tmp
     """Baselines, ablations and domain variants (paper Table 8) on the e2e run's scored pool."""
     import shutil
 
-    from mosaic_ray import pipeline as P
-
     cfg0, run0, _, _ = e2e
     raw = cfg0.model_dump(mode="json")
     raw.update(output_dir=str(tmp_path), name="methods")
@@ -107,13 +112,14 @@ def test_every_strategy_and_domain_variant_selects_through_the_pipeline(e2e, tmp
     cfg = validate_config(raw)
     for part in ("ingest", "planner", "score"):
         shutil.copytree(run0.storage.path(part), tmp_path / "methods" / part)
-    run = P.Run(cfg)
-    P.stage_score_train(run)
-    desc = P.stage_domains(run)
+    for rel in ("ingest/_SUCCESS.json", "planner/base/_SUCCESS.json", "score/_SUCCESS.json"):
+        assert (tmp_path / "methods" / rel).exists()
+    out = run_steps(cfg, ["score_train", "domains", "pilot", "select"])
+    run = Context.for_config(cfg)
+    assert out["score_train"]["rows"] == run.storage.done_payload("ingest")["splits"]["train"]
+    desc = out["domains"]["variants"]
     assert len(desc["captions"]["clusters"]) == 3 and all(c["top_ngrams"] for c in desc["captions"]["clusters"])
-    sets = P.stage_pilot(run)
-    assert set(sets) == {"pilots", "pilots-site-unranked", "pilots-captions"}
-    P.stage_select(run)
+    assert set(out["pilot"]["sets"]) == {"pilots", "pilots-site-unranked", "pilots-captions"}
     man = run.storage.read_table("select/manifest.parquet").to_pylist()
     pool = set(run.storage.read_table("ingest/clips/pool", columns=["clip_id"]).column("clip_id").to_pylist())
     for m in ALL_METHODS:
@@ -136,29 +142,22 @@ def test_score_select_train_against_s3(e2e, s3_server, tmp_path):
     with every read and write through s3:// URIs (Ray Data, Ray Train checkpoints included)."""
     import pyarrow.fs as pafs
 
-    from mosaic_ray import pipeline as P
-    from mosaic_ray.stages.runtime import ray_session
-
     cfg0, run0, _, _ = e2e
     raw = cfg0.model_dump(mode="json")
     raw.update(name="s3run", output_dir="s3://mosaic-test/runs",
                storage={"endpoint_url": s3_server, "region": "us-east-1"})
     raw["selection"] = {"budgets": [5], "methods": ["uncertainty"]}
-    raw["train"] = {**raw["train"], "epochs": 2, "concurrency": 1}
+    raw["train"] = {**raw["train"], "epochs": 1, "concurrency": 1}
     cfg = validate_config(raw)
-    run = P.Run(cfg)
+    run = Context.for_config(cfg)
     assert not run.storage.is_local
     for rel in run0.storage.list("ingest/clips", ".parquet", recursive=True) + \
             ["ingest/summary.json", "ingest/_SUCCESS.json", "planner/base.pt", "planner/vocabulary.npy",
              "planner/base_eval.json", "planner/base/_SUCCESS.json"]:
         run.storage.write_bytes(rel, run0.storage.read_bytes(rel))
-    with ray_session(cfg):
-        P.stage_score(run)
-        P.stage_domains(run)
-        P.stage_pilot(run)  # no MOSAIC method: no pilot sets
-        P.stage_select(run)
-        results = P.stage_train(run)
-    assert set(results) == {"uncertainty-b5-s0"}
+    out = run_steps(cfg, ["score", "domains", "pilot", "select", "train"])
+    assert "pilot" not in out  # no MOSAIC method: no pilot sets, the step is not needed
+    assert out["train"]["cells"] == ["uncertainty-b5-s0"]
     pool = run0.storage.read_table("ingest/clips/pool", columns=["clip_id"]).column("clip_id").to_pylist()
     scored = run.storage.read_table("score/scores", columns=["clip_id"]).column("clip_id").to_pylist()
     assert sorted(scored) == sorted(pool)
@@ -167,3 +166,42 @@ def test_score_select_train_against_s3(e2e, s3_server, tmp_path):
     assert any("/train_runs/" in f and f.endswith("planner.pt") for f in files)  # Train checkpoints on S3
     assert run.storage.exists("planner/uncertainty-b5-s0.pt")
     assert not any(str(tmp_path) in f for f in files)
+
+
+def _numbers(obj, path=""):
+    """Every number in a summary, by its path (the run's wall times and config excluded)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if path == "" and k == "run":
+                continue
+            if k in ("train_time_s", "compute_cpu_s"):  # wall-clock figures
+                continue
+            out.update(_numbers(v, f"{path}/{k}"))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_numbers(v, f"{path}[{i}]"))
+        return out
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return {path: obj}
+    return {}
+
+
+def test_same_config_twice_gives_the_same_numbers(e2e, small_data_dir, tmp_path):
+    """Identical reruns: the small config run again from scratch (ingest included) into
+    another folder gives the same summary numbers (ingest counts, base EPDMS, pilot ΔU, laws,
+    selections, final EPDMS)."""
+    cfg0, run0, _, _ = e2e
+    raw = cfg0.model_dump(mode="json")
+    raw.update(output_dir=str(tmp_path), data_dir=str(small_data_dir))
+    cfg = validate_config(raw)
+    run_all(cfg)
+    a = json.loads(Path(run0.storage.path("summary.json")).read_text())
+    b = json.loads(Path(Context.for_config(cfg).storage.path("summary.json")).read_text())
+    na, nb = _numbers(a), _numbers(b)
+    assert len(na) > 50 and set(na) == set(nb)
+    differ = {k: (na[k], nb[k]) for k in na if na[k] != nb[k] and not (na[k] != na[k] and nb[k] != nb[k])}
+    assert not differ, f"{len(differ)} of {len(na)} numbers differ, e.g. {list(differ.items())[:5]}"
+    assert a["selection"] == b["selection"] and a["selection_order"] == b["selection_order"]

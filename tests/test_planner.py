@@ -9,7 +9,8 @@ from mosaic_ray.data.commonroad import cut_file
 from mosaic_ray.planner.features import featurize_clips, mirror_batch
 from mosaic_ray.planner.model import (PlannerSpec, VocabularyPlanner, build_vocabulary, entropy_from_logits,
                                       load_checkpoint, save_checkpoint)
-from mosaic_ray.planner.training import fit, plan_batches
+from mosaic_ray.planner.training import (NonFiniteTrainingError, TrainRecipe, fit, plan_batches, recipe_from_config,
+                                        shard_rows, train_loop)
 
 SPEC = PlannerSpec(vocab_size=32, embed_dim=32, hidden_dim=32, max_agents=8, max_lanes=12)
 
@@ -70,3 +71,50 @@ def test_training_improves_imitation_and_checkpoints_round_trip(clips, tmp_path)
 def test_bad_anchor_shape():
     with pytest.raises(ValueError, match="anchors"):
         VocabularyPlanner(SPEC, torch.zeros(4, 6, 3))
+
+
+def test_recipe_comes_from_the_planner_section_with_explicit_overrides(tmp_path):
+    from conftest import DATA_DIR
+    from mosaic_ray.config import validate_config
+
+    raw = {"name": "r", "data_dir": str(DATA_DIR), "selection": {"budgets": [5]},
+           "planner": {"lr": 1e-3, "warmup_steps": 7, "batch_size": 32, "base_epochs": 9},
+           "pilot": {"epochs": 3}, "train": {"epochs": 4, "lr": 5e-4}}
+    cfg = validate_config(raw)
+    base, pilot, final = (recipe_from_config(cfg, k) for k in ("base", "pilot", "final"))
+    assert (base.lr, base.warmup_steps, base.batch_size, base.epochs) == (1e-3, 7, 32, 9)
+    assert pilot == TrainRecipe(**{**base.to_dict(), "epochs": 3})  # pilot.lr: null = the recipe's, no factor
+    assert final.lr == 5e-4 and final.epochs == 4 and final.warmup_steps == 7
+    assert recipe_from_config(cfg, "pilot", epochs=11).epochs == 11
+    with pytest.raises(ValueError, match="kind"):
+        recipe_from_config(cfg, "other")
+    r = TrainRecipe(lr=1.0, warmup_steps=4, epochs=1, min_lr_ratio=0.1)
+    assert r.lr_at(0, 100) == pytest.approx(0.25 * 0.5 * (1 + np.cos(0)))
+    assert r.lr_at(100, 100) == pytest.approx(0.1)  # the floor
+
+
+def test_training_is_independent_of_row_order_once_rows_are_canonical(clips):
+    f = featurize_clips(clips[:40], SPEC.features, with_prev=False)
+    anchors = torch.from_numpy(build_vocabulary(f["target"], 16))
+    perm = np.random.default_rng(0).permutation(len(f["target"]))
+    shuffled = {k: v[perm] for k, v in f.items()}
+    recipe = TrainRecipe(lr=3e-3, batch_size=16, epochs=2)
+    out = []
+    for data in (f, shuffled):
+        torch.manual_seed(0)
+        m = VocabularyPlanner(SPEC, anchors)
+        train_loop(m, shard_rows(data), recipe, seed=1)
+        out.append(m.state_dict())
+    for k in out[0]:
+        assert torch.equal(out[0][k], out[1][k]), k
+
+
+def test_non_finite_loss_stops_with_the_run_and_step(clips):
+    f = featurize_clips(clips[:20], SPEC.features, with_prev=False)
+    model = VocabularyPlanner(SPEC, torch.from_numpy(build_vocabulary(f["target"], 8)))
+    f["ego"] = f["ego"].copy()
+    f["ego"][3] = np.inf
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteTrainingError, match=r"tiny run: loss became nan at epoch 0, step 0"):
+        train_loop(model, f, TrainRecipe(batch_size=64, epochs=2), seed=0, name="tiny run")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step was taken

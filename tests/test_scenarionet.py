@@ -351,7 +351,8 @@ def test_config_split_mode_and_checkpoint(tmp_path):
 def test_ray_ingest_and_score_with_another_runs_checkpoint(ray_local, tmp_path):
     import torch
 
-    from mosaic_ray import pipeline
+    from mosaic_ray import layout
+    from mosaic_ray.pipeline import run_steps
     from mosaic_ray.planner.model import PlannerSpec, VocabularyPlanner, save_checkpoint
     from mosaic_ray.stages.ingest import run_ingest
     from mosaic_ray.storage import Storage
@@ -383,18 +384,18 @@ def test_ray_ingest_and_score_with_another_runs_checkpoint(ray_local, tmp_path):
     assert sorted(pool.column("clip_id").to_pylist()) == sorted(c.clip_id for c in expect)
     assert set(pool.column("site").to_pylist()) == {"waymo"}
 
-    run = pipeline.Run(cfg)
-    assert not st.exists("planner/base.pt")  # no base stage in this run
-    payload = pipeline.stage_score(run)
+    assert not st.exists("planner/base.pt")  # no base step in this run
+    payload = run_steps(cfg, ["score"])["score"]
     assert payload["rows"] == s["clips"] and payload["errors"] == 0
-    assert st.exists(pipeline.EXTERNAL_CHECKPOINT)
+    assert st.exists(layout.EXTERNAL_CHECKPOINT)
     scores = st.read_table("score/scores")
     assert scores.num_rows == s["clips"]
     assert all(0.0 <= v <= 1.0 for v in scores.column("importance").to_pylist())
 
 
 def test_external_checkpoint_that_runs_code_is_refused(tmp_path):
-    from mosaic_ray import pipeline
+    from mosaic_ray.stages.score import import_checkpoint
+    from mosaic_ray.storage import Storage
 
     marker = tmp_path / "PWNED"
     bad = tmp_path / "evil.pt"
@@ -402,7 +403,7 @@ def test_external_checkpoint_that_runs_code_is_refused(tmp_path):
     cfg = validate_config({"name": "ck", "data_dir": str(SN_DIR), "output_dir": str(tmp_path / "runs"),
                            "selection": {"budgets": [2]}, "score": {"checkpoint": str(bad)}})
     with pytest.raises(ValueError, match="weights_only"):
-        pipeline.import_checkpoint(pipeline.Run(cfg), str(bad))
+        import_checkpoint(Storage(cfg.run_uri), str(bad))
     assert not marker.exists()
     with pytest.raises(FileNotFoundError):
-        pipeline.import_checkpoint(pipeline.Run(cfg), str(tmp_path / "missing.pt"))
+        import_checkpoint(Storage(cfg.run_uri), str(tmp_path / "missing.pt"))

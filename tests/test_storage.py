@@ -43,3 +43,38 @@ def test_ingest_writes_shards_to_s3(ray_local, small_data_dir, s3_server):
     n = sum(st.read_table(f"ingest/clips/{sp}", columns=["clip_id"]).num_rows for sp in ("validation", "train", "pool"))
     assert n == s["clips"]
     assert st.uri("ingest").startswith("s3://mosaic-test/runs/s3ingest")
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_pickled_storage_reads_and_writes(kind, tmp_path, request):
+    import pickle
+
+    if kind == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        st = Storage("s3://mosaic-test/pickled", StorageConfig(endpoint_url=endpoint, region="us-east-1"))
+    else:
+        st = Storage(str(tmp_path / "root"))
+    st.write_json("before.json", {"x": 1})
+    blob = pickle.dumps(st)
+    assert b"S3FileSystem" not in blob and b"LocalFileSystem" not in blob  # the filesystem is not pickled
+    again = pickle.loads(blob)
+    assert again == st and again.is_local == (kind == "local") and again.root == st.root
+    assert again.read_json("before.json") == {"x": 1}
+    again.write_table("t/part-0.parquet", pa.table({"clip_id": ["a"], "v": [1.0]}))
+    assert st.read_table("t").num_rows == 1
+    # local_copy: the file itself when local, a cached download for s3
+    path = again.local_copy("before.json")
+    assert open(path).read() == st.read_bytes("before.json").decode()
+    assert (path == st.path("before.json")) == (kind == "local")
+
+
+def test_storage_goes_to_a_ray_task_as_it_is(ray_local, s3_server):
+    st = Storage("s3://mosaic-test/remote", StorageConfig(endpoint_url=s3_server, region="us-east-1"))
+
+    @ray_local.remote(num_cpus=0.5)
+    def write(s: Storage) -> str:
+        s.write_json("from_task.json", {"ok": True})
+        return s.root_uri
+
+    assert ray_local.get(write.remote(st)) == st.root_uri
+    assert st.read_json("from_task.json") == {"ok": True}

@@ -10,24 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ACTOR_PID_DIR
-from mosaic_ray.config import validate_config
-from mosaic_ray.pipeline import expert_futures
+from conftest import ACTOR_PID_DIR, TINY_PLANNER, copy_run
+from mosaic_ray.planner.futures import expert_futures
 from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
-from mosaic_ray.stages.ingest import load_clips, run_ingest
+from mosaic_ray.stages.ingest import load_clips
 from mosaic_ray.stages.trainer import train_planner
-from mosaic_ray.storage import Storage
 
 
 @pytest.fixture(scope="module")
-def setup(ray_local, small_data_dir, tmp_path_factory):
-    cfg = validate_config({
-        "name": "resume", "data_dir": str(small_data_dir), "output_dir": str(tmp_path_factory.mktemp("tr")),
-        "planner": {"vocab_size": 16, "embed_dim": 32, "hidden_dim": 32, "max_agents": 8, "max_lanes": 16},
-        "selection": {"budgets": [5]},
-        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 10}})
-    st = Storage(cfg.run_uri)
-    run_ingest(cfg, st)
+def setup(ingested_run, tmp_path_factory):
+    cfg, st, _ = copy_run(ingested_run, tmp_path_factory.mktemp("tr"), "resume", planner=TINY_PLANNER,
+                          train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 5})
     buf = io.BytesIO()
     np.save(buf, build_vocabulary(expert_futures(load_clips(st, "train")), 16))
     st.write_bytes("planner/vocabulary.npy", buf.getvalue())
@@ -36,7 +29,7 @@ def setup(ray_local, small_data_dir, tmp_path_factory):
 
 def test_killed_worker_resumes_from_checkpoint_and_matches(setup):
     cfg, st = setup
-    epochs = 160  # long enough to kill a worker mid-run
+    epochs = 80  # long enough to kill a worker mid-run (checkpoints every 5 epochs)
     ref = train_planner(cfg, st, name="uninterrupted", epochs=epochs, seed=3)
     for f in ACTOR_PID_DIR.glob("train-*"):
         f.unlink()
@@ -65,7 +58,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches(setup):
 
 def test_rerun_of_a_finished_training_resumes_instead_of_retraining(setup):
     cfg, st = setup
-    first = train_planner(cfg, st, name="twice", epochs=4, seed=1)
-    again = train_planner(cfg, st, name="twice", epochs=4, seed=1)
-    assert again["run_name"] == first["run_name"] and again["resumed_from_epoch"] == 4
+    first = train_planner(cfg, st, name="twice", epochs=1, seed=1)
+    again = train_planner(cfg, st, name="twice", epochs=1, seed=1)
+    assert again["run_name"] == first["run_name"] and again["resumed_from_epoch"] == 1
     assert st.read_bytes(first["checkpoint"]) == st.read_bytes(again["checkpoint"])

@@ -230,13 +230,49 @@ class Clip:
 
 
 def make_clip_id(segment: str, t0: int, start_xy: Sequence[float]) -> str:
-    """Deterministic content id: same (segment, t0, start position to 0.1 m) -> same id.
+    """Deterministic clip id: same (segment, t0, start position to 0.1 m) -> same id.
 
-    Files of one map segment replay the same recorded vehicles under the same or other
-    obstacle ids; keying on content makes such duplicates collide on purpose.
+    Args:
+        segment: the clip's map segment (``USA_US101-22``) or ScenarioNet segment.
+        t0: time step of t0 in the recording (steps of :data:`DT`).
+        start_xy: ego (x, y) at t0, m.
+
+    Returns:
+        16 lowercase hex characters (a SHA-1 prefix).
+
+    The id names a clip in shards, scores and selections. Deduplication does not rely on it
+    (the segment is part of it, so a recording copied under another segment name would get
+    other ids): ingest deduplicates by :func:`content_key`, which hashes the recorded ego
+    track only, and then also drops any clip whose id collides with a kept one.
     """
     key = f"{segment}|{int(t0)}|{float(start_xy[0]):.1f}|{float(start_xy[1]):.1f}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def content_key(ego_states: np.ndarray, t0: int) -> str:
+    """Deduplication key of a clip from its recorded content only: t0 and the ego's x, y at
+    the 56 history and future steps (``k = N_PRE .. T_ALL - 1``, always valid), rounded to
+    0.1 m. File name, segment, site and obstacle id play no part, so the same recording under
+    another name (or another segment) gets the same key.
+
+    Args:
+        ego_states: (T_ALL, 4) float x, y (m), heading (rad), speed (m/s), as in
+            :attr:`Clip.ego_states`; only x, y of the always-valid steps are used.
+        t0: time step of t0 in the recording.
+
+    Returns:
+        16 lowercase hex characters (a SHA-1 prefix).
+
+    Raises:
+        ValueError: ``ego_states`` is not (T_ALL, 4).
+    """
+    arr = np.asarray(ego_states, dtype=np.float64)
+    if arr.shape != (T_ALL, 4):
+        raise ValueError(f"ego_states: shape {arr.shape}, expected {(T_ALL, 4)}")
+    dm = np.rint(arr[N_PRE:, :2] * 10.0).astype("<i8")  # decimetres; rint never gives -0
+    h = hashlib.sha1(f"{int(t0)}|".encode())
+    h.update(dm.tobytes())
+    return h.hexdigest()[:16]
 
 
 def near_ego(states: np.ndarray, valid: np.ndarray, ego_states: np.ndarray, ego_valid: np.ndarray,

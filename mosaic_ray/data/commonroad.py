@@ -63,9 +63,21 @@ _TL_COVERS = {"right": {"right"}, "straight": {"straight"}, "left": {"left"},
               "leftRight": {"left", "right"}, "all": {"left", "straight", "right"}}
 
 
+#: file-level reasons meaning "the file holds no usable track" (not a fault of the file): a
+#: map-only scenario (``no_trajectories``, the ``*_S-1.xml`` files), no track long enough for
+#: one clip window (``no_windows``), every window's ego below ``min_speed_mps``
+#: (``below_min_speed``), a reader that returned neither clips nor records (``no_candidates``,
+#: added by ingest). Every other reason is a quarantine of bad data or a duplicate.
+NO_USABLE_TRACK_REASONS = frozenset({"no_trajectories", "no_windows", "below_min_speed", "no_candidates"})
+
+
 @dataclass
 class QuarantineRecord:
-    """A candidate that did not become a clip, with the reason (every candidate is counted)."""
+    """A candidate that did not become a clip, with the reason (every candidate is counted).
+
+    A record with ``ego_id == -1`` and ``t0 == -1`` stands for the whole file; its reason is
+    then either a fault (``unreadable_xml``, ``bad_map``...) or one of
+    :data:`NO_USABLE_TRACK_REASONS`."""
 
     source_file: str
     segment: str
@@ -267,8 +279,13 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
 
     Returns:
         (clips, quarantine): clips that passed :meth:`Clip.validate`; a record for each
-        candidate that did not (reason ``invalid_clip``), or one record for the whole file
-        (``unreadable_xml``, ``no_trajectories``).
+        candidate that did not (``invalid_clip``, ``clip_error``), or one record for the whole
+        file: a fault (``unknown_file_name``, ``unreadable_xml``, ``bad_map``) or no usable
+        track (``no_trajectories``: map only; ``no_windows``: every track is shorter than one
+        clip window, ``N_HIST + 1 + N_FUT`` = 56 steps = 5.6 s; ``below_min_speed``: every
+        window's ego stays below ``opts.min_speed_mps``). A file therefore always gives at
+        least one clip or one record. Windows below ``min_speed_mps`` in a file that has other
+        clips or records are dropped without a record (a filter, not a candidate).
     """
     from commonroad.common.file_reader import CommonRoadFileReader
 
@@ -288,6 +305,13 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
     if not moving:
         return [], [QuarantineRecord(name, segment, site, -1, -1, "no_trajectories",
                                      "the file holds no recorded trajectories")]
+    n_windows = sum(len(window_starts(len(t.states), opts.stride_steps)) for t in moving)
+    if n_windows == 0:
+        longest = max(len(t.states) for t in moving)
+        span = N_HIST + 1 + N_FUT
+        return [], [QuarantineRecord(name, segment, site, -1, -1, "no_windows",
+                                     f"{len(moving)} recorded tracks, the longest {longest} steps "
+                                     f"({longest * 0.1:.1f} s); a clip needs {span} steps ({span * 0.1:.1f} s)")]
     try:
         m = build_map(scenario, opts.map_extension_m)
     except Exception as e:
@@ -296,13 +320,15 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
     tags = sorted(t.value for t in (scenario.tags or ()))
     scenario_id = str(scenario.scenario_id)
     clips, bad = [], []
+    n_slow = 0
     for ego in moving:
         for off in window_starts(len(ego.states), opts.stride_steps):
             t0 = ego.first_step + off
             try:
                 clip = _make_clip(m, tracks, ego, t0, opts, site=site, segment=segment,
                                   scenario_id=scenario_id, source_file=name, tags=tags)
-                if clip is None:
+                if clip is None:  # the ego stays below min_speed_mps
+                    n_slow += 1
                     continue
                 clip.validate()
                 clips.append(clip)
@@ -311,6 +337,9 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
             except Exception as e:  # never crash a worker on one bad vehicle
                 bad.append(QuarantineRecord(name, segment, site, ego.obstacle_id, t0, "clip_error",
                                             f"{type(e).__name__}: {str(e)[:300]}"))
+    if not clips and not bad:
+        bad.append(QuarantineRecord(name, segment, site, -1, -1, "below_min_speed",
+                                    f"all {n_slow} windows: the ego stays below {opts.min_speed_mps} m/s"))
     return clips, bad
 
 

@@ -824,10 +824,12 @@ def cut_scenario(scn: dict, source_file: str, opts: ScenarioNetOptions | None = 
                                      f"no ego track has {T_ALL - N_PRE} contiguous valid steps "
                                      f"(scenario of {ps.n_steps} steps at 0.1 s)")]
     clips, bad = [], []
+    n_slow = 0
     for ego, t0 in cands:
         try:
             clip = _make_clip(ps, ego, t0, opts, source_file)
-            if clip is None:
+            if clip is None:  # the ego stays below min_speed_mps
+                n_slow += 1
                 continue
             clip.validate()
             clips.append(clip)
@@ -836,6 +838,9 @@ def cut_scenario(scn: dict, source_file: str, opts: ScenarioNetOptions | None = 
         except Exception as e:  # never crash a worker on one bad vehicle
             bad.append(QuarantineRecord(source_file, ps.segment, ps.site, ego.int_id, t0, "clip_error",
                                         f"{type(e).__name__}: {str(e)[:300]}"))
+    if not clips and not bad:  # every file gives a clip or a record
+        bad.append(QuarantineRecord(source_file, ps.segment, ps.site, -1, -1, "below_min_speed",
+                                    f"all {n_slow} windows: the ego stays below {opts.min_speed_mps} m/s"))
     return clips, bad
 
 
@@ -852,7 +857,9 @@ def cut_scenarionet_file(path: str, opts: ScenarioNetOptions | None = None
         ``(clips, quarantine)``: clips that passed :meth:`Clip.validate`, and a record per
         candidate that did not (``invalid_clip``, ``clip_error``) or one for the whole file
         (``unsafe_pickle``, ``unreadable_pickle``, ``bad_scenario``, ``bad_metadata``,
-        ``no_sdc``, ``bad_track``, ``bad_map``, ``no_windows``). Never raises for bad data.
+        ``no_sdc``, ``bad_track``, ``bad_map``; or no usable track: ``no_windows``,
+        ``below_min_speed``, see :data:`~mosaic_ray.data.commonroad.NO_USABLE_TRACK_REASONS`).
+        Never raises for bad data; always gives at least one clip or one record.
     """
     if opts is None:
         opts = ScenarioNetOptions()

@@ -2,10 +2,15 @@
 
 Several files of one map segment replay the same recorded vehicles (US101-22 files _1, _3
 and _4 share 52–54 vehicles), and obstacle ids are reused for different vehicles across
-files, so clips are deduplicated by content — (segment, t0, start position), which is what
-:func:`~mosaic_ray.data.clip.make_clip_id` hashes — never by obstacle id. The split unit is
-the map segment (``USA_US101-22``), never the file or the clip, so no road and no vehicle is
-shared between validation, D_train and the pool.
+files, so clips are deduplicated by recorded content — t0 and the ego's 56 history and future
+positions to 0.1 m (:func:`~mosaic_ray.data.clip.content_key`) — never by obstacle id, file
+name or segment: the same XML copied under another segment name is a duplicate too, so one
+recording can never sit in two splits (:func:`dedup_clips`). A clip whose id
+(:func:`~mosaic_ray.data.clip.make_clip_id`: segment, t0, start position) collides with a kept
+clip's is dropped as well, so ids stay unique. On the 130 NGSIM files both keys group the
+3,089 windows into the same 1,563 clips, so the content key changed no clip and no count.
+The split unit is the map segment (``USA_US101-22``), never the file or the clip, so no road
+and no vehicle is shared between validation, D_train and the pool.
 
 Automatic split (when the config names no segments):
 
@@ -55,10 +60,14 @@ def dedup_order_key(source_file: str, ego_id: int, t0: int) -> tuple:
 
 
 def find_duplicates(keys: list[tuple[str, tuple]]) -> tuple[list[int], dict[int, int]]:
-    """Indices to keep and, for each dropped index, the index it duplicates.
+    """Indices to keep and, for each dropped index, the index it duplicates (O(n log n)).
 
     Args:
-        keys: per clip ``(clip_id, order_key)``; equal clip ids are duplicates.
+        keys: per clip ``(key, order_key)``; equal keys are duplicates, and of each group the
+            clip with the smallest ``order_key`` (ties: the first index) is kept.
+
+    Returns:
+        ``(keep, dup)``: kept indices in ascending order, and ``{dropped index: kept index}``.
     """
     first: dict[str, int] = {}
     for i in sorted(range(len(keys)), key=lambda i: keys[i][1]):
@@ -66,6 +75,67 @@ def find_duplicates(keys: list[tuple[str, tuple]]) -> tuple[list[int], dict[int,
     keep = sorted(first.values())
     dup = {i: first[cid] for i, (cid, _) in enumerate(keys) if first[cid] != i}
     return keep, dup
+
+
+def content_keys(table) -> list[str]:
+    """:func:`~mosaic_ray.data.clip.content_key` of every row of a clip table.
+
+    Args:
+        table: a ``pyarrow.Table`` with the clip schema's ``t0``, ``ego_states`` (binary,
+            little-endian float64) and ``ego_states__shape`` columns.
+
+    Returns:
+        One 16-hex-character key per row, in row order.
+
+    Raises:
+        ValueError: a row's ``ego_states`` is not (T_ALL, 4).
+    """
+    from mosaic_ray.data.clip import content_key
+
+    t0s = table.column("t0").to_pylist()
+    bufs = table.column("ego_states").to_pylist()
+    shapes = table.column("ego_states__shape").to_pylist()
+    return [content_key(np.frombuffer(b, dtype="<f8").reshape(tuple(sh)), t0)
+            for b, sh, t0 in zip(bufs, shapes, t0s)]
+
+
+def dedup_clips(content: list[str], clip_ids: list[str], order: list[tuple]
+                ) -> tuple[list[int], dict[int, tuple[int, str]]]:
+    """Content deduplication of the clips of one ingest, then a clip-id uniqueness pass.
+
+    Args:
+        content: per clip its :func:`~mosaic_ray.data.clip.content_key`.
+        clip_ids: per clip its id.
+        order: per clip its :func:`dedup_order_key`; of each group the smallest is kept.
+
+    Returns:
+        ``(keep, dup)``: kept indices in ascending order (content keys and clip ids both unique
+        among them), and ``{dropped index: (kept index, why)}`` with ``why`` ``"content"`` (same
+        recorded ego track and t0) or ``"clip_id"`` (other content, same id).
+
+    Raises:
+        ValueError: the three lists differ in length.
+    """
+    if not (len(content) == len(clip_ids) == len(order)):
+        raise ValueError(f"dedup_clips: {len(content)} content keys, {len(clip_ids)} clip ids, "
+                         f"{len(order)} order keys")
+    keep, dup_c = find_duplicates(list(zip(content, order)))
+    keep2, dup_i = find_duplicates([(clip_ids[i], order[i]) for i in keep])
+    dup = {i: (j, "content") for i, j in dup_c.items()}
+    dup.update({keep[a]: (keep[b], "clip_id") for a, b in dup_i.items()})
+    return [keep[a] for a in keep2], dup
+
+
+def duplicated(values) -> list:
+    """Values that occur more than once, sorted (linear counting, :class:`collections.Counter`).
+
+    Args:
+        values: any iterable of hashable, mutually comparable values (e.g. clip id strings).
+
+    Returns:
+        Each repeated value once, in sorted order (empty when all are distinct).
+    """
+    return sorted(v for v, n in Counter(values).items() if n > 1)
 
 
 def plan_split(clips_per_segment: dict[str, int], site_of_segment: dict[str, str], *,

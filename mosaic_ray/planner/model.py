@@ -224,6 +224,10 @@ def build_vocabulary(futures: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     Returns:
         (K, 8, 3) float32 anchors, sorted by final x for readability.
 
+    The result does not depend on the order of ``futures``: the rows are sorted
+    lexicographically before k-means (k-means++ seeding with ``random_state=seed``, Lloyd
+    iterations), so the same set of futures always gives the same anchors on one machine.
+
     Raises:
         ValueError: no finite futures.
     """
@@ -233,9 +237,10 @@ def build_vocabulary(futures: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     if len(f) == 0:
         raise ValueError("no finite futures to build the vocabulary from")
     X = np.concatenate([f[..., :2].reshape(len(f), -1), 5.0 * f[..., 2]], axis=1)  # heading ~ 5 m/rad
+    X = X[np.lexsort(X.T[::-1])]  # canonical row order: independent of the read order
     uniq = np.unique(np.round(X, 3), axis=0)
     k = int(min(k, len(uniq)))
-    km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(X)
+    km = KMeans(n_clusters=k, n_init=2, random_state=seed, algorithm="lloyd").fit(X)
     centres = km.cluster_centers_
     anchors = np.concatenate([centres[:, :16].reshape(k, 8, 2), centres[:, 16:, None] / 5.0], axis=-1)
     # a stationary anchor is always present (stopping must be expressible)

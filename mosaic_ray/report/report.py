@@ -1,22 +1,9 @@
-"""Render a run's ``summary.json`` into ``report.md`` plus PNG figures (paper §4, Tables 1, 2, 5).
+"""Render a run's summary into ``report.md`` plus PNG figures (paper §4, Tables 1, 2, 5).
 
-Summary layout (every top-level section and most keys are optional; whatever is present is
-rendered, whatever is missing is skipped)::
-
-    {
-     "run": {"name", "config_path", "wall_time_s": {stage: s}, "started", "finished"},
-     "data": {"candidates", "clips", "quarantined", "quarantine_reasons": {reason: n},
-              "splits": {"validation", "train", "pool"}, "segments": {split: [segment, ...]},
-              "pool_by_domain": {domain: n}},
-     "base": {"epdms": float, "terms": {TERM: float}},       # validation means, 0..1
-     "human": {"epdms": float, "terms": {...}},               # logged human driving
-     "domains": {domain: {"size", "a", "tau", "rmse", "pilot_points": [[n, ΔU, seed], ...]}},
-     "selection": {method: {str(B): {"composition": {domain: n}}}},
-     "selection_order": {"mosaic": [domain per step, ...]},   # largest budget
-     "results": {method: {str(B): {"epdms_mean", "epdms_std", "n_seeds", "epdms_per_seed",
-                                   "terms": {TERM: float}}}},
-     "estimated": {str(B): float}                             # base + Σ_i ΔU_i(n_i)
-    }
+The summary's schema is :class:`mosaic_ray.report.summary.Summary` (versioned; built by
+:func:`mosaic_ray.report.summary.build_summary`); :func:`render_report` and
+:func:`write_report` take that type or a mapping that validates as it. Every section is
+optional: whatever is present is rendered, whatever is missing is skipped.
 
 All EPDMS values in the summary are on the 0..1 scale; the report prints them ×100 (the
 paper's convention) and says so in each table header.
@@ -28,14 +15,14 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from mosaic_ray.report.summary import Summary
+from mosaic_ray.scoring.epdms import TERMS
 from mosaic_ray.report.plots import (budget_items, ordered_domains, plot_composition,
                                      plot_epdms_vs_budget, plot_epdms_vs_compute, plot_scaling_curves,
                                      plot_selection_order)
 
 __all__ = ["TERMS", "brmr", "render_report", "write_report", "REPORT_NAME", "PLOT_FILES"]
 
-#: the nine EPDMS rule-compliance terms, in the paper's order
-TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC")
 REPORT_NAME = "report.md"
 #: PNG file names written beside report.md
 PLOT_FILES = {
@@ -474,13 +461,14 @@ def _section_compute(s: Mapping[str, Any], plot: str | None) -> list[str]:
     return lines
 
 
-def render_report(summary: Mapping[str, Any],
+def render_report(summary: Summary | Mapping[str, Any],
                   plots: Mapping[str, str | None] | None = None) -> str:
     """Markdown text of the report for ``summary`` (no files written).
 
     ``plots`` maps ``"scaling" | "order" | "composition" | "epdms"`` to relative PNG links
     (None or missing: no image link). Raises nothing for missing optional sections.
     """
+    summary = Summary.coerce(summary).as_dict()
     plots = dict(plots or {})
     lines: list[str] = []
     lines += _section_run(summary)
@@ -500,13 +488,17 @@ def render_report(summary: Mapping[str, Any],
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
+def write_report(summary: Summary | Mapping[str, Any], out_dir: str | Path) -> Path:
     """Write ``report.md`` and its PNG figures into ``out_dir`` (created if needed).
 
     Figures: ``scaling_curves.png`` (Fig. 3), ``selection_order.png`` (Fig. 4),
     ``composition.png`` and ``epdms_vs_budget.png`` (Fig. 5), each only when its summary
     section is present. Returns the path of ``report.md``.
+
+    Raises:
+        pydantic.ValidationError: ``summary`` does not fit :class:`Summary`.
     """
+    summary = Summary.coerce(summary).as_dict()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     makers = {"scaling": plot_scaling_curves, "order": plot_selection_order,

@@ -15,11 +15,11 @@ marginal gain. For a_i < 0 the law is convex and greedy is a heuristic there, no
 from __future__ import annotations
 
 import heapq
-import operator
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mosaic_ray.selection.budgets import budget_count
 from mosaic_ray.selection.scaling_law import ScalingLaw
 
 __all__ = ["greedy_allocate", "nested_selection", "within_domain_ranks", "allocation_gain",
@@ -27,25 +27,15 @@ __all__ = ["greedy_allocate", "nested_selection", "within_domain_ranks", "alloca
 
 
 def validate_budget(budget: Any, name: str = "budget") -> int:
-    """Return ``budget`` as a non-negative Python int.
+    """A budget as a non-negative int clip count (:func:`mosaic_ray.selection.budgets.budget_count`).
 
     Raises
     ------
     ValueError
-        If it is a bool, not integer-valued, or negative.
+        (:class:`~mosaic_ray.selection.budgets.BudgetError`) a bool, a non-integer or a
+        negative value.
     """
-    if isinstance(budget, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an integer, got {budget!r}")
-    try:
-        b = operator.index(budget)
-    except TypeError:
-        if isinstance(budget, (float, np.floating)) and float(budget).is_integer():
-            b = int(budget)
-        else:
-            raise ValueError(f"{name} must be an integer, got {budget!r}") from None
-    if b < 0:
-        raise ValueError(f"{name} must be >= 0, got {b}")
-    return int(b)
+    return budget_count(budget, name)
 
 
 def _capacities(capacities: Any, m: int) -> np.ndarray:

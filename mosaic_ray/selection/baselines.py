@@ -46,11 +46,10 @@ from mosaic_ray.selection.strategies import (MosaicStrategy, PoolView, Selection
 __all__ = [
     "UncertaintyStrategy", "CoresetStrategy", "ChameleonStrategy", "MosaicNoClusterStrategy",
     "MosaicNoRankStrategy", "k_center_greedy", "chameleon_weights", "leverage_scores",
-    "domain_mean_embeddings", "unranked_order", "id_rank", "BASELINE_METHODS",
+    "domain_mean_embeddings", "unranked_order", "id_rank",
 ]
 
 #: names registered by this module
-BASELINE_METHODS = ("uncertainty", "coreset", "chameleon", "mosaic_no_cluster", "mosaic_no_rank")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from scipy.optimize import least_squares
 
-__all__ = ["ScalingLaw", "fit_scaling_law"]
+__all__ = ["ScalingLaw", "fit_scaling_law", "fit_domain_laws"]
 
 #: fit statuses
 STATUS_GIVEN = "given"
@@ -300,3 +300,24 @@ def fit_scaling_law(
     ):
         status = STATUS_A_BOUND
     return ScalingLaw(a, tau, rmse_of(a, tau), status=status, **common)
+
+
+def fit_domain_laws(points: Iterable[Mapping[str, Any]]) -> dict[str, "ScalingLaw"]:
+    """One law per domain from pilot points (MOSAIC Algorithm 1, step 3).
+
+    Args:
+        points: rows with ``domain`` (str), ``n`` (clips) and ``delta_u`` (EPDMS gain, 0..1
+            scale), e.g. the pilot step's table as ``to_pylist()``; repeated seeds are repeated
+            points.
+
+    Returns:
+        ``{domain: ScalingLaw}`` in sorted domain order.
+
+    Raises:
+        ValueError: see :func:`fit_scaling_law` (e.g. non-finite gains).
+    """
+    by_dom: dict[str, list[tuple[float, float]]] = {}
+    for r in points:
+        by_dom.setdefault(str(r["domain"]), []).append((float(r["n"]), float(r["delta_u"])))
+    return {d: fit_scaling_law(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+            for d, pts in sorted(by_dom.items())}

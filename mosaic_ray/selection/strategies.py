@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime
 
 import numpy as np
 
-from mosaic_ray.selection.allocator import greedy_allocate, validate_budget, within_domain_ranks
+from mosaic_ray.selection.allocator import greedy_allocate, within_domain_ranks
+from mosaic_ray.selection.budgets import resolve_budgets
 from mosaic_ray.selection.scaling_law import ScalingLaw
 
 __all__ = [
@@ -167,28 +168,16 @@ class SelectionStrategy(Protocol):
 
 # ---------------------------------------------------------------------- helpers
 def validate_budgets(budgets: Iterable[Any], pool_size: int) -> list[int]:
-    """Check budgets against the pool; return them de-duplicated and sorted ascending.
+    """Clip-count budgets checked against the pool, de-duplicated and sorted ascending
+    (:func:`mosaic_ray.selection.budgets.resolve_budgets` without pool fractions).
 
     Raises
     ------
     ValueError
-        If no budgets are given, or a budget is not a positive integer, or it exceeds
-        ``pool_size`` (the message names the budget and the pool size).
+        (:class:`~mosaic_ray.selection.budgets.BudgetError`) no budgets, a budget that is not
+        a positive integer, or one that exceeds ``pool_size`` (the message names both).
     """
-    out: set[int] = set()
-    for b in budgets:
-        try:
-            v = validate_budget(b)
-        except ValueError:
-            raise ValueError(f"budget {b!r} is not a positive integer") from None
-        if v <= 0:
-            raise ValueError(f"budget {b!r} must be a positive integer")
-        if v > pool_size:
-            raise ValueError(f"budget {v} exceeds the pool size {pool_size}")
-        out.add(v)
-    if not out:
-        raise ValueError("no budgets given")
-    return sorted(out)
+    return resolve_budgets(budgets, pool_size, fractions=False)
 
 
 def rank_within_domains(pool: PoolView) -> dict[Any, np.ndarray]:

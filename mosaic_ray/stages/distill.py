@@ -24,14 +24,17 @@ feature batch as the (B, K, 8) ``distill_targets`` the training loop uses.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.scoring.epdms import DISTILL_TERMS, TERMS
+from mosaic_ray.stages.runtime import default_num_actors
 from mosaic_ray.stages.shards import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
 from mosaic_ray.storage import Storage
 
@@ -55,9 +58,8 @@ class DistillStage(ShardStage):
     name = "distill"
     stateful = True
 
-    def __init__(self, storage_root: str, storage_cfg: dict, vocabulary: str, split: str,
-                 output_dir: str, cpus: float = 1.0):
-        self.storage_root, self.storage_cfg = storage_root, storage_cfg
+    def __init__(self, storage: Storage, vocabulary: str, split: str, output_dir: str, cpus: float = 1.0):
+        self.store = storage
         self.vocabulary, self.split, self.output_dir = vocabulary, split, output_dir
         self.resources = Resources(cpus=cpus)
 
@@ -67,9 +69,7 @@ class DistillStage(ShardStage):
         for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(v, "1")
         record_actor_pid("distill")
-        from mosaic_ray.stages.trainer import local_copy
-
-        self.anchors = np.load(local_copy(self.storage(), self.vocabulary)).astype(np.float64)
+        self.anchors = np.load(self.storage().local_copy(self.vocabulary)).astype(np.float64)
         if self.anchors.ndim != 3 or self.anchors.shape[1:] != (8, 3):
             raise ValueError(f"{self.vocabulary}: expected (K, 8, 3) anchors, got {self.anchors.shape}")
         self.schema = targets_schema(self.anchors.shape[0])
@@ -117,8 +117,6 @@ def run_distill(cfg: ExperimentConfig, storage: Storage, splits: tuple[str, ...]
         FileNotFoundError: no clip shards or no vocabulary.
         RuntimeError: the output does not hold exactly one row per input clip.
     """
-    from mosaic_ray.stages.score import default_num_actors
-
     if storage.is_done(STAGE) and not force:
         return storage.done_payload(STAGE)
     if not storage.exists(vocabulary):
@@ -133,9 +131,8 @@ def run_distill(cfg: ExperimentConfig, storage: Storage, splits: tuple[str, ...]
             raise FileNotFoundError(f"no clip shards for split {split!r}; run ingest first")
         preflight_shards(storage, shards, ["clip_id", "ego_states", "lane_offsets"])
         n_actors = min(num_actors or default_num_actors(cfg), len(shards))
-        stage = DistillStage(storage.root_uri, cfg.storage.model_dump(), vocabulary, split,
-                             f"{TARGETS_DIR}/{split}", cpus=cfg.score.num_cpus_per_actor)
-        print(f"[distill] {split}: {len(shards)} shards through {n_actors} actor(s)", flush=True)
+        stage = DistillStage(storage, vocabulary, split, f"{TARGETS_DIR}/{split}", cpus=cfg.score.num_cpus_per_actor)
+        log.info("[distill] %s: %d shards through %d actor(s)", split, len(shards), n_actors)
         run_shard_stage(stage, shards, n_actors)
         want = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
         got_t = storage.read_table(f"{TARGETS_DIR}/{split}", columns=["clip_id", "status", "K"])
@@ -149,14 +146,36 @@ def run_distill(cfg: ExperimentConfig, storage: Storage, splits: tuple[str, ...]
         per_split[split] = {"rows": len(got), "ok": n_ok, "shards": len(shards)}
         total_rows += len(got)
         total_ok += n_ok
-    import hashlib
-
     payload = {"rows": total_rows, "ok": total_ok, "errors": total_rows - total_ok, "K": K,
-               "vocabulary": vocabulary, "vocabulary_sha1": hashlib.sha1(storage.read_bytes(vocabulary)).hexdigest(),
+               "vocabulary": vocabulary, "vocabulary_sha1": vocabulary_sha1(storage, vocabulary),
                "per_split": per_split, "wall_time_s": round(time.time() - t0, 1)}
     storage.mark_done(STAGE, payload)
-    print(f"[distill] {total_rows} clips ({payload['errors']} errors) in {payload['wall_time_s']} s", flush=True)
+    log.info("[distill] %d clips (%d errors) in %s s", total_rows, payload["errors"], payload["wall_time_s"])
     return payload
+
+
+def vocabulary_sha1(storage: Storage, vocabulary: str = "planner/vocabulary.npy") -> str:
+    """SHA-1 (hex) of the stored vocabulary file: the targets belong to exactly that file."""
+    return hashlib.sha1(storage.read_bytes(vocabulary)).hexdigest()
+
+
+def ensure_targets(cfg: ExperimentConfig, storage: Storage, vocabulary: str = "planner/vocabulary.npy") -> pa.Table:
+    """The rule-distillation targets of D_train and the pool (for ``planner.distill``), computed
+    by :func:`run_distill` when missing or when they belong to another vocabulary than the one
+    at ``vocabulary`` (SHA-1 recorded in the stage's done record).
+
+    Returns:
+        table with ``clip_id`` (string), ``targets`` (list of K*9 float32), ``K`` (int32) and
+        ``status`` (string), one row per clip: the input of :func:`targets_for`.
+
+    Raises:
+        FileNotFoundError: no clip shards or no vocabulary (from :func:`run_distill`).
+    """
+    digest = vocabulary_sha1(storage, vocabulary)
+    done = storage.is_done(STAGE) and storage.done_payload(STAGE).get("vocabulary_sha1") == digest
+    if not done:
+        run_distill(cfg, storage, vocabulary=vocabulary, force=storage.is_done(STAGE))
+    return load_targets(storage).select(["clip_id", "targets", "K", "status"])
 
 
 def load_targets(storage: Storage, splits: tuple[str, ...] | None = None) -> pa.Table:
@@ -182,8 +201,6 @@ def targets_for(table: pa.Table | None, clip_ids, K: int) -> np.ndarray:
     out = np.full((len(ids), K, len(DISTILL_COLUMNS)), np.nan, np.float32)
     if table is None or table.num_rows == 0 or not ids:
         return out
-    import pyarrow.compute as pc
-
     sub = table.filter(pc.is_in(table.column("clip_id"), value_set=pa.array(ids, pa.string())))
     if sub.num_rows == 0:
         return out

@@ -7,8 +7,14 @@ Ray Data reads the file list and cuts clips file by file in parallel tasks
 (:class:`CutClipsStage`); the driver then deduplicates by content, splits by map segment
 (or, with ``ingest.split_mode`` ``pool`` / ``validation``, puts every clip in that split) and
 writes Parquet shards under ``<run>/ingest/clips/<split>/`` plus ``quarantine.parquet``
-(one record per candidate that did not become a clip — unreadable XML, file without
-trajectories, invalid clip, duplicate) and ``summary.json``. Candidates = clips + quarantined.
+(one record per candidate that did not become a clip — unreadable XML, invalid clip,
+duplicate — and one per file without a usable track — map only, every track shorter than a
+clip window, every window below ``min_speed_mps``, see
+:data:`~mosaic_ray.data.commonroad.NO_USABLE_TRACK_REASONS`) and ``summary.json``.
+Candidates = clips + quarantined, and files = files_with_clips + files_quarantined +
+files_without_usable_track (a file with no clip left after dedup is quarantined under its most
+frequent fault reason, e.g. ``duplicate``; one with only no-usable-track records under that
+reason).
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.data.clip import clips_from_table, clips_to_table, clip_schema
-from mosaic_ray.data.commonroad import CutOptions, cut_file, list_scenario_files
+from mosaic_ray.data.commonroad import NO_USABLE_TRACK_REASONS, CutOptions, cut_file, list_scenario_files
 from mosaic_ray.data.scenarionet import ScenarioNetOptions, cut_scenarionet_file, list_scenarionet_files
-from mosaic_ray.data.split import SplitPlan, dedup_order_key, find_duplicates, plan_split
+from mosaic_ray.data.split import SplitPlan, content_keys, dedup_clips, dedup_order_key, plan_split
 from mosaic_ray.stages.shards import ProcessingStage, Resources, map_stage
+from mosaic_ray.stages.step import Context, Step
 from mosaic_ray.storage import Storage, write_shards
 
 log = logging.getLogger(__name__)
@@ -68,19 +76,16 @@ class CutClipsStage(ProcessingStage):
     batch_size = 1
     stateful = False
 
-    def __init__(self, opts: CutOptions, cpus: float = 0.5, source: str = "commonroad",
-                 storage_root: str = "", storage_cfg: dict | None = None):
+    def __init__(self, opts: CutOptions, storage: Storage, cpus: float = 0.5, source: str = "commonroad"):
         if source not in CUTTERS:
             raise ValueError(f"unknown ingest source {source!r}; known: {', '.join(CUTTERS)}")
         self.opts = opts
         self.source = source
         self.resources = Resources(cpus=cpus)
-        self.storage_root, self.storage_cfg = storage_root, storage_cfg or {}
+        self.storage = storage
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        from mosaic_ray.config import StorageConfig
-
-        st = Storage(self.storage_root, StorageConfig(**self.storage_cfg))
+        st = self.storage
         cut = CUTTERS[self.source]
         paths, counts, skipped = [], [], []
         for path in batch.column("path").to_pylist():
@@ -110,20 +115,25 @@ def cut_options(cfg: ExperimentConfig) -> CutOptions:
 
 
 def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> dict:
-    """Run the ingest stage (skipped when already complete unless ``force``).
+    """Cut, deduplicate and split the clips (the ingest step's work; the step runner decides
+    whether it runs). Files cut by an interrupted earlier run are reused unless ``force``.
 
     Returns:
-        The ingest summary (also written to ``ingest/summary.json``).
+        The ingest summary (also written to ``ingest/summary.json``): counts of ``files``
+        (= ``files_with_clips`` + ``files_quarantined`` + ``files_without_usable_track``, with
+        ``files_quarantined_reasons`` / ``files_without_usable_track_reasons`` per reason),
+        ``candidates`` (= ``clips`` + ``quarantined``), ``quarantine_reasons`` (records per
+        reason), ``raw_clips``, ``duplicates``, the splits and their segments.
 
     Raises:
         FileNotFoundError: the data folder(s) hold no input file (``*.xml`` for commonroad,
             ``*.pkl`` scenarios for scenarionet).
+        RuntimeError: the accounting does not add up (a bug, never bad data).
     """
+    import os
+
     import ray
 
-    if storage.is_done(STAGE) and not force:
-        log.info("ingest: already complete, reusing %s", storage.uri(STAGE))
-        return storage.read_json(f"{STAGE}/summary.json")
     t_start = time.time()
     source = cfg.ingest.source
     data_dir = ", ".join(cfg.resolved_data_dirs())
@@ -133,37 +143,69 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         raise FileNotFoundError(f"no {what} files under {data_dir}")
     if force and storage.exists(f"{STAGE}/cut"):
         storage.delete(f"{STAGE}/cut")
-    print(f"[ingest] cutting clips from {len(files)} {source} files in {data_dir}", flush=True)
-    stage = CutClipsStage(cut_options(cfg), cpus=cfg.ingest.num_cpus_per_task, source=source,
-                          storage_root=storage.root_uri, storage_cfg=cfg.storage.model_dump())
+    log.info(f"[ingest] cutting clips from {len(files)} {source} files in {data_dir}")
+    stage = CutClipsStage(cut_options(cfg), storage, cpus=cfg.ingest.num_cpus_per_task, source=source)
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=min(len(files), 64))
     records = list(map_stage(ds, stage).iter_rows())
     resumed = sum(bool(r["skipped"]) for r in records)
     if resumed:
-        print(f"[ingest] {resumed} files were cut by an earlier, interrupted run", flush=True)
+        log.info(f"[ingest] {resumed} files were cut by an earlier, interrupted run")
 
     tables, quarantine = [], []
-    for path in files:  # in file order: deterministic dedup and shards
+    row_file: list[int] = []  # input-file index of every raw clip row
+    rec_file: list[int] = []  # input-file index of every quarantine record
+    for fi, path in enumerate(files):  # in file order: deterministic dedup and shards
         key = f"{STAGE}/cut/{cut_key(path)}"
         t = storage.read_table(f"{key}.parquet")
+        recs = storage.read_json(f"{key}.quarantine.json")
+        if not t.num_rows and not recs:  # a reader that gave nothing: still account for the file
+            name = os.path.basename(path)
+            recs = [{"source_file": name, "segment": "", "site": "", "ego_id": -1, "t0": -1,
+                     "reason": "no_candidates", "detail": "the reader returned neither clips nor records",
+                     "clip_id": ""}]
         if t.num_rows:
             tables.append(t)
-        quarantine.extend(storage.read_json(f"{key}.quarantine.json"))
+            row_file.extend([fi] * t.num_rows)
+        quarantine.extend(recs)
+        rec_file.extend([fi] * len(recs))
     clips_table = pa.concat_tables(tables) if tables else clip_schema().empty_table()
     n_raw = clips_table.num_rows
 
-    # ---- dedup by content (clip id = hash of segment, t0, start position)
+    # ---- dedup by recorded content (t0 + ego track), never by file, segment or obstacle id
     meta = clips_table.select(["clip_id", "source_file", "ego_id", "t0", "segment", "site"]).to_pylist()
-    keys = [(m["clip_id"], dedup_order_key(m["source_file"], m["ego_id"], m["t0"])) for m in meta]
-    keep, dup = find_duplicates(keys)
-    for i, j in sorted(dup.items()):
-        m = meta[i]
+    keep, dup = dedup_clips(content_keys(clips_table), [m["clip_id"] for m in meta],
+                            [dedup_order_key(m["source_file"], m["ego_id"], m["t0"]) for m in meta])
+    for i, (j, why) in sorted(dup.items()):
+        m, o = meta[i], meta[j]
+        what = "same recorded ego track and t0 as" if why == "content" else "same clip id (other content) as"
         quarantine.append({"source_file": m["source_file"], "segment": m["segment"], "site": m["site"],
                            "ego_id": m["ego_id"], "t0": m["t0"], "reason": "duplicate",
-                           "detail": f"same content as {meta[j]['source_file']} vehicle {meta[j]['ego_id']}",
+                           "detail": f"{what} {o['source_file']} vehicle {o['ego_id']} (clip {o['clip_id']})",
                            "clip_id": m["clip_id"]})
+        rec_file.append(row_file[i])
     clips_table = clips_table.take(pa.array(keep, pa.int64()))
     meta = [meta[i] for i in keep]
+
+    # ---- every input file: clips, quarantined, or no usable track
+    kept_per_file = Counter(row_file[i] for i in keep)
+    reasons_per_file: dict[int, Counter] = {}
+    for fi, q in zip(rec_file, quarantine):
+        reasons_per_file.setdefault(fi, Counter())[q["reason"]] += 1
+    file_outcomes: Counter = Counter()
+    no_track_files: Counter = Counter()
+    quarantined_files: Counter = Counter()
+    for fi in range(len(files)):
+        if kept_per_file[fi]:
+            file_outcomes["clips"] += 1
+            continue
+        rs = reasons_per_file.get(fi) or Counter({"no_candidates": 1})
+        faults = Counter({r: n for r, n in rs.items() if r not in NO_USABLE_TRACK_REASONS})
+        if faults:  # the file's main fault: its most frequent reason (ties: by name)
+            quarantined_files[min(faults, key=lambda r: (-faults[r], r))] += 1
+        else:
+            no_track_files[min(rs, key=lambda r: (-rs[r], r))] += 1
+    file_outcomes.update({f"quarantined:{r}": n for r, n in quarantined_files.items()})
+    file_outcomes.update({f"no_usable_track:{r}": n for r, n in no_track_files.items()})
 
     # ---- split by map segment
     per_seg = Counter(m["segment"] for m in meta)
@@ -189,6 +231,11 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
     reasons = Counter(q["reason"] for q in quarantine)
     summary = {
         "data_dir": data_dir, "source": source, "split_mode": ic.split_mode, "files": len(files),
+        "files_with_clips": file_outcomes["clips"],
+        "files_quarantined": sum(quarantined_files.values()),
+        "files_without_usable_track": sum(no_track_files.values()),
+        "files_quarantined_reasons": dict(sorted(quarantined_files.items())),
+        "files_without_usable_track_reasons": dict(sorted(no_track_files.items())),
         "candidates": n_raw + sum(1 for q in quarantine if q["reason"] != "duplicate"),
         "clips": len(keep), "quarantined": len(quarantine),
         "quarantine_reasons": dict(sorted(reasons.items())),
@@ -203,15 +250,23 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         "shards": {k: len(v) for k, v in shards.items()},
         "wall_time_s": round(time.time() - t_start, 1), "files_resumed": resumed,
     }
-    assert summary["candidates"] == summary["clips"] + summary["quarantined"]
+    if summary["candidates"] != summary["clips"] + summary["quarantined"]:
+        raise RuntimeError(f"ingest accounting: candidates {summary['candidates']} != clips {summary['clips']} "
+                           f"+ quarantined {summary['quarantined']}")
+    if summary["files"] != (summary["files_with_clips"] + summary["files_quarantined"]
+                            + summary["files_without_usable_track"]):
+        raise RuntimeError(f"ingest accounting: {summary['files']} files != {summary['files_with_clips']} with clips "
+                           f"+ {summary['files_quarantined']} quarantined + {summary['files_without_usable_track']} "
+                           "without a usable track")
     storage.write_json(f"{STAGE}/summary.json", summary)
-    storage.mark_done(STAGE, {"clips": len(keep)})
-    print(f"[ingest] candidates {summary['candidates']} = clips {summary['clips']} + quarantined "
-          f"{summary['quarantined']} ({', '.join(f'{k}: {v}' for k, v in summary['quarantine_reasons'].items())})",
-          flush=True)
-    print(f"[ingest] splits by segment: {summary['splits']}  ({summary['wall_time_s']} s)", flush=True)
+    log.info(f"[ingest] candidates {summary['candidates']} = clips {summary['clips']} + quarantined "
+          f"{summary['quarantined']} ({', '.join(f'{k}: {v}' for k, v in summary['quarantine_reasons'].items())})")
+    log.info(f"[ingest] files {summary['files']} = with clips {summary['files_with_clips']} + quarantined "
+             f"{summary['files_quarantined']} {summary['files_quarantined_reasons']} + without a usable track "
+             f"{summary['files_without_usable_track']} {summary['files_without_usable_track_reasons']}")
+    log.info(f"[ingest] splits by segment: {summary['splits']}  ({summary['wall_time_s']} s)")
     for note in plan.notes:
-        print(f"[ingest] note: {note}", flush=True)
+        log.info(f"[ingest] note: {note}")
     return summary
 
 
@@ -223,3 +278,14 @@ def load_split(storage: Storage, split: str, columns: list[str] | None = None) -
 def load_clips(storage: Storage, split: str):
     """All clips of one split as :class:`~mosaic_ray.data.clip.Clip` objects."""
     return clips_from_table(load_split(storage, split))
+
+
+def _run_step(ctx: Context) -> dict:
+    s = run_ingest(ctx.cfg, ctx.storage, force=ctx.force)
+    return {"clips": s["clips"], "quarantined": s["quarantined"], "splits": s["splits"]}
+
+
+#: the ingest step: CommonRoad / ScenarioNet files -> clip shards per split, quarantine
+STEP = Step("ingest", _run_step, outputs=(layout.INGEST_SUMMARY, *map(layout.clips, layout.SPLITS), layout.QUARANTINE),
+            record=layout.INGEST,
+            describe=lambda p: f"{p['clips']} clips, {p['quarantined']} quarantined, splits {p['splits']}")

@@ -16,46 +16,71 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.selection.baselines import unranked_order
+from mosaic_ray.selection.methods import pilot_sets
+from mosaic_ray.stages.domains import ranked_pool
+from mosaic_ray.stages.step import Context, Step, needs_of
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
 STAGE = "pilot"
 
 
-def _pilot_trial(config: dict, trials: dict | None = None) -> None:
+def pilot_features(storage: Storage, clip_ids: list[str], targets: pa.Table | None, model) -> dict[str, np.ndarray]:
+    """Training features of one pilot run: D_train ∪ the given pool clips, sorted by clip id
+    (:func:`~mosaic_ray.planner.training.shard_rows`), at t0 (shapes of
+    :meth:`~mosaic_ray.planner.features.FeatureSpec.shapes`, plus ``clip_id``); with a
+    distillation model and ``targets`` also ``distill_targets`` (N, K, 8) float32 (NaN where a
+    clip has none), as the Ray Train path gets them.
+
+    Raises:
+        RuntimeError: a clip id is not in the pool shards.
+    """
+    from mosaic_ray.data.clip import clips_from_table
+    from mosaic_ray.planner.features import featurize_clips
+    from mosaic_ray.planner.training import shard_rows
+    from mosaic_ray.stages.distill import targets_for
+
+    train = clips_from_table(storage.read_table("ingest/clips/train"))
+    pool_t = storage.read_table("ingest/clips/pool")
+    sel = clips_from_table(pool_t.filter(pc.is_in(pool_t.column("clip_id"), value_set=pa.array(clip_ids, pa.string()))))
+    if len(sel) != len(set(clip_ids)):
+        raise RuntimeError(f"{len(sel)} of {len(set(clip_ids))} pilot clips found in the pool shards")
+    feats = featurize_clips(train + sel, model.spec.features, with_prev=False)
+    if getattr(model.spec, "distill", False) and targets is not None:
+        feats["distill_targets"] = targets_for(targets, feats["clip_id"], model.vocab_size)
+    return shard_rows(feats)
+
+
+def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | None = None,
+                 targets: pa.Table | None = None) -> None:
     """Tune trainable: fine-tune the base planner on D_train ∪ top-n and report ΔU.
 
     ``config["trial"]`` is the trial key; ``trials`` (passed through the object store by
-    ``tune.with_parameters``) maps it to the domain, size, seed and the clip ids."""
+    ``tune.with_parameters``, as are ``storage`` and the distillation ``targets``) maps it to
+    the domain, size, seed and the clip ids. Training is
+    :func:`~mosaic_ray.planner.training.train_loop` with the pilot recipe."""
     import torch
     from ray import tune
 
-    from mosaic_ray.config import StorageConfig
     from mosaic_ray.data.clip import clips_from_table
     from mosaic_ray.evaluate.planner_eval import score_planner
-    from mosaic_ray.planner.features import featurize_clips
     from mosaic_ray.planner.model import load_checkpoint
-    from mosaic_ray.planner.training import fit
-    from mosaic_ray.stages.trainer import local_copy
+    from mosaic_ray.planner.training import TrainRecipe, train_loop
 
     t0 = time.time()
     torch.set_num_threads(config["torch_threads"])
     trial = trials[config["trial"]]
-    st = Storage(config["storage_root"], StorageConfig(**config["storage_cfg"]))
-    model = load_checkpoint(local_copy(st, config["base_checkpoint"]))
-    spec = model.spec.features
-    train = clips_from_table(st.read_table("ingest/clips/train"))
-    pool_t = st.read_table("ingest/clips/pool")
-    ids = pa.array(trial["clip_ids"], pa.string())
-    sel = clips_from_table(pool_t.filter(pc.is_in(pool_t.column("clip_id"), value_set=ids)))
-    if len(sel) != len(trial["clip_ids"]):
-        raise RuntimeError(f"pilot {trial['domain']}/{trial['n']}: {len(sel)} of {len(trial['clip_ids'])} clips found")
-    feats = featurize_clips(train + sel, spec, with_prev=False)
-    fit(model, feats, epochs=config["epochs"], lr=config["lr"], weight_decay=config["weight_decay"],
-        batch_size=config["batch_size"], seed=trial["seed"], mirror=config["mirror"])
-    val = clips_from_table(st.read_table("ingest/clips/validation"))
-    util = score_planner(model, val, spec).utility()
+    model = load_checkpoint(storage.local_copy(config["base_checkpoint"]))
+    try:
+        data = pilot_features(storage, trial["clip_ids"], targets, model)
+    except RuntimeError as e:
+        raise RuntimeError(f"pilot {trial['domain']}/{trial['n']}: {e}") from e
+    train_loop(model, data, TrainRecipe(**config["recipe"]), seed=trial["seed"], name=f"pilot {trial['key']}")
+    val = clips_from_table(storage.read_table("ingest/clips/validation"))
+    util = score_planner(model, val, model.spec.features).utility()
     tune.report({"delta_u": util["epdms"] - config["base_epdms"], "epdms": util["epdms"],
                  "domain": trial["domain"], "n": trial["n"], "seed": trial["seed"],
                  "terms": util["terms"], "trial_time_s": time.time() - t0})
@@ -82,10 +107,22 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
                base_epdms: float, name: str = "pilots", force: bool = False) -> pa.Table:
     """Run (or resume) the pilot trials; returns a table (domain, n, seed, delta_u, epdms, …).
 
+    Each trial trains with the pilot recipe (``recipe_from_config(cfg, "pilot")``: the planner's
+    recipe with ``pilot.*`` overrides) for ``pilot.epochs`` epochs; with ``planner.distill`` on
+    the distillation targets too (computed first when missing). Two calls with the same
+    inputs on the same machine give identical ``delta_u``.
+
     Args:
         ranked: per domain, pool clip ids in rank order (lowest base EPDMS first).
+        base_checkpoint: storage-relative checkpoint the trials continue.
+        base_epdms: validation EPDMS of that checkpoint (ΔU is relative to it), in [0, 1].
+
+    Returns:
+        table of ``domain`` (str), ``n`` (int), ``seed`` (int), ``delta_u`` and ``epdms``
+        (float, EPDMS units in [0, 1]), ``trial_time_s``, sorted by (domain, n, seed).
 
     Raises:
+        ValueError: no trials (every domain empty).
         RuntimeError: a trial failed after its retries.
     """
     from ray import tune
@@ -93,27 +130,29 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
     out_rel = f"{STAGE}/{name}.parquet"
     if storage.is_done(f"{STAGE}/{name}") and not force:
         return storage.read_table(out_rel)
+    from mosaic_ray.planner.training import recipe_from_config
+    from mosaic_ray.stages.distill import ensure_targets
+    from mosaic_ray.stages.runtime import cluster_cpus, tune_progress_callback
+
     t0 = time.time()
-    pc_ = cfg.planner
     trials = plan_trials(ranked, cfg.pilot.sizes, cfg.pilot.seeds)
     if not trials:
         raise ValueError("no pilot trials: every domain is empty")
-    common = {
-        "storage_root": storage.root_uri, "storage_cfg": cfg.storage.model_dump(),
-        "base_checkpoint": base_checkpoint, "base_epdms": float(base_epdms),
-        "epochs": cfg.pilot.epochs, "lr": pc_.lr * 0.5, "weight_decay": pc_.weight_decay,
-        "batch_size": pc_.batch_size, "mirror": pc_.augment_mirror, "torch_threads": pc_.torch_threads,
-    }
-    from mosaic_ray.stages.runtime import cluster_cpus, tune_progress_callback
+    recipe = recipe_from_config(cfg, "pilot")
+    common = {"base_checkpoint": base_checkpoint, "base_epdms": float(base_epdms), "recipe": recipe.to_dict(),
+              "torch_threads": cfg.planner.torch_threads}
+    targets = ensure_targets(cfg, storage) if cfg.planner.distill else None
 
     max_conc = cfg.pilot.max_concurrent_trials or max(1, int(cluster_cpus() // cfg.pilot.cpus_per_trial))
     storage_path = storage.path("tune")  # with storage_filesystem: the in-filesystem path
     exp_name = f"{name}"
     by_key = {t["key"]: t for t in trials}
-    trainable = tune.with_resources(tune.with_parameters(_pilot_trial, trials=by_key),
+    trainable = tune.with_resources(tune.with_parameters(_pilot_trial, trials=by_key, storage=storage,
+                                                         targets=targets),
                                     {"cpu": cfg.pilot.cpus_per_trial})
     exp_uri = f"{storage_path}/{exp_name}"
-    print(f"[pilot] {len(trials)} trials (domains × sizes × seeds), up to {max_conc} at a time", flush=True)
+    log.info("[pilot] %d trials (domains × sizes × seeds), up to %d at a time; recipe %s",
+             len(trials), max_conc, recipe.to_dict())
     if not force and tune.Tuner.can_restore(exp_uri, storage_filesystem=None if storage.is_local else storage.fs):
         tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_errored=True,
                                    storage_filesystem=None if storage.is_local else storage.fs)
@@ -145,5 +184,38 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
     table = pa.Table.from_pylist(rows)
     storage.write_table(out_rel, table)
     storage.mark_done(f"{STAGE}/{name}", {"trials": len(rows), "wall_time_s": round(time.time() - t0, 1)})
-    print(f"[pilot] {len(rows)} trials done in {time.time() - t0:.0f} s", flush=True)
+    log.info("[pilot] %d trials done in %.0f s", len(rows), time.time() - t0)
     return table
+
+
+def run_pilot_sets(ctx: Context) -> dict:
+    """Pilot runs for every pilot set the methods need (:func:`~mosaic_ray.selection.methods.pilot_sets`):
+    ranked sets take each domain's top-n clips by base EPDMS, unranked ones a seeded shuffle
+    (the ``mosaic_no_rank`` ablation). A set finished earlier is kept unless forced.
+
+    Returns:
+        ``{"sets": {name: trials}}``.
+    """
+    st, cfg = ctx.storage, ctx.cfg
+    base = st.read_json(layout.BASE_EVAL)
+    out = {}
+    for name, variant, ranked in pilot_sets(cfg.resolved_methods()):
+        pool, order = ranked_pool(cfg, st, variant)
+        if not ranked:
+            order = {str(d): [str(pool.clip_ids[i]) for i in idx]
+                     for d, idx in unranked_order(pool, cfg.selection.random_seed).items()}
+        log.info("[pilot] set %s: %s clips, domains of %s", name, "ranked" if ranked else "unranked", variant)
+        table = run_pilots(cfg, st, order, layout.BASE_CHECKPOINT, base["validation"]["epdms"], name=name,
+                           force=ctx.force)
+        out[name] = table.num_rows
+    return {"sets": out}
+
+
+#: the pilot step; only configs with a MOSAIC-style method have pilot sets
+STEP = Step("pilot", run_pilot_sets,
+            needs=needs_of({layout.BASE_EVAL: "base", f"{layout.DOMAINS}/_SUCCESS.json": "domains"}),
+            outputs=(layout.PILOT,), record=layout.PILOT,
+            enabled=lambda cfg: bool(pilot_sets(cfg.resolved_methods())),
+            complete=lambda ctx, p: all(ctx.storage.exists(layout.pilot_table(n))
+                                        for n, _, _ in pilot_sets(ctx.cfg.resolved_methods())),
+            describe=lambda p: ", ".join(f"{n}: {k} trials" for n, k in p["sets"].items()))

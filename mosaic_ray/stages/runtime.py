@@ -1,4 +1,6 @@
-"""Starting and stopping Ray from an experiment config (local instance or a cluster)."""
+"""Ray plumbing shared by the stages: starting / connecting Ray from a config (local instance
+or a cluster), sizing actor pools and trial concurrency from the resources Ray sees, and the
+Tune progress bar."""
 
 from __future__ import annotations
 
@@ -54,35 +56,64 @@ def ray_session(cfg: ExperimentConfig):
 
 
 def cluster_cpus() -> float:
+    """CPUs in the Ray cluster (1 when Ray reports none)."""
     import ray
 
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
 def cluster_gpus() -> float:
+    """GPUs in the Ray cluster."""
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def default_num_actors(cfg: ExperimentConfig) -> int:
+    """Scoring actors (score, score_train, distill): ``score.num_actors`` if set, else as many
+    as fit the cluster's GPUs (GPU actors) or CPUs, leaving half a CPU for the read tasks."""
+    if cfg.score.num_actors:
+        return cfg.score.num_actors
+    if cfg.score.num_gpus_per_actor > 0:
+        return max(1, int(cluster_gpus() // cfg.score.num_gpus_per_actor))
+    cpus = cluster_cpus()
+    return max(1, min(int(cpus), int((cpus - 0.5) // cfg.score.num_cpus_per_actor)))
+
+
+def pilot_concurrency(cfg: ExperimentConfig) -> int:
+    """Pilot trials at a time: ``pilot.max_concurrent_trials`` or the CPUs over ``cpus_per_trial``."""
+    return cfg.pilot.max_concurrent_trials or max(1, int(cluster_cpus() // cfg.pilot.cpus_per_trial))
+
+
 def tune_progress_callback(tag: str, total: int, fmt):
-    """A Ray Tune callback printing one line per finished trial (``[tag] k/total …``) instead
-    of Tune's periodic status tables; ``fmt(result_dict) -> str`` describes a result."""
+    """A Ray Tune callback showing a progress bar over the ``total`` trials (tqdm, on stderr)
+    and logging one line per finished trial (``[tag] k/total …``) instead of Tune's periodic
+    status tables; ``fmt(result_dict) -> str`` describes a result."""
     from ray import tune
+    from tqdm.auto import tqdm
 
     class _Progress(tune.Callback):
         def __init__(self):
             self.done = 0
+            self.bar = None
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.done += 1
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=tag, unit="trial", leave=False,
+                                disable=os.environ.get("MOSAIC_PROGRESS", "1") == "0")
+            self.bar.update(1)
             try:
                 text = fmt(result)
             except Exception:  # a progress line must never fail a run
                 text = ""
-            print(f"[{tag}] {self.done}/{total} {text}", flush=True)
+            log.info("[%s] %d/%d %s", tag, self.done, total, text)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[{tag}] trial {trial.trial_id} failed (it is retried once)", flush=True)
+            log.warning("[%s] trial %s failed (it is retried once)", tag, trial.trial_id)
+
+        def on_experiment_end(self, trials, **info):
+            if self.bar is not None:
+                self.bar.close()
 
     return _Progress()

@@ -12,16 +12,23 @@ with NaN scores so that no clip is silently dropped).
 
 from __future__ import annotations
 
+import io
 import logging
+import posixpath
 import time
 
 import numpy as np
 import pyarrow as pa
+import torch
 
+from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.data.split import duplicated
 from mosaic_ray.scoring.epdms import TERMS
+from mosaic_ray.stages.runtime import default_num_actors
 from mosaic_ray.stages.shards import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
-from mosaic_ray.storage import Storage
+from mosaic_ray.stages.step import Context, Step, needs_of
+from mosaic_ray.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 STAGE = "score"
@@ -45,9 +52,9 @@ class ScoreStage(ShardStage):
     name = "score"
     stateful = True
 
-    def __init__(self, storage_root: str, storage_cfg: dict, checkpoint: str, batch_size: int,
+    def __init__(self, storage: Storage, checkpoint: str, batch_size: int,
                  cpus: float, gpus: float, torch_threads: int = 1, output_dir: str = "score/scores"):
-        self.storage_root, self.storage_cfg, self.checkpoint = storage_root, storage_cfg, checkpoint
+        self.store, self.checkpoint = storage, checkpoint
         self.clip_batch_size = batch_size
         self.output_dir = output_dir
         self.resources = Resources(cpus=cpus, gpus=gpus)
@@ -56,15 +63,13 @@ class ScoreStage(ShardStage):
     def setup(self) -> None:
         import torch
 
-        from mosaic_ray.config import StorageConfig
         from mosaic_ray.planner.model import load_checkpoint
-        from mosaic_ray.stages.trainer import local_copy
 
         torch.set_num_threads(self.torch_threads)
         record_actor_pid("score")
-        st = Storage(self.storage_root, StorageConfig(**self.storage_cfg))
         self.device = "cuda" if (self.resources.gpus > 0 and torch.cuda.is_available()) else "cpu"
-        self.model = load_checkpoint(local_copy(st, self.checkpoint), map_location=self.device).to(self.device)
+        self.model = load_checkpoint(self.storage().local_copy(self.checkpoint),
+                                     map_location=self.device).to(self.device)
         self.model.eval()
         self.schema = scores_schema(self.model.spec.embed_dim)
 
@@ -135,21 +140,10 @@ class ScoreStage(ShardStage):
         out["status"].append(err)
 
 
-def default_num_actors(cfg: ExperimentConfig) -> int:
-    """Actors that fit the CPUs Ray sees while leaving room for the read tasks."""
-    from mosaic_ray.stages.runtime import cluster_cpus, cluster_gpus
-
-    if cfg.score.num_actors:
-        return cfg.score.num_actors
-    if cfg.score.num_gpus_per_actor > 0:
-        return max(1, int(cluster_gpus() // cfg.score.num_gpus_per_actor))
-    cpus = cluster_cpus()
-    return max(1, min(int(cpus), int((cpus - 0.5) // cfg.score.num_cpus_per_actor)))
-
-
 def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: str = "pool",
               out: str = STAGE, force: bool = False) -> dict:
-    """Score every clip of ``split`` with the planner at ``checkpoint`` (storage-relative).
+    """Score every clip of ``split`` with the planner at ``checkpoint`` (storage-relative);
+    shards scored by an interrupted earlier run are kept unless ``force``.
 
     Returns:
         ``{"rows": n, "ok": n_ok, "errors": n_err, "wall_time_s": s, "actors": k}``.
@@ -157,26 +151,25 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     Raises:
         RuntimeError: the output does not hold exactly one row per input clip.
     """
-    if storage.is_done(out) and not force:
-        return storage.done_payload(out)
     t0 = time.time()
     shards = storage.list(f"ingest/clips/{split}", ".parquet")
     if not shards:
         raise FileNotFoundError(f"no clip shards for split {split!r}; run ingest first")
     preflight_shards(storage, shards, ["clip_id", "ego_states", "lane_offsets"])
     ids = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
-    dups = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+
+    dups = duplicated(ids)
     if dups:
         raise ValueError(f"duplicated clip ids in the {split} shards ({len(dups)}), e.g. {dups[:5]}: "
                          "every clip must appear once; re-run ingest or remove the duplicates")
     if force and storage.exists(f"{out}/scores"):
         storage.delete(f"{out}/scores")
     n_actors = min(default_num_actors(cfg), len(shards))
-    stage = ScoreStage(storage.root_uri, cfg.storage.model_dump(), checkpoint, cfg.score.batch_size,
+    stage = ScoreStage(storage, checkpoint, cfg.score.batch_size,
                        cfg.score.num_cpus_per_actor, cfg.score.num_gpus_per_actor, cfg.planner.torch_threads,
                        output_dir=f"{out}/scores")
-    print(f"[score] {split}: {len(shards)} shards through {n_actors} actor(s) "
-          f"({cfg.score.num_cpus_per_actor} CPU, {cfg.score.num_gpus_per_actor} GPU each)", flush=True)
+    log.info(f"[score] {split}: {len(shards)} shards through {n_actors} actor(s) "
+          f"({cfg.score.num_cpus_per_actor} CPU, {cfg.score.num_gpus_per_actor} GPU each)")
     records = run_shard_stage(stage, shards, n_actors)
     skipped = int(sum(records.column("skipped").to_pylist()))
     # exactly one row per input clip
@@ -194,11 +187,73 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
                "shard_wall_s": round(float(sum(records.column("wall_s").to_pylist())), 2),
                "shard_cpu_s": round(float(sum(records.column("cpu_s").to_pylist())), 2),
                "checkpoint": checkpoint, "wall_time_s": round(time.time() - t0, 1)}
-    storage.mark_done(out, payload)
-    print(f"[score] {payload['rows']} clips scored ({payload['errors']} errors, {skipped} shards already done) "
-          f"in {payload['wall_time_s']} s", flush=True)
+    log.info(f"[score] {payload['rows']} clips scored ({payload['errors']} errors, {skipped} shards already done) "
+          f"in {payload['wall_time_s']} s")
     return payload
 
 
 def load_scores(storage: Storage, out: str = STAGE) -> pa.Table:
     return storage.read_table(f"{out}/scores")
+
+
+def import_checkpoint(storage: Storage, uri: str) -> str:
+    """Copy a planner checkpoint from another run (local path or ``s3://`` URI) into this run's
+    ``planner/external.pt``; returns that storage-relative path.
+
+    The file is first opened with ``torch.load(weights_only=True)`` (tensors and plain
+    containers only), so a checkpoint that would run code when unpickled is refused before it
+    reaches :func:`~mosaic_ray.planner.model.load_checkpoint`.
+
+    Raises:
+        FileNotFoundError: nothing at ``uri``.
+        ValueError: not a planner checkpoint (or not loadable with ``weights_only=True``).
+    """
+    parent, name = posixpath.split(uri.rstrip("/"))
+    try:
+        data = Storage(parent or ".", storage.config).read_bytes(name)
+    except (StorageError, OSError) as e:
+        raise FileNotFoundError(f"score.checkpoint {uri!r}: cannot read it ({e})") from e
+    try:
+        ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(ck, dict) or "spec" not in ck or "anchors" not in ck.get("state_dict", {}):
+            raise KeyError("spec / state_dict.anchors")
+    except Exception as e:
+        raise ValueError(f"score.checkpoint {uri!r} is not a planner checkpoint loadable with "
+                         f"weights_only=True: {type(e).__name__}: {str(e)[:200]}") from e
+    storage.write_bytes(layout.EXTERNAL_CHECKPOINT, data)
+    log.info("[score] planner checkpoint %s -> %s", uri, storage.uri(layout.EXTERNAL_CHECKPOINT))
+    return layout.EXTERNAL_CHECKPOINT
+
+
+def _score_pool(ctx: Context) -> dict:
+    ckpt = layout.BASE_CHECKPOINT
+    if ctx.cfg.score.checkpoint:
+        ckpt = import_checkpoint(ctx.storage, ctx.cfg.score.checkpoint)
+    return run_score(ctx.cfg, ctx.storage, ckpt, force=ctx.force)
+
+
+def _score_needs(cfg: ExperimentConfig) -> dict[str, str]:
+    needs = {layout.INGEST_SUMMARY: "ingest"}
+    if not cfg.score.checkpoint:  # another run's planner replaces the base step
+        needs[layout.BASE_CHECKPOINT] = "base (or set score.checkpoint)"
+    return needs
+
+
+def _score_train(ctx: Context) -> dict:
+    ckpt = ctx.storage.done_payload(layout.SCORE).get("checkpoint", layout.BASE_CHECKPOINT)
+    return run_score(ctx.cfg, ctx.storage, ckpt, split="train", out=layout.SCORE_TRAIN, force=ctx.force)
+
+
+def _describe(p: dict) -> str:
+    return (f"{p['rows']} clips scored ({p['errors']} errors, {p['shards_resumed']} shards already done) "
+            f"through {p['actors']} actor(s)")
+
+
+#: the score step: the base planner (or ``score.checkpoint``) and EPDMS over every pool clip
+STEP = Step("score", _score_pool, needs=_score_needs, outputs=(layout.scores(),), record=layout.SCORE,
+            describe=_describe)
+#: D_train's embeddings, for the coreset baseline only
+TRAIN_STEP = Step("score_train", _score_train, needs=needs_of({f"{layout.SCORE}/_SUCCESS.json": "score"}),
+                  outputs=(layout.scores(layout.SCORE_TRAIN),), record=layout.SCORE_TRAIN,
+                  enabled=lambda cfg: any(m.spec.needs_train_embeddings for m in cfg.resolved_methods()),
+                  describe=_describe)

@@ -117,20 +117,23 @@ class ShardStage(ProcessingStage):
     retry after an actor died mid-shard, never duplicates or loses rows (completion is
     tracked per shard, as NeMo Curator tracks tasks).
 
-    Subclasses set ``storage_root``/``storage_cfg``/``output_dir`` and implement
-    :meth:`process_shard`.
+    Subclasses set ``self.store`` (the run's :class:`~mosaic_ray.storage.Storage`, pickled
+    to the actors as it is) and ``output_dir``, and implement :meth:`process_shard`.
     """
 
     batch_size = 1
     output_dir: str = ""
+    store = None  #: the run's Storage (set by the subclass constructor)
 
     def storage(self):
-        from mosaic_ray.config import StorageConfig
-        from mosaic_ray.storage import Storage
+        """The run's :class:`~mosaic_ray.storage.Storage`.
 
-        if getattr(self, "_storage", None) is None:
-            self._storage = Storage(self.storage_root, StorageConfig(**self.storage_cfg))
-        return self._storage
+        Raises:
+            RuntimeError: the subclass did not set ``store``.
+        """
+        if self.store is None:
+            raise RuntimeError(f"{type(self).__name__} has no storage: set self.store in its constructor")
+        return self.store
 
     def output_path(self, shard: str) -> str:
         return f"{self.output_dir}/{shard.rsplit('/', 1)[-1]}"

@@ -1,0 +1,213 @@
+"""``summary.json``: its schema (:class:`Summary`, versioned) and how the report step builds it.
+
+The summary holds every number the report shows, read back from the steps' stored outputs
+(:mod:`mosaic_ray.layout`); :func:`mosaic_ray.report.report.render_report` reads it through
+this type, so a key the builder writes and the report reads is declared once, here.
+
+All EPDMS values are on the 0..1 scale (the report prints them ×100). Sections are optional
+so that a partial run (or a hand-made summary in a test) still renders.
+
+Version history: 1 — first typed schema (the keys the untyped summary had, plus ``version``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from typing import Any, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mosaic_ray import layout
+from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.scoring.epdms import TERMS
+from mosaic_ray.selection.methods import DEFAULT_PILOT_SET, pilot_sets
+from mosaic_ray.selection.scaling_law import ScalingLaw
+from mosaic_ray.storage import Storage
+
+__all__ = ["SUMMARY_VERSION", "Summary", "RunInfo", "DataInfo", "Utility", "DomainLaw",
+           "BudgetSelection", "CellStats", "VariantInfo", "build_summary"]
+
+SUMMARY_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunInfo(_Section):
+    """Where the run lies, how long each step took (s), and the config it ran with."""
+
+    name: str | None = None
+    storage: str | None = None
+    config_path: str | None = None
+    wall_time_s: dict[str, float] | None = None
+    total_wall_time_s: float | None = None
+    started: str | None = None
+    finished: str | None = None
+    config: dict[str, Any] | None = None
+
+
+class DataInfo(_Section):
+    """Ingest counts: candidates = clips + quarantined; clips per split / segment / site."""
+
+    candidates: int | None = None
+    clips: int | None = None
+    quarantined: int | None = None
+    quarantine_reasons: dict[str, int] | None = None
+    splits: dict[str, int] | None = None
+    segments: dict[str, list[str]] | None = None
+    pool_by_domain: dict[str, int] | None = None
+    clips_per_site: dict[str, dict[str, int]] | None = None
+    notes: list[str] | None = None
+
+
+class Utility(_Section):
+    """Mean validation EPDMS and the nine terms of one planner (or of the logged human)."""
+
+    epdms: float
+    terms: dict[str, float] = Field(default_factory=dict)
+    n_train: int | None = None
+
+
+class DomainLaw(_Section):
+    """One domain's fitted law ΔU(n) = a (1 − e^(−n/τ)) and its pilot points [n, ΔU, seed]."""
+
+    size: int | None = None
+    a: float
+    tau: float
+    rmse: float | None = None
+    status: str | None = None
+    pilot_points: list[list[float]] = Field(default_factory=list)
+
+
+class BudgetSelection(_Section):
+    composition: dict[str, int] = Field(default_factory=dict)
+
+
+class CellStats(_Section):
+    """One method at one budget, over its training seeds."""
+
+    epdms_mean: float
+    epdms_std: float | None = None
+    n_seeds: int | None = None
+    epdms_per_seed: list[float] | None = None
+    terms: dict[str, float] | None = None
+    n_train: int | None = None
+    train_time_s: float | None = None
+    compute_cpu_s: float | None = None
+
+
+class VariantInfo(_Section):
+    """A domain variant: kind, its assigner's description, the laws of its pilot sets."""
+
+    kind: str | None = None
+    description: dict[str, Any] = Field(default_factory=dict)
+    laws: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+
+class Summary(_Section):
+    """The whole ``summary.json`` (``version`` = :data:`SUMMARY_VERSION`)."""
+
+    version: int = SUMMARY_VERSION
+    run: RunInfo | None = None
+    data: DataInfo | None = None
+    base: Utility | None = None
+    human: Utility | None = None
+    domains: dict[str, DomainLaw] | None = None
+    selection: dict[str, dict[str, BudgetSelection]] | None = None
+    selection_order: dict[str, list[str]] | None = None
+    results: dict[str, dict[str, CellStats]] | None = None
+    estimated: dict[str, float] | None = None
+    domain_variants: dict[str, VariantInfo] | None = None
+
+    @classmethod
+    def coerce(cls, s: "Summary | Mapping[str, Any]") -> "Summary":
+        """A :class:`Summary` from itself or a mapping (e.g. ``json.load`` of summary.json).
+
+        Raises:
+            pydantic.ValidationError: an unknown key or a value of the wrong type.
+        """
+        return s if isinstance(s, Summary) else cls.model_validate(dict(s))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict without the unset (None) entries, as written to ``summary.json``."""
+        return self.model_dump(exclude_none=True)
+
+
+def _cell_stats(runs: list[dict]) -> CellStats:
+    e = np.array([x["validation"]["epdms"] for x in runs])
+    return CellStats(
+        epdms_mean=float(e.mean()), epdms_std=float(e.std(ddof=1)) if len(e) > 1 else 0.0,
+        n_seeds=len(e), epdms_per_seed=e.tolist(),
+        terms={t: float(np.nanmean([x["validation"]["terms"][t] for x in runs])) for t in TERMS},
+        n_train=int(runs[0]["n_train"]), train_time_s=float(np.mean([x["wall_time_s"] for x in runs])),
+        compute_cpu_s=float(np.mean([x.get("compute_cpu_s", np.nan) for x in runs])))
+
+
+def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str, float] | None = None,
+                  total_s: float | None = None) -> Summary:
+    """The summary of a run from its stored outputs (ingest, base, domains, pilot, select, train).
+
+    Args:
+        timings: wall seconds per step (``timings.json``).
+        total_s: wall time of this ``run`` invocation (Ray start-up included).
+
+    Raises:
+        StorageError: an output of an earlier step is missing.
+    """
+    st = storage
+    ing = st.read_json(layout.INGEST_SUMMARY)
+    base = st.read_json(layout.BASE_EVAL)
+    sel = st.read_json(layout.LAWS)
+    default = cfg.domains.variant(None).name
+    pilots = (st.read_table(layout.pilot_table(DEFAULT_PILOT_SET)).to_pylist()
+              if st.exists(layout.pilot_table(DEFAULT_PILOT_SET)) else [])
+    manifest = st.read_table(layout.MANIFEST).to_pylist()
+    sizes = Counter(st.read_json(layout.domain_description(default)).get("sizes", {}))
+    domains = {d: DomainLaw(size=sizes.get(d, 0), a=law["a"], tau=law["tau"], rmse=law.get("rmse"),
+                            status=law.get("status"),
+                            pilot_points=[[p["n"], p["delta_u"], p["seed"]] for p in pilots if p["domain"] == d])
+               for d, law in sel["laws"].items()}
+    selection: dict[str, dict[str, BudgetSelection]] = defaultdict(dict)
+    order: dict[str, list[str]] = {}
+    by = defaultdict(list)
+    for r in manifest:
+        by[(r["method"], r["budget"])].append(r)
+    for method in sel["methods"]:
+        for b in sel["budgets"]:
+            selection[method][str(b)] = BudgetSelection(composition=dict(Counter(r["domain"] for r in by[(method, b)])))
+        order[method] = [r["domain"] for r in sorted(by[(method, max(sel["budgets"]))], key=lambda r: r["step"])]
+    runs: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for rel in st.list(layout.TRAIN_RESULTS, ".json"):
+        r = st.read_json(rel)
+        runs[r["method"]][str(r["budget"])].append(r)
+    results = {m: {b: _cell_stats(rs) for b, rs in per_b.items()} for m, per_b in runs.items()}
+    laws = {d: ScalingLaw.from_dict(v) for d, v in sel["laws"].items()}
+    estimated = {}
+    for b in sel["budgets"]:
+        comp = selection.get("mosaic", {}).get(str(b))
+        if comp and comp.composition:
+            estimated[str(b)] = float(base["validation"]["epdms"] + sum(laws[d](n) for d, n in comp.composition.items()))
+    sets = pilot_sets(cfg.resolved_methods())
+    variants = {}
+    for v in cfg.domains.all_variants():
+        desc_rel = layout.domain_description(v.name)
+        variants[v.name] = VariantInfo(
+            kind=v.kind, description=st.read_json(desc_rel) if st.exists(desc_rel) else {},
+            laws={n: ls for n, ls in (sel.get("laws_by_set") or {}).items()
+                  for name, variant, _ in sets if name == n and variant == v.name})
+    return Summary(
+        run=RunInfo(name=cfg.name, storage=st.uri(), wall_time_s=dict(timings or {}),
+                    total_wall_time_s=None if total_s is None else round(total_s, 1),
+                    finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    config=cfg.model_dump(mode="json")),
+        data=DataInfo(candidates=ing["candidates"], clips=ing["clips"], quarantined=ing["quarantined"],
+                      quarantine_reasons=ing["quarantine_reasons"], splits=ing["splits"],
+                      segments=ing["segments"], pool_by_domain=dict(sorted(sizes.items())),
+                      clips_per_site=ing.get("clips_per_site"), notes=ing.get("notes", [])),
+        base=Utility(epdms=base["validation"]["epdms"], terms=base["validation"]["terms"], n_train=base["n_train"]),
+        human=Utility(**{k: base["human"][k] for k in ("epdms", "terms")}) if base.get("human") else None,
+        domains=domains, selection=dict(selection), selection_order=order, results=results,
+        estimated=estimated, domain_variants=variants)

@@ -1,0 +1,69 @@
+"""The base step: trajectory vocabulary, the base planner on D_train, its validation EPDMS.
+
+The vocabulary is k-means of the logged futures of D_train ∪ pool (mirrored too when the
+recipe augments with mirror images), Hydra-MDP style; the base planner is trained on D_train
+through Ray Train (:func:`mosaic_ray.stages.trainer.train_planner`) and scored on the
+validation clips, next to the logged human driving (the data's own EPDMS ceiling).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+
+from mosaic_ray import layout
+from mosaic_ray.evaluate.planner_eval import SceneCache, score_human, score_planner
+from mosaic_ray.planner.futures import expert_futures
+from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
+from mosaic_ray.stages.ingest import load_clips
+from mosaic_ray.stages.step import Context, Step, needs_of
+from mosaic_ray.stages.trainer import train_planner
+from mosaic_ray.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: SceneCache | None = None) -> dict:
+    """Validation utility of a stored planner checkpoint: ``{"epdms", "terms", "n_clips"}``
+    (EPDMS and the nine terms on the 0..1 scale, means over the clips).
+
+    Args:
+        checkpoint: storage-relative ``planner/*.pt``.
+        clips: the clips to score (default: the validation split).
+    """
+    model = load_checkpoint(storage.local_copy(checkpoint))
+    clips = clips if clips is not None else load_clips(storage, "validation")
+    return score_planner(model, clips, model.spec.features, cache=cache).utility()
+
+
+def run_base(ctx: Context) -> dict:
+    """Build the vocabulary, train and evaluate the base planner; returns the base payload
+    (also written to ``planner/base_eval.json``)."""
+    st, cfg = ctx.storage, ctx.cfg
+    fut = np.concatenate([expert_futures(load_clips(st, "train")), expert_futures(load_clips(st, "pool"))])
+    if cfg.planner.augment_mirror:
+        fut = np.concatenate([fut, fut * np.array([1.0, -1.0, -1.0])])
+    anchors = build_vocabulary(fut, cfg.planner.vocab_size, seed=cfg.planner.seed)
+    buf = io.BytesIO()
+    np.save(buf, anchors)
+    st.write_bytes(layout.VOCABULARY, buf.getvalue())
+    log.info("[base] vocabulary of %d anchors from %d futures; training on D_train", len(anchors), len(fut))
+    info = train_planner(cfg, st, name="base", epochs=cfg.planner.base_epochs, seed=cfg.planner.seed,
+                         fresh=ctx.force)
+    clips, cache = load_clips(st, "validation"), SceneCache()
+    util = evaluate_checkpoint(st, info["checkpoint"], clips, cache)
+    human = score_human(clips, cache)
+    payload = {**info, "validation": util, "human": human, "vocab_size": int(len(anchors))}
+    st.write_json(layout.BASE_EVAL, payload)
+    return payload
+
+
+#: the base step (needs the ingested clips)
+STEP = Step("base", run_base,
+            needs=needs_of({layout.INGEST_SUMMARY: "ingest"}),
+            outputs=(layout.VOCABULARY, layout.BASE_CHECKPOINT, layout.BASE_EVAL),
+            record=layout.BASE_RECORD,
+            describe=lambda p: (f"validation EPDMS {100 * p['validation']['epdms']:.2f} "
+                                f"(logged human {100 * p['human']['epdms']:.2f})"))

@@ -1,0 +1,83 @@
+"""The train step: the final planner per (method, budget, seed) on D_train ∪ D_sel.
+
+The grid's cells (:class:`~mosaic_ray.stages.grid.Cell`) come from the select step's manifest,
+in config method order, with the full-pool reference first when ``train.full_pool`` is set
+(paper Fig. 5). :func:`mosaic_ray.stages.grid.run_grid` runs the cells without a stored result
+as concurrent Ray Tune trials, each a Ray Train run and a validation evaluation; a finished
+cell is never redone unless forced, so an interrupted grid resumes cell by cell.
+
+Each cell also carries the resource-seconds its method spent before training
+(:func:`selection_overhead_cpu_s`: the base model and the scoring pass for model-based
+methods, D_train's scoring for coreset, the pilot runs for MOSAIC; paper Fig. 11).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from mosaic_ray import layout
+from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.selection.methods import ResolvedMethod
+from mosaic_ray.stages.grid import Cell, run_grid
+from mosaic_ray.stages.step import Context, Step, needs_of
+from mosaic_ray.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def selection_overhead_cpu_s(cfg: ExperimentConfig, storage: Storage, method: ResolvedMethod) -> float:
+    """Resource-seconds (CPU·s) ``method`` spends before its final training (paper Fig. 11)."""
+    spec = method.spec
+    if not spec.uses_base_model:
+        return 0.0
+    total = 0.0
+    if storage.is_done(layout.BASE_RECORD):
+        b = storage.done_payload(layout.BASE_RECORD)
+        total += b.get("wall_time_s", 0.0) * cfg.train.num_workers * cfg.train.cpus_per_worker
+    records = [layout.SCORE] + ([layout.SCORE_TRAIN] if spec.needs_train_embeddings else [])
+    for rec in records:
+        if storage.is_done(rec):
+            sc = storage.done_payload(rec)
+            total += sc.get("wall_time_s", 0.0) * sc.get("actors", 1) * cfg.score.num_cpus_per_actor
+    if method.pilot_set and storage.exists(layout.pilot_table(method.pilot_set)):
+        times = storage.read_table(layout.pilot_table(method.pilot_set)).column("trial_time_s").to_pylist()
+        total += sum(t for t in times if t == t) * cfg.pilot.cpus_per_trial
+    return round(total, 1)
+
+
+def grid_cells(cfg: ExperimentConfig, storage: Storage) -> list[Cell]:
+    """Every (method, budget, seed) cell of the grid, the full-pool reference first if asked."""
+    sel = storage.read_json(layout.LAWS)
+    by = defaultdict(list)
+    for r in storage.read_table(layout.MANIFEST).to_pylist():
+        by[(r["method"], r["budget"])].append(r)
+    cells = []
+    for m in cfg.resolved_methods():
+        extra = selection_overhead_cpu_s(cfg, storage, m)
+        for b in sel["budgets"]:
+            ids = [r["clip_id"] for r in sorted(by[(m.method, b)], key=lambda r: r["step"])]
+            cells += [Cell(m.method, b, s, ids, extra) for s in cfg.train.seeds]
+    if cfg.train.full_pool:
+        pool_ids = storage.read_table(layout.clips("pool"), columns=["clip_id"]).column("clip_id").to_pylist()
+        # first: the reference line every method is read against, even in a cut-short grid
+        cells = [Cell("full", len(pool_ids), s, pool_ids, 0.0) for s in cfg.train.seeds] + cells
+    return cells
+
+
+def run_train(ctx: Context) -> dict:
+    """Run the grid cells without a stored result (all of them when forced)."""
+    cells = grid_cells(ctx.cfg, ctx.storage)
+    results = run_grid(ctx.cfg, ctx.storage, cells, force=ctx.force)
+    return {"runs": len(results), "cells": sorted(results)}
+
+
+def _complete(ctx: Context, payload: dict) -> bool:
+    """Recorded complete and every configured cell has its stored result."""
+    return all(ctx.storage.exists(c.result_path) for c in grid_cells(ctx.cfg, ctx.storage))
+
+
+#: the train step (needs the select step's manifest)
+STEP = Step("train", run_train, needs=needs_of({layout.MANIFEST: "select", layout.LAWS: "select"}),
+            outputs=(layout.TRAIN_RESULTS,), record=layout.TRAIN, complete=_complete,
+            describe=lambda p: f"{p['runs']} grid cells")
