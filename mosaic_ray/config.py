@@ -11,6 +11,7 @@ Relative paths in a config are resolved against the config file's folder.
 
 from __future__ import annotations
 
+from mosaic_ray.errors import UsageError
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ KNOWN_METHODS = METHOD_NAMES
 KNOWN_DOMAIN_COLUMNS = ("site", "segment", "scenario_id", "dataset")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """The configuration is invalid; the message lists every problem found."""
 
 

@@ -15,6 +15,7 @@ trials as it is; the S3 credentials are then read from the worker's own environm
 
 from __future__ import annotations
 
+from mosaic_ray.errors import MosaicError
 import io
 import json
 import os
@@ -33,7 +34,7 @@ from mosaic_ray.config import StorageConfig
 #: where :meth:`Storage.local_copy` puts downloads of remote (``s3://``) files
 LOCAL_CACHE_DIR = os.path.join(tempfile.gettempdir(), "mosaic_ray_cache")
 
-class StorageError(RuntimeError):
+class StorageError(MosaicError, RuntimeError):
     """A storage operation failed; the message names the URI (never credentials)."""
 
 

@@ -7,13 +7,14 @@ importance, lowest EPDMS first (:func:`mosaic_ray.selection.strategies.rank_with
 
 from __future__ import annotations
 
+from mosaic_ray.errors import MosaicError
 import numpy as np
 import pyarrow as pa
 
 from mosaic_ray.selection.strategies import PoolView
 
 
-class DomainError(ValueError):
+class DomainError(MosaicError, ValueError):
     """Domains cannot be formed (missing column, null labels, empty pool)."""
 
 

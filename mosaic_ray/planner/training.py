@@ -48,6 +48,7 @@ run, epoch and step as soon as the loss or any weight is NaN/inf.
 
 from __future__ import annotations
 
+from mosaic_ray.errors import MosaicError
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Literal
@@ -62,7 +63,7 @@ TRAIN_KEYS = INPUT_KEYS + ("target",)
 DISTILL_KEY = "distill_targets"  #: optional (B, K, 8) rule-distillation targets in a feature batch
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(MosaicError, RuntimeError):
     """The loss or the weights became NaN/inf; the message names the run, epoch and step."""
 
 

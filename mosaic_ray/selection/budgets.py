@@ -8,6 +8,7 @@ strategies, the allocator) calls these functions instead of re-checking budgets 
 
 from __future__ import annotations
 
+from mosaic_ray.errors import UsageError
 import operator
 from typing import Any, Iterable
 
@@ -16,7 +17,7 @@ import numpy as np
 __all__ = ["BudgetError", "budget_count", "check_budget_spec", "resolve_budgets"]
 
 
-class BudgetError(ValueError):
+class BudgetError(UsageError, ValueError):
     """A budget is not a clip count / pool fraction, or does not fit the pool."""
 
 

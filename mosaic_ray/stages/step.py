@@ -19,6 +19,7 @@ work instead.
 
 from __future__ import annotations
 
+from mosaic_ray.errors import MosaicError
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from mosaic_ray.storage import Storage
 log = logging.getLogger(__name__)
 
 
-class StepError(RuntimeError):
+class StepError(MosaicError, RuntimeError):
     """A step cannot run (a missing input names the step that writes it)."""
 
 
