@@ -9,7 +9,13 @@ Options: ``--set key=value`` (dotted keys, YAML values) overrides config entries
 ``run --force`` all of them); ``--log-level`` sets the library's logging (default ``info``:
 one line per step and per long-running unit of work; ``debug`` adds tracebacks).
 
-Exit codes: 0 done, 1 a step failed, 2 a bad config or command line.
+Exit codes: 0 done; 1 a step failed at run time (a missing input names the step to run first,
+a storage or credentials failure names the URI, a domain error names the column); 2 a bad config,
+command line or input found before work starts (unknown or misplaced ``--set`` keys, budgets
+larger than the pool, unknown methods or domain variants, k-means ``k`` above the pool size, clip
+shards missing a column, a missing ``score.checkpoint``: see :mod:`mosaic_ray.preflight`).
+Every error is one line ``mosaic-ray: <message>`` on stderr; ``--log-level debug`` adds the
+traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import yaml
 
 from mosaic_ray import pipeline
 from mosaic_ray.config import ConfigError, load_config
-from mosaic_ray.stages.step import StepError
+from mosaic_ray.errors import MosaicError, UsageError
 
 COMMANDS = ("run", *pipeline.STEP_NAMES, "validate")
 log = logging.getLogger("mosaic_ray")
@@ -34,8 +40,46 @@ def _overrides(items: list[str]) -> dict:
         if "=" not in it:
             raise ConfigError(f"--set expects key=value, got {it!r}")
         k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {k.strip()}: the value {v!r} is not valid YAML "
+                              f"({' '.join(str(e).split())[:120]})") from None
     return out
+
+
+def _project_error(e: BaseException) -> MosaicError | None:
+    """The project error behind ``e``: itself, or one it was raised from / wraps (Ray's task
+    errors keep it as ``cause``), so a failure inside a Ray worker reads the same."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, MosaicError) and not hasattr(e, "cause"):
+            return e
+        nxt = getattr(e, "cause", None)
+        e = nxt if isinstance(nxt, BaseException) else (e.__cause__ or e.__context__)
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def report_error(e: BaseException) -> int:
+    """Print ``e`` as one ``mosaic-ray: ...`` line on stderr (the traceback at debug level);
+    returns the exit code: 2 for a usage error, 1 otherwise."""
+    log.debug("traceback", exc_info=e)
+    err = _project_error(e)
+    if err is not None:
+        print(f"mosaic-ray: {_one_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, UsageError) else 1
+    while isinstance(getattr(e, "cause", None), BaseException):  # a Ray task error: what the task raised
+        e = e.cause
+    debug = "" if log.isEnabledFor(logging.DEBUG) else " (rerun with --log-level debug for the traceback)"
+    text = _one_line(e)
+    text = text if len(text) <= 500 else text[:497] + "..."
+    print(f"mosaic-ray: {type(e).__name__}: {text}{debug}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.force == "__this__":
                 force = list(pipeline.STEP_NAMES)
             pipeline.expand_force(force)
-    except (ConfigError, KeyError) as e:
-        print(f"mosaic-ray: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except KeyError as e:  # an unknown step in --force (the message lists the steps)
+        print(f"mosaic-ray: {_one_line(e.args[0] if e.args else e)}", file=sys.stderr)
         return 2
+    except MosaicError as e:
+        return report_error(e)
     if args.command == "validate":
         print(f"config OK: {cfg.name} -> {cfg.run_uri}")
         return 0
@@ -85,10 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             out = pipeline.run_steps(cfg, [args.command], force=[args.command] if args.force else [])
             if args.command == "report":
                 print(f"Report: {out['report']['report']}")
-    except (StepError, ConfigError) as e:
-        log.debug("traceback", exc_info=True)
-        print(f"mosaic-ray: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line and an exit code
+        return report_error(e)
     return 0
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from mosaic_ray.errors import UsageError
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -310,7 +312,10 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _method_variants(self) -> "ExperimentConfig":
-        self.resolved_methods()  # raises for an unknown @variant
+        try:
+            self.resolved_methods()  # raises for an unknown @variant
+        except ValueError as e:
+            raise ValueError(f"selection.methods: {e}") from None
         return self
 
     def resolved_methods(self) -> list[ResolvedMethod]:
@@ -335,6 +340,94 @@ class ExperimentConfig(_Strict):
         return list(self.ingest.data_dirs) if self.ingest.data_dirs else [self.resolved_data_dir()]
 
 
+def _section_model(annotation: Any, lists: bool = False) -> type[BaseModel] | None:
+    """The config section (a model) a field holds: the annotation itself, the model of an
+    ``Optional[...]``, or with ``lists`` the item model of a ``list[...]``; None for a value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) or (lists and origin is list):
+        for a in typing.get_args(annotation):
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                return a
+    return None
+
+
+def _level(parts: list[str] | tuple) -> str:
+    return ".".join(str(p) for p in parts) if parts else "the top level"
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The config section model at a pydantic error location (list indices skipped)."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        sub = _section_model(field.annotation, lists=True) if field is not None else None
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _describe_error(err: dict) -> str:
+    """One pydantic error as ``key: problem`` (unknown keys with the valid keys at their level)."""
+    loc = tuple(err["loc"])
+    where = ".".join(str(x) for x in loc)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        valid = f" (valid keys at {_level(loc[:-1])}: {', '.join(section.model_fields)})" if section else ""
+        return f"{where}: unknown key{valid}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    elif err["type"] != "missing" and "input" in err:
+        shown = repr(err["input"])
+        msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    msg = " ".join(msg.split())
+    return f"{where}: {msg}" if where else msg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set dotted keys (``--set train.epochs=5``) in a raw config mapping, in place.
+
+    Every part of a key is checked against the schema before anything is set: a part that is
+    not a key of its section, or a key below a plain value (``train.epochs.x``) or a list
+    (``domains.variants.k``: set the whole list), is refused.
+
+    Raises:
+        ConfigError: one line naming the key and the valid keys at that level.
+    """
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {key}: empty key part; use dotted keys such as train.epochs")
+        model: type[BaseModel] = ExperimentConfig
+        node = raw
+        for i, part in enumerate(parts):
+            if part not in model.model_fields:
+                raise ConfigError(f"--set {key}: unknown key {part!r} at {_level(parts[:i])}; "
+                                  f"valid keys there: {', '.join(model.model_fields)}")
+            if i == len(parts) - 1:
+                node[part] = value
+                break
+            here = ".".join(parts[:i + 1])
+            ann = model.model_fields[part].annotation
+            sub = _section_model(ann)
+            if sub is None:
+                what = "a list" if typing.get_origin(ann) is list else "a value"
+                raise ConfigError(f"--set {key}: {here} is {what}, not a section with keys; "
+                                  f"set it as a whole: --set {here}=VALUE")
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {here} in the config file is {child!r}, not a mapping; "
+                                  f"fix the file or set {here} as a whole")
+            model, node = sub, child
+
+
 def _resolve_path(value: str | None, base: Path) -> str | None:
     if value is None or "://" in value or os.path.isabs(value):
         return value
@@ -346,10 +439,12 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
     Args:
         path: YAML file.
-        overrides: dotted keys to set after reading, e.g. ``{"train.num_workers": 1}``.
+        overrides: dotted keys to set after reading, e.g. ``{"train.num_workers": 1}``
+            (checked against the schema by :func:`apply_overrides`).
 
     Raises:
-        ConfigError: unreadable file, unknown keys, invalid values or a missing data directory.
+        ConfigError: unreadable file, unknown keys, invalid values or a missing data directory
+            (one line naming each bad key).
     """
     p = Path(path)
     try:
@@ -358,12 +453,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"cannot read config {p}: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"config {p} must be a mapping at the top level")
-    for key, value in (overrides or {}).items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+    apply_overrides(raw, overrides or {})
     base = p.resolve().parent
     if raw.get("data_dir") is not None:
         raw["data_dir"] = _resolve_path(str(raw["data_dir"]), base)
@@ -387,14 +477,7 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "<root>"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"  {loc}: {msg}")
-        raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
+        raise ConfigError("invalid config: " + "; ".join(_describe_error(err) for err in e.errors())) from None
     for data_dir in cfg.resolved_data_dirs():
         if "://" not in data_dir and not Path(data_dir).is_dir():
             what = ("the ScenarioNet *.pkl scenarios" if cfg.ingest.source == "scenarionet"

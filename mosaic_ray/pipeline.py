@@ -27,6 +27,7 @@ from typing import Iterable
 
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.preflight import preflight
 from mosaic_ray.stages import base, domains, ingest, pilot, report, score, select, train
 from mosaic_ray.stages.runtime import ray_session
 from mosaic_ray.stages.step import Context, Step, run_step
@@ -74,17 +75,21 @@ def run_steps(cfg: ExperimentConfig, names: Iterable[str] | None = None, force: 
     Raises:
         KeyError: an unknown step name.
         StepError: a step's input is missing (run the earlier step first).
+        UsageError: a check before work starts failed (:mod:`mosaic_ray.preflight`: before Ray
+            starts, the pool checks right after ingest when it runs).
     """
     wanted = set(STEP_NAMES if names is None else names)
     for n in wanted:
         get_step(n)
     forced = expand_force(force)
     ctx = Context.for_config(cfg)
+    checks = preflight(cfg, ctx.storage, wanted, forced)
     out = {}
     with ray_session(cfg):
         for step in STEPS:
             if step.name in wanted:
                 payload = run_step(step, ctx, force=step.name in forced)
+                checks.after_step(step.name)
                 if payload is not None:
                     out[step.name] = payload
     return out

@@ -16,6 +16,7 @@ trials as it is; the S3 credentials are then read from the worker's own environm
 from __future__ import annotations
 
 from mosaic_ray.errors import MosaicError
+import contextlib
 import io
 import json
 import os
@@ -36,6 +37,50 @@ LOCAL_CACHE_DIR = os.path.join(tempfile.gettempdir(), "mosaic_ray_cache")
 
 class StorageError(MosaicError, RuntimeError):
     """A storage operation failed; the message names the URI (never credentials)."""
+
+
+#: what an AWS / S3 error code or message means for the user (first match wins)
+_HINTS = (
+    (("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist"),
+     "the bucket does not exist: create it or fix output_dir"),
+    (("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch",
+      "InvalidToken", "ExpiredToken", "EXPIRED_TOKEN"),
+     "the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"),
+    (("ACCESS_DENIED", "AccessDenied", "Access Denied", "403"),
+     "access denied: check the credentials and the bucket's policy"),
+    (("No credentials", "Unable to locate credentials", "MISSING_AUTHENTICATION_TOKEN",
+      "credentials provider"),
+     "no AWS credentials found: set them in the environment, a profile or an instance role"),
+    (("NETWORK_CONNECTION", "Could not connect", "curlCode: 6", "curlCode: 7", "curlCode: 28"),
+     "cannot reach the storage endpoint: check storage.endpoint_url / the network"),
+)
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line (pyarrow's AWS messages span several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def storage_error(action: str, uri: str, e: BaseException) -> StorageError:
+    """A one-line :class:`StorageError` for a failed ``action`` on ``uri`` (``"cannot read
+    s3://b/x: the bucket does not exist: create it or fix output_dir (AWS Error ...)"``)."""
+    detail = _one_line(e)
+    for needles, hint in _HINTS:
+        if any(n in detail for n in needles):
+            return StorageError(f"cannot {action} {uri}: {hint} ({detail})")
+    return StorageError(f"cannot {action} {uri}: {detail}")
+
+
+@contextlib.contextmanager
+def _wrapped(action: str, uri: str):
+    """Turn OSError / Arrow errors inside the block into :func:`storage_error`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        raise storage_error(action, uri, e) from e
 
 
 def _split_uri(uri: str) -> tuple[str, str]:
@@ -67,7 +112,8 @@ def make_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.Fi
     region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs), path.rstrip("/")
+    with _wrapped("open", uri):
+        return pafs.S3FileSystem(**kwargs), path.rstrip("/")
 
 
 @dataclass
@@ -115,14 +161,16 @@ class Storage:
 
     # ------------------------------------------------------------------ queries
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+        with _wrapped("check", self.uri(rel)):
+            return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
     def list(self, rel: str = "", suffix: str = "", recursive: bool = False) -> list[str]:
         """Sorted relative paths of files under ``rel`` ending in ``suffix``."""
         base = self.path(rel)
-        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
+        with _wrapped("list", self.uri(rel)):
+            if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+                return []
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
         out = []
         for info in infos:
             if info.type != pafs.FileType.File or not info.path.endswith(suffix):
@@ -135,7 +183,8 @@ class Storage:
 
     # ------------------------------------------------------------------ writes
     def makedirs(self, rel: str) -> None:
-        self.fs.create_dir(self.path(rel), recursive=True)
+        with _wrapped("create", self.uri(rel)):
+            self.fs.create_dir(self.path(rel), recursive=True)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomically write ``data`` to ``rel``."""
@@ -154,20 +203,24 @@ class Storage:
                 with self.fs.open_output_stream(dest) as f:
                     f.write(data)
         except OSError as e:
-            raise StorageError(f"cannot write {self.uri(rel)}: {e}") from e
+            raise storage_error("write", self.uri(rel), e) from e
 
     def read_bytes(self, rel: str) -> bytes:
         try:
             with self.fs.open_input_stream(self.path(rel)) as f:
                 return f.read()
         except (OSError, FileNotFoundError) as e:
-            raise StorageError(f"cannot read {self.uri(rel)}: {e}") from e
+            raise storage_error("read", self.uri(rel), e) from e
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=False, default=_json_default).encode())
 
     def read_json(self, rel: str) -> Any:
-        return json.loads(self.read_bytes(rel))
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except ValueError as e:  # a truncated or foreign file: name it
+            raise StorageError(f"cannot read {self.uri(rel)}: not valid JSON ({_one_line(e)})") from e
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         """Atomically write ``table`` as one Parquet file (zstd)."""
@@ -181,7 +234,8 @@ class Storage:
         Raises:
             StorageError: missing path or unreadable Parquet (the message names the file).
         """
-        info = self.fs.get_file_info(self.path(rel))
+        with _wrapped("read", self.uri(rel)):
+            info = self.fs.get_file_info(self.path(rel))
         if info.type == pafs.FileType.NotFound:
             raise StorageError(f"{self.uri(rel)} does not exist")
         files = [rel] if info.type == pafs.FileType.File else self.list(rel, ".parquet", recursive=True)
@@ -190,7 +244,7 @@ class Storage:
             try:
                 tables.append(pq.read_table(self.path(f), filesystem=self.fs, columns=columns))
             except (OSError, pa.ArrowInvalid) as e:
-                raise StorageError(f"cannot read Parquet {self.uri(f)}: {e}") from e
+                raise storage_error("read Parquet", self.uri(f), e) from e
         if not tables:
             raise StorageError(f"no Parquet files under {self.uri(rel)}")
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
@@ -206,23 +260,26 @@ class Storage:
         """
         if self.is_local:
             return self.path(rel)
-        os.makedirs(LOCAL_CACHE_DIR, exist_ok=True)
+        with _wrapped("create", LOCAL_CACHE_DIR):
+            os.makedirs(LOCAL_CACHE_DIR, exist_ok=True)
         dest = os.path.join(LOCAL_CACHE_DIR,
                             f"{uuid.uuid5(uuid.NAMESPACE_URL, self.uri(rel)).hex}-{posixpath.basename(rel)}")
         data = self.read_bytes(rel)
         tmp = dest + f".{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
+        with _wrapped(f"copy {self.uri(rel)} to", dest):
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, dest)
         return dest
 
     def delete(self, rel: str) -> None:
         p = self.path(rel)
-        info = self.fs.get_file_info(p)
-        if info.type == pafs.FileType.Directory:
-            self.fs.delete_dir(p)
-        elif info.type == pafs.FileType.File:
-            self.fs.delete_file(p)
+        with _wrapped("delete", self.uri(rel)):
+            info = self.fs.get_file_info(p)
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(p)
+            elif info.type == pafs.FileType.File:
+                self.fs.delete_file(p)
 
     # ------------------------------------------------------------------ completion
     def mark_done(self, stage: str, payload: dict[str, Any] | None = None) -> None:

@@ -15,7 +15,8 @@ from mosaic_ray.selection.strategies import PoolView
 
 
 class DomainError(MosaicError, ValueError):
-    """Domains cannot be formed (missing column, null labels, empty pool)."""
+    """Domains cannot be formed (missing column, null labels, empty pool); the message is one
+    line naming the column and the fix (the CLI exits 1)."""
 
 
 def assign_domains(table: pa.Table, column: str) -> np.ndarray:
@@ -26,12 +27,14 @@ def assign_domains(table: pa.Table, column: str) -> np.ndarray:
     """
     if column not in table.column_names:
         raise DomainError(f"domain column {column!r} not in the score table "
-                          f"(columns: {', '.join(table.column_names)})")
+                          f"(columns: {', '.join(table.column_names)}); set domains.column (or the variant's "
+                          "column) to one of them")
     vals = table.column(column).to_pylist()
     missing = [i for i, v in enumerate(vals) if v is None or v == ""]
     if missing:
         ids = table.column("clip_id").to_pylist()
-        raise DomainError(f"{len(missing)} clips have no {column!r} value, e.g. {ids[missing[0]]}")
+        raise DomainError(f"{len(missing)} clips have no {column!r} value, e.g. {ids[missing[0]]}: choose "
+                          "another domain column (domains.column) or re-ingest the clips")
     return np.asarray(vals, dtype=object)
 
 
@@ -43,7 +46,8 @@ def pool_view(scores: pa.Table, column: str) -> PoolView:
         DomainError: empty pool or see :func:`assign_domains`.
     """
     if scores.num_rows == 0:
-        raise DomainError("the pool is empty")
+        raise DomainError("the pool is empty (no usable scored clip): check ingest/summary.json and the "
+                          "score step's errors")
     ids = np.asarray(scores.column("clip_id").to_pylist(), dtype=object)
     imp = np.asarray(scores.column("importance").to_numpy(zero_copy_only=False), dtype=np.float64)
     emb = None

@@ -43,12 +43,18 @@ A resumed run matches an uninterrupted one to float tolerance (the optimizer sta
 restored; the data order is the same).
 
 Errors: the loop stops with :class:`NonFiniteTrainingError` (a ``RuntimeError``) naming the
-run, epoch and step as soon as the loss or any weight is NaN/inf.
+run, epoch and step as soon as the loss or any weight is NaN/inf (both are checked after every
+optimisation step, so no epoch callback, hence no checkpoint, ever sees non-finite weights;
+a non-finite loss names the batch rows with non-finite features). Rows with non-finite features
+are meant never to get there: the training datasets drop them with a logged count
+(:func:`drop_nonfinite_rows`), and :func:`require_finite_weights` refuses a model before it is
+evaluated or reported.
 """
 
 from __future__ import annotations
 
 from mosaic_ray.errors import MosaicError
+import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Literal
@@ -59,6 +65,7 @@ import torch
 from mosaic_ray.planner.features import INPUT_KEYS, mirror_batch
 from mosaic_ray.planner.model import VocabularyPlanner
 
+log = logging.getLogger(__name__)
 TRAIN_KEYS = INPUT_KEYS + ("target",)
 DISTILL_KEY = "distill_targets"  #: optional (B, K, 8) rule-distillation targets in a feature batch
 
@@ -254,6 +261,55 @@ def _check_finite_weights(core: torch.nn.Module) -> str | None:
     return None
 
 
+def non_finite_weights(model) -> list[str]:
+    """Names of the parameters of ``model`` (or of a DDP wrapper's ``.module``) holding a NaN/inf."""
+    core = model.module if hasattr(model, "module") else model
+    return [name for name, p in core.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def require_finite_weights(model, what: str) -> None:
+    """Refuse a model with non-finite weights (before it is evaluated, saved or reported).
+
+    Raises:
+        NonFiniteTrainingError: naming ``what`` (e.g. the checkpoint) and the first bad tensors.
+    """
+    bad = non_finite_weights(model)
+    if bad:
+        total = sum(1 for _ in (model.module if hasattr(model, "module") else model).parameters())
+        raise NonFiniteTrainingError(f"{what}: {len(bad)} of {total} weight tensors are NaN/inf "
+                                     f"(e.g. {', '.join(bad[:3])}); no result is reported for it")
+
+
+def finite_rows(data: dict[str, np.ndarray], keys: Iterable[str] = TRAIN_KEYS) -> np.ndarray:
+    """(N,) bool: rows whose float training arrays (``keys`` present in ``data``: the inputs and
+    the imitation target; masks and ``distill_targets``, NaN where unknown, are not checked)
+    are all finite."""
+    n = len(data["target"]) if "target" in data else len(next(iter(data.values())))
+    ok = np.ones(n, dtype=bool)
+    for k in keys:
+        if k not in data:
+            continue
+        v = np.asarray(data[k])
+        if v.dtype.kind == "f" and v.size:
+            ok &= np.isfinite(v.reshape(n, -1)).all(axis=1)
+    return ok
+
+
+def drop_nonfinite_rows(data: dict[str, np.ndarray], name: str = "training"
+                        ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``data`` without the rows :func:`finite_rows` rejects, and those rows' clip ids (logged
+    as a warning with their count), so no NaN/inf feature reaches a training batch.
+
+    Every array of ``data`` is indexed along axis 0; ``clip_id`` names the rows."""
+    ok = finite_rows(data)
+    if ok.all():
+        return data, []
+    ids = [str(c) for c in np.asarray(data.get("clip_id", np.arange(len(ok))))[~ok]]
+    log.warning("%s: %d of %d training rows dropped for non-finite features (e.g. %s)",
+                name, len(ids), len(ok), ", ".join(ids[:5]))
+    return {k: np.asarray(v)[ok] for k, v in data.items()}, ids
+
+
 def train_loop(model, data: dict[str, np.ndarray], recipe: TrainRecipe, *, seed: int, rank: int = 0,
                world: int = 1, n_total: int | None = None, resume: dict[str, Any] | None = None,
                on_epoch: Callable[[EpochState], None] | None = None, name: str = "training") -> list[float]:
@@ -315,8 +371,15 @@ def train_loop(model, data: dict[str, np.ndarray], recipe: TrainRecipe, *, seed:
             loss = train_step(model, opt, to_tensors({k: data[k][idx] for k in keys}, keys), recipe.mirror,
                               recipe.distill_weight, recipe.grad_clip)
             if not math.isfinite(loss):
+                bad_rows = ~finite_rows({k: data[k][idx] for k in keys})
+                why = "lower the learning rate or check the data"
+                if bad_rows.any():  # name each row once (a small dataset repeats rows in a batch)
+                    ids = list(dict.fromkeys((np.asarray(data["clip_id"])[idx] if "clip_id" in data
+                                              else idx)[bad_rows].tolist()))
+                    why = (f"{len(ids)} row(s) of the batch have non-finite features "
+                           f"(e.g. {', '.join(map(str, ids[:3]))})")
                 raise NonFiniteTrainingError(f"{name}: loss became {loss} at epoch {epoch}, step {step} "
-                                             f"(rank {rank}, lr {lr:.3g}); lower the learning rate or check the data")
+                                             f"(rank {rank}, lr {lr:.3g}); {why}")
             bad = _check_finite_weights(core)
             if bad is not None:
                 raise NonFiniteTrainingError(f"{name}: weight {bad!r} became non-finite at epoch {epoch}, "

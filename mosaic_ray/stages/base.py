@@ -17,6 +17,7 @@ from mosaic_ray import layout
 from mosaic_ray.evaluate.planner_eval import SceneCache, score_human, score_planner
 from mosaic_ray.planner.futures import expert_futures
 from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
+from mosaic_ray.planner.training import NonFiniteTrainingError, require_finite_weights
 from mosaic_ray.stages.ingest import load_clips
 from mosaic_ray.stages.step import Context, Step, needs_of
 from mosaic_ray.stages.trainer import train_planner
@@ -29,13 +30,24 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: Sc
     """Validation utility of a stored planner checkpoint: ``{"epdms", "terms", "n_clips"}``
     (EPDMS and the nine terms on the 0..1 scale, means over the clips).
 
+    A checkpoint with non-finite weights is refused before it is scored, and a non-finite
+    mean EPDMS is refused after, so no NaN model's number is ever reported as a result.
+
     Args:
         checkpoint: storage-relative ``planner/*.pt``.
         clips: the clips to score (default: the validation split).
+
+    Raises:
+        NonFiniteTrainingError: NaN/inf weights or a non-finite mean EPDMS (names the checkpoint).
     """
     model = load_checkpoint(storage.local_copy(checkpoint))
+    require_finite_weights(model, f"checkpoint {storage.uri(checkpoint)}")
     clips = clips if clips is not None else load_clips(storage, "validation")
-    return score_planner(model, clips, model.spec.features, cache=cache).utility()
+    util = score_planner(model, clips, model.spec.features, cache=cache).utility()
+    if not np.isfinite(util["epdms"]):
+        raise NonFiniteTrainingError(f"checkpoint {storage.uri(checkpoint)}: validation EPDMS is "
+                                     f"{util['epdms']}; no result is reported for it")
+    return util
 
 
 def run_base(ctx: Context) -> dict:

@@ -48,10 +48,8 @@ def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None
     from ray import tune
 
     from mosaic_ray.config import ExperimentConfig
-    from mosaic_ray.evaluate.planner_eval import score_planner
-    from mosaic_ray.planner.model import load_checkpoint
+    from mosaic_ray.stages.base import evaluate_checkpoint
     from mosaic_ray.planner.training import recipe_from_config
-    from mosaic_ray.stages.ingest import load_clips
     from mosaic_ray.stages.trainer import train_planner
 
     cell = Cell(**cells[config["cell"]])
@@ -63,8 +61,7 @@ def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None
                          init_checkpoint="planner/base.pt" if cfg.train.init == "base" else None,
                          fresh=bool(config.get("fresh", False)), recipe=recipe_from_config(cfg, "final"))
     t_eval = time.time()
-    model = load_checkpoint(st.local_copy(info["checkpoint"]))
-    util = score_planner(model, load_clips(st, "validation"), model.spec.features).utility()
+    util = evaluate_checkpoint(st, info["checkpoint"])  # refuses NaN/inf weights or a NaN EPDMS
     eval_s = time.time() - t_eval
     cpus = cfg.train.num_workers * cfg.train.cpus_per_worker
     res = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, **info, "validation": util,

@@ -35,12 +35,16 @@ def pilot_features(storage: Storage, clip_ids: list[str], targets: pa.Table | No
     distillation model and ``targets`` also ``distill_targets`` (N, K, 8) float32 (NaN where a
     clip has none), as the Ray Train path gets them.
 
+    Rows with a NaN/inf feature or target (a shard edited after ingest) are dropped with a
+    logged count (:func:`~mosaic_ray.planner.training.drop_nonfinite_rows`), as the Ray Train
+    path drops them.
+
     Raises:
         RuntimeError: a clip id is not in the pool shards.
     """
     from mosaic_ray.data.clip import clips_from_table
     from mosaic_ray.planner.features import featurize_clips
-    from mosaic_ray.planner.training import shard_rows
+    from mosaic_ray.planner.training import drop_nonfinite_rows, shard_rows
     from mosaic_ray.stages.distill import targets_for
 
     train = clips_from_table(storage.read_table("ingest/clips/train"))
@@ -51,6 +55,7 @@ def pilot_features(storage: Storage, clip_ids: list[str], targets: pa.Table | No
     feats = featurize_clips(train + sel, model.spec.features, with_prev=False)
     if getattr(model.spec, "distill", False) and targets is not None:
         feats["distill_targets"] = targets_for(targets, feats["clip_id"], model.vocab_size)
+    feats, _ = drop_nonfinite_rows(feats, "pilot features")
     return shard_rows(feats)
 
 
@@ -68,7 +73,7 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
     from mosaic_ray.data.clip import clips_from_table
     from mosaic_ray.evaluate.planner_eval import score_planner
     from mosaic_ray.planner.model import load_checkpoint
-    from mosaic_ray.planner.training import TrainRecipe, train_loop
+    from mosaic_ray.planner.training import NonFiniteTrainingError, TrainRecipe, require_finite_weights, train_loop
 
     t0 = time.time()
     torch.set_num_threads(config["torch_threads"])
@@ -79,8 +84,12 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
     except RuntimeError as e:
         raise RuntimeError(f"pilot {trial['domain']}/{trial['n']}: {e}") from e
     train_loop(model, data, TrainRecipe(**config["recipe"]), seed=trial["seed"], name=f"pilot {trial['key']}")
+    require_finite_weights(model, f"pilot {trial['key']}")  # a NaN model's ΔU is never reported
     val = clips_from_table(storage.read_table("ingest/clips/validation"))
     util = score_planner(model, val, model.spec.features).utility()
+    if not np.isfinite(util["epdms"]):
+        raise NonFiniteTrainingError(f"pilot {trial['key']}: validation EPDMS is {util['epdms']}; "
+                                     "no ΔU is reported for it")
     tune.report({"delta_u": util["epdms"] - config["base_epdms"], "epdms": util["epdms"],
                  "domain": trial["domain"], "n": trial["n"], "seed": trial["seed"],
                  "terms": util["terms"], "trial_time_s": time.time() - t0})
@@ -188,22 +197,35 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
     return table
 
 
+def pilot_orders(cfg: ExperimentConfig, storage: Storage) -> dict[str, dict[str, list[str]]]:
+    """Per pilot set the methods need (:func:`~mosaic_ray.selection.methods.pilot_sets`), each
+    domain's pool clip ids in the order its pilots take them (a trial of size n takes the first
+    n): ranked sets by base EPDMS, lowest first; unranked ones in the seeded shuffle of the
+    ``mosaic_no_rank`` ablation. The clips come from :func:`~mosaic_ray.stages.domains.ranked_pool`,
+    so a clip whose score row is not ``ok`` is in no pilot."""
+    out = {}
+    for name, variant, ranked in pilot_sets(cfg.resolved_methods()):
+        pool, order = ranked_pool(cfg, storage, variant)
+        if not ranked:
+            order = {str(d): [str(pool.clip_ids[i]) for i in idx]
+                     for d, idx in unranked_order(pool, cfg.selection.random_seed).items()}
+        out[name] = order
+    return out
+
+
 def run_pilot_sets(ctx: Context) -> dict:
-    """Pilot runs for every pilot set the methods need (:func:`~mosaic_ray.selection.methods.pilot_sets`):
-    ranked sets take each domain's top-n clips by base EPDMS, unranked ones a seeded shuffle
-    (the ``mosaic_no_rank`` ablation). A set finished earlier is kept unless forced.
+    """Pilot runs for every pilot set the methods need (:func:`pilot_orders`). A set finished
+    earlier is kept unless forced.
 
     Returns:
         ``{"sets": {name: trials}}``.
     """
     st, cfg = ctx.storage, ctx.cfg
     base = st.read_json(layout.BASE_EVAL)
+    kinds = {name: (variant, ranked) for name, variant, ranked in pilot_sets(cfg.resolved_methods())}
     out = {}
-    for name, variant, ranked in pilot_sets(cfg.resolved_methods()):
-        pool, order = ranked_pool(cfg, st, variant)
-        if not ranked:
-            order = {str(d): [str(pool.clip_ids[i]) for i in idx]
-                     for d, idx in unranked_order(pool, cfg.selection.random_seed).items()}
+    for name, order in pilot_orders(cfg, st).items():
+        variant, ranked = kinds[name]
         log.info("[pilot] set %s: %s clips, domains of %s", name, "ranked" if ranked else "unranked", variant)
         table = run_pilots(cfg, st, order, layout.BASE_CHECKPOINT, base["validation"]["epdms"], name=name,
                            force=ctx.force)

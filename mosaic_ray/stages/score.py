@@ -23,10 +23,12 @@ import torch
 
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.data.clip import clip_schema
 from mosaic_ray.data.split import duplicated
 from mosaic_ray.scoring.epdms import TERMS
 from mosaic_ray.stages.runtime import default_num_actors
-from mosaic_ray.stages.shards import Resources, ShardStage, preflight_shards, record_actor_pid, run_shard_stage
+from mosaic_ray.stages.shards import (Resources, ShardInputError, ShardStage, preflight_shards, record_actor_pid,
+                                      run_shard_stage)
 from mosaic_ray.stages.step import Context, Step, needs_of
 from mosaic_ray.storage import Storage, StorageError
 
@@ -149,19 +151,23 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
         ``{"rows": n, "ok": n_ok, "errors": n_err, "wall_time_s": s, "actors": k}``.
 
     Raises:
+        ShardInputError: before any work, an unreadable shard, one without a column of the clip
+            schema (the message names the shard and the columns), or duplicated clip ids.
         RuntimeError: the output does not hold exactly one row per input clip.
     """
     t0 = time.time()
     shards = storage.list(f"ingest/clips/{split}", ".parquet")
     if not shards:
         raise FileNotFoundError(f"no clip shards for split {split!r}; run ingest first")
-    preflight_shards(storage, shards, ["clip_id", "ego_states", "lane_offsets"])
+    # every column the scorer decodes (the whole clip schema: a shard without, e.g., agent_states
+    # would otherwise score to decode_error rows with no metadata)
+    preflight_shards(storage, shards, clip_schema().names)
     ids = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
 
     dups = duplicated(ids)
     if dups:
-        raise ValueError(f"duplicated clip ids in the {split} shards ({len(dups)}), e.g. {dups[:5]}: "
-                         "every clip must appear once; re-run ingest or remove the duplicates")
+        raise ShardInputError(f"duplicated clip ids in the {split} shards ({len(dups)}), e.g. {dups[:5]}: "
+                              "every clip must appear once; re-run ingest or remove the duplicates")
     if force and storage.exists(f"{out}/scores"):
         storage.delete(f"{out}/scores")
     n_actors = min(default_num_actors(cfg), len(shards))
@@ -192,8 +198,21 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     return payload
 
 
-def load_scores(storage: Storage, out: str = STAGE) -> pa.Table:
-    return storage.read_table(f"{out}/scores")
+def load_scores(storage: Storage, out: str = STAGE):
+    """The score table of ``out`` (``score``: the pool, ``score_train``: D_train) through the
+    one filter of rejected clips (:func:`mosaic_ray.selection.usable.usable`): only rows with
+    ``status == "ok"`` and finite scores reach domains, ranking, pilots and selection.
+
+    Returns:
+        :class:`~mosaic_ray.selection.usable.UsableScores`: ``.table`` the usable rows,
+        ``.excluded`` {reason: count} of the rest (``{"score_error": 2}``), ``.excluded_ids``.
+
+    Raises:
+        StorageError: no score table (run the score step).
+    """
+    from mosaic_ray.selection.usable import usable
+
+    return usable(storage.read_table(f"{out}/scores"))
 
 
 def import_checkpoint(storage: Storage, uri: str) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from mosaic_ray.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -166,28 +168,42 @@ class ShardStage(ProcessingStage):
     key_column: str = "clip_id"
 
 
-def preflight_shards(storage, shards: list[str], required: list[str]) -> None:
-    """Check every input shard before work starts: readable Parquet footer and the columns
-    the stage needs.
+class ShardInputError(UsageError, ValueError):
+    """Input shards a stage cannot read: unreadable Parquet, missing columns, duplicated ids
+    (found before any work starts; the message is one line naming the shards and the fix)."""
+
+
+def preflight_shards(storage, shards: list[str], required) -> None:
+    """Check every input shard before work starts: readable Parquet footer and every column
+    the stage reads (only footers are read, in parallel threads for remote storage).
 
     Raises:
-        ValueError: naming each unreadable or incomplete shard and the reason.
+        ShardInputError: naming each unreadable or incomplete shard (the first five, with a count of
+            the rest), the missing columns and the fix, on one line.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow.parquet as pq
 
-    problems = []
-    for s in shards:
+    required = list(required)
+
+    def problem(s: str) -> str | None:
         try:
             with storage.fs.open_input_file(storage.path(s)) as f:
                 schema = pq.ParquetFile(f).schema_arrow
         except Exception as e:  # truncated / not Parquet / unreadable
-            problems.append(f"{s}: unreadable Parquet ({type(e).__name__}: {str(e)[:160]})")
-            continue
+            text = " ".join(str(e).split())[:160]
+            return f"{storage.uri(s)}: unreadable Parquet ({type(e).__name__}: {text})"
         missing = [c for c in required if c not in schema.names]
-        if missing:
-            problems.append(f"{s}: missing columns {missing}")
+        return f"{storage.uri(s)}: missing columns {missing}" if missing else None
+
+    workers = 1 if storage.is_local or len(shards) < 4 else 16
+    with ThreadPoolExecutor(workers) as pool:
+        problems = [p for p in pool.map(problem, shards) if p]
     if problems:
-        raise ValueError("bad input shards (fix or remove them, then rerun):\n  " + "\n  ".join(problems))
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ShardInputError(f"bad input shards: {'; '.join(problems[:5])}{more} — rewrite them with "
+                              "`mosaic-ray ingest CONFIG --force` (or remove them), then rerun")
 
 
 def run_shard_stage(stage: ShardStage, shards: list[str], num_workers: int) -> pa.Table:

@@ -20,6 +20,7 @@ from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.selection.methods import ResolvedMethod
 from mosaic_ray.stages.grid import Cell, run_grid
+from mosaic_ray.stages.score import load_scores
 from mosaic_ray.stages.step import Context, Step, needs_of
 from mosaic_ray.storage import Storage
 
@@ -59,7 +60,8 @@ def grid_cells(cfg: ExperimentConfig, storage: Storage) -> list[Cell]:
             ids = [r["clip_id"] for r in sorted(by[(m.method, b)], key=lambda r: r["step"])]
             cells += [Cell(m.method, b, s, ids, extra) for s in cfg.train.seeds]
     if cfg.train.full_pool:
-        pool_ids = storage.read_table(layout.clips("pool"), columns=["clip_id"]).column("clip_id").to_pylist()
+        # the usable pool: clips the score step rejected are trained on by no cell
+        pool_ids = sorted(load_scores(storage).table.column("clip_id").to_pylist())
         # first: the reference line every method is read against, even in a cut-short grid
         cells = [Cell("full", len(pool_ids), s, pool_ids, 0.0) for s in cfg.train.seeds] + cells
     return cells

@@ -30,12 +30,14 @@ from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.data.clip import clips_from_table
 from mosaic_ray.planner.features import INPUT_KEYS, featurize_clips
 from mosaic_ray.planner.model import PlannerSpec
-from mosaic_ray.planner.training import DISTILL_KEY, NonFiniteTrainingError, TrainRecipe, recipe_from_config
+from mosaic_ray.planner.training import (DISTILL_KEY, NonFiniteTrainingError, TrainRecipe, finite_rows,
+                                        recipe_from_config)
 from mosaic_ray.stages.distill import DISTILL_COLUMNS, ensure_targets, targets_for
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
 FEATURE_KEYS = INPUT_KEYS + ("target",)
+FINITE_KEY = "finite"  #: (B,) bool per featurised row: every feature and the target finite
 
 
 def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = None,
@@ -43,7 +45,9 @@ def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = 
     """Ray Data UDF (stateless task): clip rows (those whose id is in ``keep``, if given) ->
     feature arrays at t0 for training (:data:`FEATURE_KEYS`, shapes of
     :meth:`~mosaic_ray.planner.features.FeatureSpec.shapes`, float32 / bool masks) plus
-    ``clip_id`` (B,) str. With ``targets`` (the rule-distillation table of
+    ``clip_id`` (B,) str and ``finite`` (B,) bool (False: a NaN/inf in the row's features or
+    target, :func:`~mosaic_ray.planner.training.finite_rows`; :func:`training_dataset` drops
+    such rows). With ``targets`` (the rule-distillation table of
     :mod:`mosaic_ray.stages.distill`) the rows also get ``distill_targets`` (B, K, 8) float32,
     joined by clip id (NaN for clips without targets)."""
     if keep is not None:
@@ -53,15 +57,23 @@ def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = 
         out = {k: np.zeros((0,) + shape, np.float32) for k, shape in spec.features.shapes().items()
                if k in FEATURE_KEYS}
         out["clip_id"] = np.zeros(0, dtype=str)
+        out[FINITE_KEY] = np.zeros(0, dtype=bool)
         if targets is not None:
             out[DISTILL_KEY] = np.zeros((0, K, len(DISTILL_COLUMNS)), np.float32)
         return out
     f = featurize_clips(clips_from_table(batch), spec.features, with_prev=False)
     out = {k: f[k] for k in FEATURE_KEYS}
     out["clip_id"] = np.asarray(f["clip_id"]).astype(str)
+    out[FINITE_KEY] = finite_rows(out, FEATURE_KEYS)
     if targets is not None:
         out[DISTILL_KEY] = targets_for(targets, f["clip_id"], K)
     return out
+
+
+def _finite_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data UDF: the rows of a featurised batch whose ``finite`` flag is set."""
+    ok = np.asarray(batch[FINITE_KEY], dtype=bool)
+    return {k: np.asarray(v)[ok] for k, v in batch.items()}
 
 
 def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = True,
@@ -69,11 +81,14 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     """A materialised Ray dataset of training features: D_train ∪ the given pool clips.
 
     One ``read_parquet`` over the D_train and pool shards, then one map that keeps the wanted
-    rows and featurises them (:func:`featurize_batch`). The row order of the result is not
-    defined: consumers sort by ``clip_id`` (:func:`mosaic_ray.planner.training.shard_rows`).
+    rows and featurises them (:func:`featurize_batch`). Rows with a NaN/inf feature or target
+    (a shard edited after ingest; ingest's clip validation quarantines such clips) are dropped
+    with a logged warning naming their count and ids, so none enters a training batch. The row
+    order of the result is not defined: consumers sort by ``clip_id``
+    (:func:`mosaic_ray.planner.training.shard_rows`).
 
     Returns:
-        (dataset, number of rows).
+        (dataset, number of rows kept).
 
     Raises:
         ValueError: the union is empty or a selected pool clip is missing from the pool.
@@ -97,8 +112,15 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     if keep is not None and n != len(keep):
         raise ValueError(f"training set has {n} rows, expected {len(keep)} (D_train ∪ selection): "
                          "a selected clip is missing from the pool shards")
+    bad = sorted(r["clip_id"] for r in ds.select_columns(["clip_id", FINITE_KEY]).take_all()
+                 if not r[FINITE_KEY])
+    if bad:
+        log.warning("training set: %d of %d rows dropped for non-finite features or targets (e.g. %s)",
+                    len(bad), n, ", ".join(bad[:5]))
+        ds = ds.map_batches(_finite_only, batch_format="numpy").materialize()
+        n -= len(bad)
     if n == 0:
-        raise ValueError("empty training set")
+        raise ValueError("empty training set" + (" (every row had non-finite features)" if bad else ""))
     return ds, n
 
 
@@ -124,7 +146,7 @@ def _train_loop_per_worker(config: dict) -> None:
     import torch
 
     from mosaic_ray.planner.model import VocabularyPlanner, load_checkpoint, save_checkpoint
-    from mosaic_ray.planner.training import seed_torch, shard_rows, train_loop
+    from mosaic_ray.planner.training import require_finite_weights, seed_torch, shard_rows, train_loop
     from mosaic_ray.stages.shards import record_actor_pid
 
     torch.set_num_threads(config["torch_threads"])
@@ -161,6 +183,7 @@ def _train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=None)
 
     if start_epoch >= epochs:  # the run had finished: hand its final checkpoint back
+        require_finite_weights(core, f"{config['name']}: stored final checkpoint")
         report(epochs - 1, float("nan"), state)
         return
 
