@@ -15,14 +15,30 @@ command line or input found before work starts (unknown or misplaced ``--set`` k
 larger than the pool, unknown methods or domain variants, k-means ``k`` above the pool size, clip
 shards missing a column, a missing ``score.checkpoint``: see :mod:`mosaic_ray.preflight`).
 Every error is one line ``mosaic-ray: <message>`` on stderr; ``--log-level debug`` adds the
-traceback.
+traceback. A run folder in use by another ``mosaic-ray`` process is a usage error (exit 2,
+:class:`~mosaic_ray.runlock.LockedError` names the holder); ``MOSAIC_LOCK_WAIT_S=<s>`` waits for
+it instead.
+
+Signals: SIGINT (Ctrl-C) and SIGTERM stop a command within seconds with exit 130 (SIGINT) or
+143 (SIGTERM), ``128 + signal number``. Either raises :class:`Interrupted` (a
+``KeyboardInterrupt``) in the main thread, also when the shell started the command with SIGINT
+ignored (``cmd &`` in a script); Ray's own handlers (Tune's graceful stop, Train's abort,
+``ray.init``'s SIGTERM exit) are kept out while a command runs. The step that was running
+writes no completion record (rerunning resumes its finished shards / trials / cells); the Ray
+session is shut down and the run lock released. A second signal, or cleanup taking longer than
+``MOSAIC_INTERRUPT_GRACE_S`` (default 15 s), ends the process at once with the same code (a
+lock left behind is then taken over as stale by the next run on this host).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 
 import yaml
 
@@ -82,6 +98,73 @@ def report_error(e: BaseException) -> int:
     return 1
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while a command ran (``signum``; exit code ``128 + signum``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: the signals a command stops on
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interrupt_handlers():
+    """While the block runs (main thread only), SIGINT and SIGTERM raise :class:`Interrupted`
+    in the main thread, and ``signal.signal`` refuses other handlers for them (Ray Tune and
+    Train install their own "graceful" SIGINT handlers, which end a step early as if it had
+    finished, or exit 0; ``ray.init`` installs a SIGTERM handler): re-installing the block's own
+    handler is let through (``ray_session`` does that to undo the C-level handler Ray's core
+    worker adds). After the first signal, a watchdog ends the process with ``os._exit(128 +
+    signum)`` if cleanup has not finished within ``MOSAIC_INTERRUPT_GRACE_S`` seconds; a second
+    signal ends it at once. Everything is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        code = 128 + signum
+        if fired:  # second signal: no more cleanup
+            print(f"mosaic-ray: {signal.Signals(signum).name} again: exiting now", file=sys.stderr, flush=True)
+            os._exit(code)
+        fired.append(signum)
+        grace = float(os.environ.get("MOSAIC_INTERRUPT_GRACE_S", "15") or 15)
+        timer = threading.Timer(grace, lambda: (print(f"mosaic-ray: cleanup after {signal.Signals(signum).name} "
+                                                      f"took over {grace:g} s: exiting now", file=sys.stderr,
+                                                      flush=True), os._exit(code)))
+        timer.daemon = True
+        timer.start()
+        raise Interrupted(signum)
+
+    real_signal = signal.signal
+
+    def guarded_signal(signum, h):
+        if signum in STOP_SIGNALS and h is not handler and threading.current_thread() is threading.main_thread():
+            log.debug("kept the mosaic-ray handler for %s (refused %r)", signal.Signals(signum).name, h)
+            return handler
+        return real_signal(signum, h)
+
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for s in STOP_SIGNALS:
+        real_signal(s, handler)
+    signal.signal = guarded_signal
+    try:
+        yield
+    finally:
+        signal.signal = real_signal
+        for s, h in previous.items():
+            real_signal(s, h if h is not None else signal.SIG_DFL)
+        if tune_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_env
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mosaic-ray", description="MOSAIC data selection for driving planners on Ray")
     p.add_argument("command", choices=COMMANDS)
@@ -124,6 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config OK: {cfg.name} -> {cfg.run_uri}")
         return 0
     try:
+        with interrupt_handlers():
+            return _run(args, cfg, force if args.command == "run" else [])
+    except KeyboardInterrupt as e:  # Interrupted, or a KeyboardInterrupt from elsewhere
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"mosaic-ray: interrupted ({signal.Signals(signum).name}): the running step wrote no "
+              "completion record; rerun the command to resume", file=sys.stderr)
+        return 128 + signum
+
+
+def _run(args, cfg, force: list[str]) -> int:
+    """The command's work (``main`` after parsing); returns the exit code."""
+    try:
         if args.command == "run":
             report = pipeline.run_all(cfg, force=force)
             print(f"\nReport: {report}\nSummary: {pipeline.summary_uri(cfg)}")
@@ -132,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "report":
                 print(f"Report: {out['report']['report']}")
     except Exception as e:  # noqa: BLE001 - every failure becomes one line and an exit code
+        cause, seen = e.__context__, set()
+        while cause is not None and id(cause) not in seen:  # cleanup failing after a signal: still the signal
+            if isinstance(cause, Interrupted):
+                raise cause from None
+            seen.add(id(cause))
+            cause = cause.__context__
         return report_error(e)
     return 0
 

@@ -2,8 +2,9 @@
 
 Every path below is relative to the run's :class:`~mosaic_ray.storage.Storage` root (a local
 folder or ``s3://bucket/prefix``). A step's completion record is ``<record>/_SUCCESS.json``
-(:meth:`Storage.mark_done`), written by the step runner (:mod:`mosaic_ray.pipeline`) once
-the step's outputs are complete.
+(:meth:`Storage.mark_done`), written by the step runner (:mod:`mosaic_ray.stages.step`) once
+the step's outputs are complete; it holds the step's fingerprint and parts and every output file
+with its size. ``<record>/_STARTED.json`` holds the fingerprint a step last started under.
 
 ::
 

@@ -28,7 +28,9 @@ from typing import Iterable
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.preflight import preflight
+from mosaic_ray.runlock import RunLock
 from mosaic_ray.stages import base, domains, ingest, pilot, report, score, select, train
+from mosaic_ray.stages.fingerprint import fingerprints
 from mosaic_ray.stages.runtime import ray_session
 from mosaic_ray.stages.step import Context, Step, run_step
 
@@ -77,15 +79,18 @@ def run_steps(cfg: ExperimentConfig, names: Iterable[str] | None = None, force: 
         StepError: a step's input is missing (run the earlier step first).
         UsageError: a check before work starts failed (:mod:`mosaic_ray.preflight`: before Ray
             starts, the pool checks right after ingest when it runs).
+        LockedError: another live process holds the run folder's lock (:mod:`mosaic_ray.runlock`;
+            held from after the preflight checks until the Ray session is shut down).
     """
     wanted = set(STEP_NAMES if names is None else names)
     for n in wanted:
         get_step(n)
     forced = expand_force(force)
     ctx = Context.for_config(cfg)
+    ctx.fingerprints = fingerprints(cfg, STEPS)
     checks = preflight(cfg, ctx.storage, wanted, forced)
     out = {}
-    with ray_session(cfg):
+    with RunLock(ctx.storage), ray_session(cfg):  # one pipeline at a time per run folder
         for step in STEPS:
             if step.name in wanted:
                 payload = run_step(step, ctx, force=step.name in forced)

@@ -116,6 +116,19 @@ def make_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.Fi
         return pafs.S3FileSystem(**kwargs), path.rstrip("/")
 
 
+def _boto3_s3(cfg: StorageConfig | None = None):
+    """A boto3 S3 client with the endpoint and region :func:`make_filesystem` uses (for the
+    conditional requests pyarrow does not offer); credentials from the standard AWS chain."""
+    import boto3
+
+    cfg = cfg or StorageConfig()
+    endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{cfg.scheme or 'https'}://{endpoint}"
+    region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None)
+
+
 @dataclass
 class Storage:
     """A storage root (local folder or ``s3://bucket/prefix``) with atomic I/O helpers.
@@ -181,6 +194,25 @@ class Storage:
             out.append(posixpath.relpath(info.path, self.root))
         return sorted(out)
 
+    def sizes(self, rel: str) -> dict[str, int]:
+        """{relative path: size in bytes} of the file ``rel`` or of every file below the folder
+        ``rel`` (names starting with ``_`` or ``.tmp-`` left out, as in :meth:`list`); empty
+        when ``rel`` does not exist."""
+        base = self.path(rel)
+        with _wrapped("list", self.uri(rel)):
+            info = self.fs.get_file_info(base)
+            if info.type == pafs.FileType.File:
+                return {rel: int(info.size)}
+            if info.type == pafs.FileType.NotFound:
+                return {}
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        out = {}
+        for i in infos:
+            name = posixpath.basename(i.path)
+            if i.type == pafs.FileType.File and not name.startswith((".tmp-", "_")):
+                out[posixpath.relpath(i.path, self.root)] = int(i.size)
+        return dict(sorted(out.items()))
+
     # ------------------------------------------------------------------ writes
     def makedirs(self, rel: str) -> None:
         with _wrapped("create", self.uri(rel)):
@@ -204,6 +236,61 @@ class Storage:
                     f.write(data)
         except OSError as e:
             raise storage_error("write", self.uri(rel), e) from e
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Write ``data`` to ``rel`` only if nothing is there yet, atomically: of several
+        concurrent callers exactly one gets True, and no reader ever sees a partial file.
+
+        Local: the data goes to a temporary file that is hard-linked to ``rel`` (``link`` fails
+        if ``rel`` exists; where the filesystem has no hard links, ``O_CREAT | O_EXCL``). S3: a
+        conditional ``PutObject`` (``If-None-Match: *``) through boto3, with the endpoint and
+        region of :func:`make_filesystem`.
+
+        Returns:
+            True if this call created ``rel``, False if it already existed.
+
+        Raises:
+            StorageError: any other failure (the message names the URI).
+        """
+        dest = self.path(rel)
+        if not self.is_local:
+            bucket, _, key = dest.partition("/")
+            try:
+                _boto3_s3(self.config).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                return True
+            except Exception as e:  # botocore ClientError: 412 when the object exists
+                code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                raise storage_error("create", self.uri(rel), e) from e
+        parent = posixpath.dirname(dest)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(dest)}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, dest)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here: exclusive create (a reader may see it empty)
+                try:
+                    fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                return True
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        except OSError as e:
+            raise storage_error("create", self.uri(rel), e) from e
 
     def read_bytes(self, rel: str) -> bytes:
         try:

@@ -285,12 +285,11 @@ def ingested_run(ray_local, small_data_dir, tmp_path_factory) -> IngestedRun:
            "selection": {"budgets": [5]}, "ingest": {"shard_size": INGEST_SHARD_SIZE}}
     cfg = validate_config(raw)
     st = Storage(cfg.run_uri)
-    try:
-        from mosaic_ray.stages.step import Context, run_step
-    except ImportError:  # no step runner: the stage marks itself done
-        ingest.run_ingest(cfg, st)
-    else:
-        run_step(ingest.STEP, Context(cfg, st))
+    from mosaic_ray.pipeline import STEPS
+    from mosaic_ray.stages.fingerprint import fingerprints
+    from mosaic_ray.stages.step import Context, run_step
+
+    run_step(ingest.STEP, Context(cfg, st, fingerprints=fingerprints(cfg, STEPS)))
     return IngestedRun(Path(cfg.run_uri), raw, st.read_json("ingest/summary.json"))
 
 
@@ -300,7 +299,7 @@ def copy_run(ingested: IngestedRun, output_dir, name: str = "run", shard_size: i
     raw)``, the validated config (the ingest config merged with ``overrides``, nested dicts merged
     key by key), its :class:`Storage` and the raw dict. The ingest step is recorded complete in
     the copy. ``shard_size`` rewrites the clip shards at that size (``ingest/summary.json``'s
-    ``shards`` updated)."""
+    ``shards`` and the completion record's file list updated)."""
     from mosaic_ray.config import validate_config
     from mosaic_ray.storage import Storage, write_shards
 
@@ -321,6 +320,13 @@ def copy_run(ingested: IngestedRun, output_dir, name: str = "run", shard_size: i
             st.delete(rel)
             summary["shards"][split] = len(write_shards(st, rel, table, shard_size))
         st.write_json("ingest/summary.json", summary)
+        from mosaic_ray.pipeline import STEPS
+        from mosaic_ray.stages import ingest
+        from mosaic_ray.stages.fingerprint import fingerprints
+        from mosaic_ray.stages.step import Context, record_outputs
+
+        payload = {k: v for k, v in st.done_payload("ingest").items() if k != "files"}
+        record_outputs(ingest.STEP, Context(cfg, st, fingerprints=fingerprints(cfg, STEPS)), payload)
     return cfg, st, raw
 
 

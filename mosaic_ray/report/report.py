@@ -461,6 +461,22 @@ def _section_compute(s: Mapping[str, Any], plot: str | None) -> list[str]:
     return lines
 
 
+def _section_stale(s: Mapping[str, Any]) -> list[str]:
+    """A warning when some recorded outputs were made under other inputs than the config's."""
+    steps, results = s.get("stale_steps") or [], s.get("stale_results") or []
+    if not steps and not results:
+        return []
+    out = ["> **Stale outputs.**"]
+    if steps:
+        out.append(f"> Steps recorded under other inputs than this config: {', '.join(steps)}; "
+                   "their numbers below are not this config's (`mosaic-ray run` redoes them).")
+    if results:
+        out.append(f"> {len(results)} stored grid result(s) left out (other inputs, or not a cell of "
+                   f"this config): {', '.join(r.rsplit('/', 1)[-1] for r in results[:6])}"
+                   + (" ..." if len(results) > 6 else ""))
+    return out + [""]
+
+
 def render_report(summary: Summary | Mapping[str, Any],
                   plots: Mapping[str, str | None] | None = None) -> str:
     """Markdown text of the report for ``summary`` (no files written).
@@ -472,6 +488,7 @@ def render_report(summary: Summary | Mapping[str, Any],
     plots = dict(plots or {})
     lines: list[str] = []
     lines += _section_run(summary)
+    lines += _section_stale(summary)
     lines += _section_data(summary)
     lines += _section_base(summary)
     lines += _section_domains(summary, plots.get("scaling"))

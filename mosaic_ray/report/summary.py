@@ -24,6 +24,7 @@ from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.scoring.epdms import TERMS
 from mosaic_ray.selection.methods import DEFAULT_PILOT_SET, pilot_sets
 from mosaic_ray.selection.scaling_law import ScalingLaw
+from mosaic_ray.stages.train import grid_cells
 from mosaic_ray.storage import Storage
 
 __all__ = ["SUMMARY_VERSION", "Summary", "RunInfo", "DataInfo", "Utility", "DomainLaw",
@@ -97,6 +98,7 @@ class CellStats(_Section):
     n_train: int | None = None
     train_time_s: float | None = None
     compute_cpu_s: float | None = None
+    fingerprints: list[str] | None = None  #: per seed: the cell fingerprint its result was made under
 
 
 class VariantInfo(_Section):
@@ -121,6 +123,12 @@ class Summary(_Section):
     results: dict[str, dict[str, CellStats]] | None = None
     estimated: dict[str, float] | None = None
     domain_variants: dict[str, VariantInfo] | None = None
+    #: per step: the fingerprint its completion record carries (what made its outputs)
+    fingerprints: dict[str, str] | None = None
+    #: steps whose recorded fingerprint is not the config's (their numbers are from other inputs)
+    stale_steps: list[str] | None = None
+    #: stored grid results left out: made under other inputs, or not a cell of this config
+    stale_results: list[str] | None = None
 
     @classmethod
     def coerce(cls, s: "Summary | Mapping[str, Any]") -> "Summary":
@@ -136,6 +144,12 @@ class Summary(_Section):
         return self.model_dump(exclude_none=True)
 
 
+#: step -> its completion record (for the recorded fingerprints)
+_RECORDS = {"ingest": layout.INGEST, "base": layout.BASE_RECORD, "score": layout.SCORE,
+            "score_train": layout.SCORE_TRAIN, "domains": layout.DOMAINS, "pilot": layout.PILOT,
+            "select": layout.SELECT, "train": layout.TRAIN}
+
+
 def _cell_stats(runs: list[dict]) -> CellStats:
     e = np.array([x["validation"]["epdms"] for x in runs])
     return CellStats(
@@ -143,16 +157,21 @@ def _cell_stats(runs: list[dict]) -> CellStats:
         n_seeds=len(e), epdms_per_seed=e.tolist(),
         terms={t: float(np.nanmean([x["validation"]["terms"][t] for x in runs])) for t in TERMS},
         n_train=int(runs[0]["n_train"]), train_time_s=float(np.mean([x["wall_time_s"] for x in runs])),
-        compute_cpu_s=float(np.mean([x.get("compute_cpu_s", np.nan) for x in runs])))
+        compute_cpu_s=float(np.mean([x.get("compute_cpu_s", np.nan) for x in runs])),
+        fingerprints=[x["fingerprint"] for x in runs] if all(x.get("fingerprint") for x in runs) else None)
 
 
 def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str, float] | None = None,
-                  total_s: float | None = None) -> Summary:
+                  fingerprints: Mapping[str, Any] | None = None) -> Summary:
     """The summary of a run from its stored outputs (ingest, base, domains, pilot, select, train).
 
     Args:
-        timings: wall seconds per step (``timings.json``).
-        total_s: wall time of this ``run`` invocation (Ray start-up included).
+        timings: wall seconds per step (``timings.json``); ``run.total_wall_time_s`` is their sum.
+        fingerprints: every step's fingerprint under ``cfg`` ({step: Fingerprint},
+            :func:`mosaic_ray.stages.fingerprint.fingerprints`). With them, the summary lists
+            the steps whose record was made under other inputs (``stale_steps``) and reports
+            only the grid results of this config's cells made under their fingerprint (the
+            others are named in ``stale_results``).
 
     Raises:
         StorageError: an output of an earlier step is missing.
@@ -179,9 +198,20 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
         for b in sel["budgets"]:
             selection[method][str(b)] = BudgetSelection(composition=dict(Counter(r["domain"] for r in by[(method, b)])))
         order[method] = [r["domain"] for r in sorted(by[(method, max(sel["budgets"]))], key=lambda r: r["step"])]
+    recorded = {s_: st.done_payload(rec).get("fingerprint") for s_, rec in _RECORDS.items() if st.is_done(rec)}
+    stale_steps = None
+    expected = None
+    if fingerprints:
+        stale_steps = sorted(s_ for s_, fp in recorded.items() if s_ in fingerprints and fp != fingerprints[s_].digest)
+        base_fp = fingerprints["base"].digest if "base" in fingerprints else None
+        expected = {c.result_path: c.fingerprint for c in grid_cells(cfg, st, base_fp)}
     runs: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    stale_results = []
     for rel in st.list(layout.TRAIN_RESULTS, ".json"):
         r = st.read_json(rel)
+        if expected is not None and (rel not in expected or r.get("fingerprint") != expected[rel]):
+            stale_results.append(rel)
+            continue
         runs[r["method"]][str(r["budget"])].append(r)
     results = {m: {b: _cell_stats(rs) for b, rs in per_b.items()} for m, per_b in runs.items()}
     laws = {d: ScalingLaw.from_dict(v) for d, v in sel["laws"].items()}
@@ -200,7 +230,7 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
                   for name, variant, _ in sets if name == n and variant == v.name})
     return Summary(
         run=RunInfo(name=cfg.name, storage=st.uri(), wall_time_s=dict(timings or {}),
-                    total_wall_time_s=None if total_s is None else round(total_s, 1),
+                    total_wall_time_s=round(sum((timings or {}).values()), 1),
                     finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     config=cfg.model_dump(mode="json")),
         data=DataInfo(candidates=ing["candidates"], clips=ing["clips"], quarantined=ing["quarantined"],
@@ -210,4 +240,5 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
         base=Utility(epdms=base["validation"]["epdms"], terms=base["validation"]["terms"], n_train=base["n_train"]),
         human=Utility(**{k: base["human"][k] for k in ("epdms", "terms")}) if base.get("human") else None,
         domains=domains, selection=dict(selection), selection_order=order, results=results,
-        estimated=estimated, domain_variants=variants)
+        estimated=estimated, domain_variants=variants, fingerprints=recorded or None,
+        stale_steps=stale_steps, stale_results=stale_results or None)

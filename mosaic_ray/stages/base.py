@@ -76,6 +76,6 @@ def run_base(ctx: Context) -> dict:
 STEP = Step("base", run_base,
             needs=needs_of({layout.INGEST_SUMMARY: "ingest"}),
             outputs=(layout.VOCABULARY, layout.BASE_CHECKPOINT, layout.BASE_EVAL),
-            record=layout.BASE_RECORD,
+            record=layout.BASE_RECORD, config_keys=("planner", "train.num_workers"), upstream=("ingest",),
             describe=lambda p: (f"validation EPDMS {100 * p['validation']['epdms']:.2f} "
                                 f"(logged human {100 * p['human']['epdms']:.2f})"))

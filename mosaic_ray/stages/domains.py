@@ -118,7 +118,8 @@ def _describe(p: dict) -> str:
 
 #: the domains step (needs the scored pool)
 STEP = Step("domains", run_domains, needs=needs_of({f"{layout.SCORE}/_SUCCESS.json": "score"}),
-            outputs=(layout.DOMAINS,), record=layout.DOMAINS,
+            outputs=(layout.DOMAINS,), record=layout.DOMAINS, upstream=("ingest", "score"),
+            depends=lambda cfg: {"variants": [v.model_dump(mode="json") for v in cfg.domains.all_variants()]},
             complete=lambda ctx, p: all(ctx.storage.exists(layout.domain_description(v.name))
                                         for v in ctx.cfg.domains.all_variants()),
             describe=_describe)

@@ -31,6 +31,7 @@ class Cell:
     seed: int
     pool_ids: list[str] = field(default_factory=list)
     compute_extra_s: float = 0.0  # resource-seconds spent before training (scoring, pilots)
+    fingerprint: str | None = None  # what made its result (:func:`~mosaic_ray.stages.fingerprint.cell_fingerprint`)
 
     @property
     def key(self) -> str:
@@ -39,6 +40,14 @@ class Cell:
     @property
     def result_path(self) -> str:
         return f"train/results/{self.key}.json"
+
+
+def cell_is_current(storage: Storage, cell: Cell) -> bool:
+    """Whether ``cell`` has a stored result made from its fingerprint (a cell without a
+    fingerprint: any stored result)."""
+    if not storage.exists(cell.result_path):
+        return False
+    return cell.fingerprint is None or storage.read_json(cell.result_path).get("fingerprint") == cell.fingerprint
 
 
 def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None = None) -> None:
@@ -64,7 +73,8 @@ def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None
     util = evaluate_checkpoint(st, info["checkpoint"])  # refuses NaN/inf weights or a NaN EPDMS
     eval_s = time.time() - t_eval
     cpus = cfg.train.num_workers * cfg.train.cpus_per_worker
-    res = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, **info, "validation": util,
+    res = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "fingerprint": cell.fingerprint,
+           **info, "validation": util,
            "eval_time_s": round(eval_s, 1), "cell_time_s": round(time.time() - t0, 1),
            "compute_cpu_s": round(info["wall_time_s"] * cpus + eval_s + cell.compute_extra_s, 1)}
     st.write_json(cell.result_path, res)
@@ -85,7 +95,11 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
 
     from mosaic_ray.stages.runtime import tune_progress_callback
 
-    todo = [c for c in cells if force or not storage.exists(c.result_path)]
+    todo = [c for c in cells if force or not cell_is_current(storage, c)]
+    stale = [c.key for c in todo if not force and storage.exists(c.result_path)]
+    if stale:
+        log.warning("[train] %d stored cell result(s) were made under other inputs and are redone: %s",
+                    len(stale), ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""))
     if todo:
         conc = cfg.train.concurrency
         keys = [c.key for c in todo]  # the caller's order (config methods first to last)
@@ -98,7 +112,7 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
         tuner = tune.Tuner(
             trainable,
             param_space={"cell": tune.grid_search(keys), "cfg": cfg.model_dump(mode="json"), "fresh": force},
-            tune_config=tune.TuneConfig(max_concurrent_trials=conc,
+            tune_config=tune.TuneConfig(max_concurrent_trials=conc, reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"cell-{t.config['cell']}-{t.trial_id}"),
             run_config=tune.RunConfig(
                 storage_path=storage.path("tune"),  # in-filesystem path (no scheme)

@@ -33,6 +33,7 @@ from mosaic_ray.data.commonroad import NO_USABLE_TRACK_REASONS, CutOptions, cut_
 from mosaic_ray.data.scenarionet import ScenarioNetOptions, cut_scenarionet_file, list_scenarionet_files
 from mosaic_ray.data.split import SplitPlan, content_keys, dedup_clips, dedup_order_key, plan_split
 from mosaic_ray.stages.shards import ProcessingStage, Resources, map_stage
+from mosaic_ray.stages.fingerprint import file_listing
 from mosaic_ray.stages.step import Context, Step
 from mosaic_ray.storage import Storage, write_shards
 
@@ -287,5 +288,6 @@ def _run_step(ctx: Context) -> dict:
 
 #: the ingest step: CommonRoad / ScenarioNet files -> clip shards per split, quarantine
 STEP = Step("ingest", _run_step, outputs=(layout.INGEST_SUMMARY, *map(layout.clips, layout.SPLITS), layout.QUARANTINE),
-            record=layout.INGEST,
+            record=layout.INGEST, config_keys=("ingest",),
+            depends=lambda cfg: {"input files": file_listing(cfg.resolved_data_dirs())},
             describe=lambda p: f"{p['clips']} clips, {p['quarantined']} quarantined, splits {p['splits']}")

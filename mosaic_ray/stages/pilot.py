@@ -169,7 +169,7 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
         tuner = tune.Tuner(
             trainable,
             param_space={**common, "trial": tune.grid_search(sorted(by_key))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_conc,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(storage_path=storage_path, name=exp_name,
                                       storage_filesystem=None if storage.is_local else storage.fs,
@@ -237,6 +237,8 @@ def run_pilot_sets(ctx: Context) -> dict:
 STEP = Step("pilot", run_pilot_sets,
             needs=needs_of({layout.BASE_EVAL: "base", f"{layout.DOMAINS}/_SUCCESS.json": "domains"}),
             outputs=(layout.PILOT,), record=layout.PILOT,
+            config_keys=("pilot", "selection.random_seed"), upstream=("base", "score", "domains"),
+            depends=lambda cfg: {"pilot sets": pilot_sets(cfg.resolved_methods())},
             enabled=lambda cfg: bool(pilot_sets(cfg.resolved_methods())),
             complete=lambda ctx, p: all(ctx.storage.exists(layout.pilot_table(n))
                                         for n, _, _ in pilot_sets(ctx.cfg.resolved_methods())),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 from mosaic_ray import layout
@@ -20,8 +19,10 @@ log = logging.getLogger(__name__)
 def run_report(ctx: Context) -> dict:
     """Write the summary and the report; returns ``{"report": uri, "summary": uri}``."""
     st = ctx.storage
-    total = time.time() - ctx.started if ctx.started else None
-    summary = build_summary(ctx.cfg, st, ctx.timings, total_s=total)
+    summary = build_summary(ctx.cfg, st, ctx.timings, fingerprints=ctx.fingerprints)
+    if summary.stale_steps:
+        log.warning("[report] steps made under other inputs than this config: %s (run `mosaic-ray run` "
+                    "to redo them)", ", ".join(summary.stale_steps))
     st.write_json(layout.SUMMARY, summary.as_dict())
     with tempfile.TemporaryDirectory() as d:
         write_report(summary, d)

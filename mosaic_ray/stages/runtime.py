@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 
 from mosaic_ray.config import ExperimentConfig
 
@@ -28,11 +30,14 @@ def ray_session(cfg: ExperimentConfig):
     """Connect to ``cfg.ray.address`` or start a local Ray; shut down a local one on exit.
 
     An already initialised Ray (tests, ``ray job submit`` drivers) is reused and left running.
+    A Python SIGTERM handler the caller installed (the CLI's) is still in force after ``ray.init``.
     """
     import ray
 
     ray_env_defaults(cfg)
     started = False
+    main = threading.current_thread() is threading.main_thread()
+    term_handler = signal.getsignal(signal.SIGTERM) if main else None
     if not ray.is_initialized():
         env = {"PYTHONWARNINGS": "ignore::DeprecationWarning",
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}
@@ -44,6 +49,8 @@ def ray_session(cfg: ExperimentConfig):
         else:
             ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, **kwargs)
         started = True
+        if callable(term_handler):  # ray.init replaces a Python SIGTERM handler (and its core worker
+            signal.signal(signal.SIGTERM, term_handler)  # adds a C-level one that aborts): keep the caller's
     try:
         import ray.data
 

@@ -13,6 +13,7 @@ with NaN scores so that no clip is silently dropped).
 from __future__ import annotations
 
 import io
+import os
 import logging
 import posixpath
 import time
@@ -269,10 +270,17 @@ def _describe(p: dict) -> str:
 
 
 #: the score step: the base planner (or ``score.checkpoint``) and EPDMS over every pool clip
+def _checkpoint_part(cfg: ExperimentConfig) -> dict:
+    """Fingerprint part: the size of an external ``score.checkpoint`` (a replaced file changes it)."""
+    p = cfg.score.checkpoint
+    return {"checkpoint size": os.path.getsize(p) if p and os.path.isfile(p) else None}
+
+
 STEP = Step("score", _score_pool, needs=_score_needs, outputs=(layout.scores(),), record=layout.SCORE,
-            describe=_describe)
+            config_keys=("score",), depends=_checkpoint_part, upstream=("base",), describe=_describe)
 #: D_train's embeddings, for the coreset baseline only
 TRAIN_STEP = Step("score_train", _score_train, needs=needs_of({f"{layout.SCORE}/_SUCCESS.json": "score"}),
                   outputs=(layout.scores(layout.SCORE_TRAIN),), record=layout.SCORE_TRAIN,
                   enabled=lambda cfg: any(m.spec.needs_train_embeddings for m in cfg.resolved_methods()),
+                  config_keys=("score",), depends=_checkpoint_part, upstream=("base",),
                   describe=_describe)

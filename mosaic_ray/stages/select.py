@@ -93,6 +93,7 @@ def _needs(cfg) -> dict[str, str]:
 
 #: the select step (needs the domains and every pilot set the methods use)
 STEP = Step("select", run_select, needs=_needs, outputs=(layout.LAWS, layout.MANIFEST), record=layout.SELECT,
+            config_keys=("selection",), upstream=("score", "score_train", "domains", "pilot"),
             describe=lambda p: (f"{len(p['methods'])} methods × budgets {p['budgets']} of a {p['pool_size']}-clip pool"
                                 + (f" ({sum(p['excluded'].values())} scored clips excluded: "
                                    + ", ".join(f"{k} {v}" for k, v in p["excluded"].items()) + ")"

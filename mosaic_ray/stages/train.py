@@ -19,7 +19,8 @@ from collections import defaultdict
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.selection.methods import ResolvedMethod
-from mosaic_ray.stages.grid import Cell, run_grid
+from mosaic_ray.stages.fingerprint import cell_fingerprint, config_value
+from mosaic_ray.stages.grid import Cell, cell_is_current, run_grid
 from mosaic_ray.stages.score import load_scores
 from mosaic_ray.stages.step import Context, Step, needs_of
 from mosaic_ray.storage import Storage
@@ -47,8 +48,19 @@ def selection_overhead_cpu_s(cfg: ExperimentConfig, storage: Storage, method: Re
     return round(total, 1)
 
 
-def grid_cells(cfg: ExperimentConfig, storage: Storage) -> list[Cell]:
-    """Every (method, budget, seed) cell of the grid, the full-pool reference first if asked."""
+#: config the final trainings read (the recipe is ``planner.*`` with ``train.*`` overrides)
+TRAIN_KEYS = ("train", "planner")
+
+
+def cell_parts(cfg: ExperimentConfig, base_fingerprint: str | None) -> dict:
+    """What every grid cell's fingerprint shares: :data:`TRAIN_KEYS`' values and the base model's
+    fingerprint (cells start from it or train from scratch on its vocabulary)."""
+    return {**{k: config_value(cfg, k) for k in TRAIN_KEYS}, "upstream base": base_fingerprint}
+
+
+def grid_cells(cfg: ExperimentConfig, storage: Storage, base_fingerprint: str | None = None) -> list[Cell]:
+    """Every (method, budget, seed) cell of the grid, the full-pool reference first if asked;
+    each with its fingerprint (:func:`~mosaic_ray.stages.fingerprint.cell_fingerprint`)."""
     sel = storage.read_json(layout.LAWS)
     by = defaultdict(list)
     for r in storage.read_table(layout.MANIFEST).to_pylist():
@@ -64,22 +76,31 @@ def grid_cells(cfg: ExperimentConfig, storage: Storage) -> list[Cell]:
         pool_ids = sorted(load_scores(storage).table.column("clip_id").to_pylist())
         # first: the reference line every method is read against, even in a cut-short grid
         cells = [Cell("full", len(pool_ids), s, pool_ids, 0.0) for s in cfg.train.seeds] + cells
+    parts = cell_parts(cfg, base_fingerprint)
+    for c in cells:
+        c.fingerprint = cell_fingerprint(parts, c.method, c.budget, c.seed, c.pool_ids)
     return cells
 
 
+def _base_fp(ctx: Context) -> str | None:
+    fp = ctx.fingerprints.get("base")
+    return fp.digest if fp is not None else None
+
+
 def run_train(ctx: Context) -> dict:
-    """Run the grid cells without a stored result (all of them when forced)."""
-    cells = grid_cells(ctx.cfg, ctx.storage)
+    """Run the grid cells without a stored result of the same fingerprint (all when forced)."""
+    cells = grid_cells(ctx.cfg, ctx.storage, _base_fp(ctx))
     results = run_grid(ctx.cfg, ctx.storage, cells, force=ctx.force)
     return {"runs": len(results), "cells": sorted(results)}
 
 
 def _complete(ctx: Context, payload: dict) -> bool:
-    """Recorded complete and every configured cell has its stored result."""
-    return all(ctx.storage.exists(c.result_path) for c in grid_cells(ctx.cfg, ctx.storage))
+    """Recorded complete and every configured cell has its stored result, of its fingerprint."""
+    return all(cell_is_current(ctx.storage, c) for c in grid_cells(ctx.cfg, ctx.storage, _base_fp(ctx)))
 
 
 #: the train step (needs the select step's manifest)
 STEP = Step("train", run_train, needs=needs_of({layout.MANIFEST: "select", layout.LAWS: "select"}),
             outputs=(layout.TRAIN_RESULTS,), record=layout.TRAIN, complete=_complete,
+            config_keys=TRAIN_KEYS, upstream=("base", "select"), rerun="resume",
             describe=lambda p: f"{p['runs']} grid cells")
