@@ -87,7 +87,7 @@ def run_steps(cfg: ExperimentConfig, names: Iterable[str] | None = None, force: 
         get_step(n)
     forced = expand_force(force)
     ctx = Context.for_config(cfg)
-    ctx.fingerprints = fingerprints(cfg, STEPS)
+    ctx.fingerprints, ctx.steps = fingerprints(cfg, STEPS), STEPS
     checks = preflight(cfg, ctx.storage, wanted, forced)
     out = {}
     with RunLock(ctx.storage), ray_session(cfg):  # one pipeline at a time per run folder

@@ -17,8 +17,8 @@ warning. A lock from another host cannot be checked from here: the error names t
 says to remove the lock object if that process is gone.
 
 The takeover removes the stale object only if it is still the one that was read (S3: a delete
-with ``If-Match`` on its ETag; local: an atomic rename aside, then a content check, putting it
-back if it changed), then creates a new lock exclusively; so of several processes taking over
+with ``If-Match`` on its ETag; local: a content check and unlink under an ``flock`` on a guard
+file beside it, which the kernel releases if its holder dies), then creates a new lock exclusively; so of several processes taking over
 one stale lock at once, exactly one holds it afterwards.
 
 ``wait_s`` defaults to ``$MOSAIC_LOCK_WAIT_S`` (0: fail at once).
@@ -26,8 +26,8 @@ one stale lock at once, exactly one holds it afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
+import fcntl
 import json
 import logging
 import os
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "_LOCK.json"
 #: seconds between attempts while waiting for a held lock
 POLL_S = 0.5
+#: local only: the file whose ``flock`` serialises removals of the lock object (``.tmp-``: left
+#: out of listings)
+GUARD_NAME = ".tmp-lock-guard"
 
 
 class LockedError(UsageError):
@@ -232,19 +235,22 @@ class RunLock:
                 raise StorageError(f"cannot remove {self.uri}: {' '.join(str(e).split())[:200]}") from e
             return
         path = self.storage.path(LOCK_NAME)
-        aside = f"{path}.{uuid.uuid4().hex}.stale"
+        guard = posixpath.join(posixpath.dirname(path), GUARD_NAME)
         try:
-            os.rename(path, aside)  # atomic: from here no one else can remove this version
-        except FileNotFoundError:
-            return
+            # every local remover holds the guard's flock (released by the kernel when its holder
+            # dies, so it is never stale): the read-compare-unlink below is then atomic against
+            # every other remover, and a creator cannot slip in between since the object exists
+            # until the unlink
+            with open(guard, "a+b") as g:
+                fcntl.flock(g.fileno(), fcntl.LOCK_EX)
+                try:
+                    with open(path, "rb") as f:
+                        if f.read() != tag:
+                            return  # changed meanwhile: the caller reads it again
+                    os.unlink(path)
+                except FileNotFoundError:
+                    return
+                finally:
+                    fcntl.flock(g.fileno(), fcntl.LOCK_UN)
         except OSError as e:
             raise StorageError(f"cannot remove {self.uri}: {e}") from e
-        try:
-            with open(aside, "rb") as f:
-                moved = f.read()
-            if moved != tag:  # a new lock appeared between our read and the rename: put it back
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(aside)

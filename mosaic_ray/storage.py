@@ -91,6 +91,18 @@ def _split_uri(uri: str) -> tuple[str, str]:
     return "local", os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
+def _endpoint_and_region(cfg: StorageConfig | None) -> tuple[str | None, str | None]:
+    """The S3 endpoint as ``scheme://host[:port]`` (config, else ``$AWS_ENDPOINT_URL_S3`` /
+    ``$AWS_ENDPOINT_URL``; scheme ``storage.scheme``, or https, where it names none) and the
+    region (config, else ``$AWS_REGION`` / ``$AWS_DEFAULT_REGION``); None where unset."""
+    cfg = cfg or StorageConfig()
+    endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{cfg.scheme or 'https'}://{endpoint}"
+    region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return endpoint or None, region or None
+
+
 def make_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
     """The ``pyarrow`` filesystem and in-filesystem path for ``uri``.
 
@@ -100,16 +112,10 @@ def make_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.Fi
     kind, path = _split_uri(uri)
     if kind == "local":
         return pafs.LocalFileSystem(), path
-    cfg = cfg or StorageConfig()
+    endpoint, region = _endpoint_and_region(cfg)
     kwargs: dict[str, Any] = {}
-    endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
-        scheme = cfg.scheme
-        if "://" in endpoint:
-            scheme, endpoint = endpoint.split("://", 1)
-        kwargs["endpoint_override"] = endpoint
-        kwargs["scheme"] = scheme or "https"
-    region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        kwargs["scheme"], kwargs["endpoint_override"] = endpoint.split("://", 1)
     if region:
         kwargs["region"] = region
     with _wrapped("open", uri):
@@ -121,12 +127,19 @@ def _boto3_s3(cfg: StorageConfig | None = None):
     conditional requests pyarrow does not offer); credentials from the standard AWS chain."""
     import boto3
 
-    cfg = cfg or StorageConfig()
-    endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint and "://" not in endpoint:
-        endpoint = f"{cfg.scheme or 'https'}://{endpoint}"
-    region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None)
+    endpoint, region = _endpoint_and_region(cfg)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region)
+
+
+def _write_temp(dest: str, data: bytes) -> str:
+    """Write ``data`` durably (fsync) to a new hidden temporary file beside the local path
+    ``dest`` (``.tmp-*``: left out of listings) and return its path."""
+    tmp = posixpath.join(posixpath.dirname(dest), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(dest)}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
 
 
 @dataclass
@@ -225,11 +238,7 @@ class Storage:
         try:
             if self.is_local:
                 os.makedirs(parent, exist_ok=True)
-                tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(dest)}")
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                tmp = _write_temp(dest, data)
                 os.replace(tmp, dest)
             else:  # an S3 object appears only once its upload completes
                 with self.fs.open_output_stream(dest) as f:
@@ -266,11 +275,7 @@ class Storage:
         parent = posixpath.dirname(dest)
         try:
             os.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(dest)}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp = _write_temp(dest, data)
             try:
                 os.link(tmp, dest)
                 return True

@@ -340,6 +340,28 @@ def make_run(ingested_run, tmp_path):
     return make
 
 
+def write_untrained_base(cfg, st, train, pool) -> None:
+    """Write an untrained planner (``torch.manual_seed(0)``) and its vocabulary, built from the
+    expert futures of ``train`` and ``pool`` (lists of Clip), as the run's base model: a stand-in
+    where a test checks plumbing, not the base model's quality."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from mosaic_ray import layout
+    from mosaic_ray.planner.futures import expert_futures
+    from mosaic_ray.planner.model import PlannerSpec, VocabularyPlanner, build_vocabulary, save_checkpoint
+
+    spec = PlannerSpec.from_config(cfg.planner)
+    anchors = build_vocabulary(np.concatenate([expert_futures(train), expert_futures(pool)]), spec.vocab_size)
+    buf = io.BytesIO()
+    np.save(buf, anchors)
+    st.write_bytes(layout.VOCABULARY, buf.getvalue())
+    torch.manual_seed(0)
+    save_checkpoint(VocabularyPlanner(spec, torch.from_numpy(anchors)), st.path(layout.BASE_CHECKPOINT))
+
+
 # ====================================================================== S3
 def _free_port() -> int:
     import socket

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from conftest import TINY_PLANNER, copy_run
+from conftest import TINY_PLANNER, copy_run, write_untrained_base
 from mosaic_ray import layout
 from mosaic_ray.config import ConfigError, validate_config
 from mosaic_ray.data.clip import T0_INDEX, clip_to_row, clip_schema, clips_from_table
@@ -71,7 +71,6 @@ def _fake_pilots(st: Storage, name: str, domains: list[str]) -> None:
 def rejected(ingested_run, tmp_path_factory):
     """The ingested run with 3 pool clips and 1 D_train clip poisoned, an untrained tiny base
     planner, then the real score, score_train and domains steps; fake pilot tables."""
-    from mosaic_ray.planner.futures import expert_futures
     from mosaic_ray.stages import domains, score
     from mosaic_ray.stages.ingest import load_clips
     from mosaic_ray.stages.step import Context, run_step
@@ -89,13 +88,7 @@ def rejected(ingested_run, tmp_path_factory):
         bad_pool |= {c.clip_id for c in sorted(pool, key=lambda c: c.clip_id)[-(N_POISONED_POOL - len(bad_pool)):]}
     bad_train = {sorted(c.clip_id for c in train)[0]}
     # an untrained tiny planner stands in for the base model (only the plumbing matters here)
-    spec = PlannerSpec.from_config(cfg.planner)
-    anchors = build_vocabulary(np.concatenate([expert_futures(train), expert_futures(pool)]), spec.vocab_size)
-    buf = io.BytesIO()
-    np.save(buf, anchors)
-    st.write_bytes(layout.VOCABULARY, buf.getvalue())
-    torch.manual_seed(0)
-    save_checkpoint(VocabularyPlanner(spec, torch.from_numpy(anchors)), st.path(layout.BASE_CHECKPOINT))
+    write_untrained_base(cfg, st, train, pool)
     _poison(st, "pool", bad_pool)
     _poison(st, "train", bad_train)
     ctx = Context(cfg, st)

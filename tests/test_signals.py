@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, TINY_PLANNER
+from conftest import ROOT, TINY_PLANNER, write_untrained_base
 
 #: how long an interrupted command may take to exit (Ray's shutdown included)
 EXIT_WITHIN_S = 10.0
@@ -36,24 +36,11 @@ def _env() -> dict:
 def score_ready(make_run, tmp_path):
     """A run copy in shards of 4 pool clips, an untrained tiny base planner; returns
     ``(config path, storage)``."""
-    import numpy as np
-    import torch
-
-    from mosaic_ray import layout
-    from mosaic_ray.planner.futures import expert_futures
-    from mosaic_ray.planner.model import PlannerSpec, VocabularyPlanner, build_vocabulary, save_checkpoint
     from mosaic_ray.stages.ingest import load_clips
 
     cfg, st, raw = make_run("signals", shard_size=4, planner=TINY_PLANNER, ray={"num_cpus": 2},
                             score={"batch_size": 4, "num_actors": 1})
-    spec = PlannerSpec.from_config(cfg.planner)
-    train, pool = load_clips(st, "train"), load_clips(st, "pool")
-    anchors = build_vocabulary(np.concatenate([expert_futures(train), expert_futures(pool)]), spec.vocab_size)
-    buf = io.BytesIO()
-    np.save(buf, anchors)
-    st.write_bytes(layout.VOCABULARY, buf.getvalue())
-    torch.manual_seed(0)
-    save_checkpoint(VocabularyPlanner(spec, torch.from_numpy(anchors)), st.path(layout.BASE_CHECKPOINT))
+    write_untrained_base(cfg, st, load_clips(st, "train"), load_clips(st, "pool"))
     path = tmp_path / "signals.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert len(st.list("ingest/clips/pool", ".parquet")) >= 10

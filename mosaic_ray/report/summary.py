@@ -144,12 +144,6 @@ class Summary(_Section):
         return self.model_dump(exclude_none=True)
 
 
-#: step -> its completion record (for the recorded fingerprints)
-_RECORDS = {"ingest": layout.INGEST, "base": layout.BASE_RECORD, "score": layout.SCORE,
-            "score_train": layout.SCORE_TRAIN, "domains": layout.DOMAINS, "pilot": layout.PILOT,
-            "select": layout.SELECT, "train": layout.TRAIN}
-
-
 def _cell_stats(runs: list[dict]) -> CellStats:
     e = np.array([x["validation"]["epdms"] for x in runs])
     return CellStats(
@@ -162,7 +156,8 @@ def _cell_stats(runs: list[dict]) -> CellStats:
 
 
 def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str, float] | None = None,
-                  fingerprints: Mapping[str, Any] | None = None) -> Summary:
+                  fingerprints: Mapping[str, Any] | None = None,
+                  records: Mapping[str, str] | None = None) -> Summary:
     """The summary of a run from its stored outputs (ingest, base, domains, pilot, select, train).
 
     Args:
@@ -172,6 +167,8 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
             the steps whose record was made under other inputs (``stale_steps``) and reports
             only the grid results of this config's cells made under their fingerprint (the
             others are named in ``stale_results``).
+        records: {step: its completion record folder} (the pipeline's ``Step.record``s); the
+            summary's ``fingerprints`` are the fingerprints these records carry.
 
     Raises:
         StorageError: an output of an earlier step is missing.
@@ -198,7 +195,7 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
         for b in sel["budgets"]:
             selection[method][str(b)] = BudgetSelection(composition=dict(Counter(r["domain"] for r in by[(method, b)])))
         order[method] = [r["domain"] for r in sorted(by[(method, max(sel["budgets"]))], key=lambda r: r["step"])]
-    recorded = {s_: st.done_payload(rec).get("fingerprint") for s_, rec in _RECORDS.items() if st.is_done(rec)}
+    recorded = {s_: st.done_payload(rec).get("fingerprint") for s_, rec in (records or {}).items() if st.is_done(rec)}
     stale_steps = None
     expected = None
     if fingerprints:

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def run_report(ctx: Context) -> dict:
     """Write the summary and the report; returns ``{"report": uri, "summary": uri}``."""
     st = ctx.storage
-    summary = build_summary(ctx.cfg, st, ctx.timings, fingerprints=ctx.fingerprints)
+    summary = build_summary(ctx.cfg, st, ctx.timings, fingerprints=ctx.fingerprints,
+                            records={s.name: s.record for s in ctx.steps if s.record})
     if summary.stale_steps:
         log.warning("[report] steps made under other inputs than this config: %s (run `mosaic-ray run` "
                     "to redo them)", ", ".join(summary.stale_steps))

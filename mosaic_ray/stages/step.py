@@ -59,6 +59,8 @@ class Context:
     started: float | None = None  #: time.time() when this invocation began (the report's total)
     #: every step's fingerprint for this config (:func:`mosaic_ray.stages.fingerprint.fingerprints`)
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+    #: the pipeline's steps, in order (set by the runner; the report reads their records)
+    steps: tuple["Step", ...] = ()
 
     @classmethod
     def for_config(cls, cfg: ExperimentConfig) -> "Context":
@@ -121,9 +123,7 @@ def _disagreement(st: Storage, step: Step, payload: dict) -> tuple[str | None, l
     recorded = payload.get("files")
     if recorded is None:
         return None, []  # a record from before files were listed: nothing to compare
-    now = {}
-    for rel in step.outputs:
-        now.update(st.sizes(rel))
+    now = _recorded_files(st, step)
     missing = [f for f in recorded if f not in now]
     resized = [f for f, n in recorded.items() if f in now and now[f] != n]
     if not missing and not resized:
@@ -155,9 +155,9 @@ def run_step(step: Step, ctx: Context, force: bool = False) -> dict | None:
     if not step.enabled(cfg):
         log.debug("[%s] not needed by this config", step.name)
         return None
+    fp = ctx.fingerprints.get(step.name)
     if step.record and not force and st.is_done(step.record):
         payload = st.done_payload(step.record)
-        fp = ctx.fingerprints.get(step.name)
         changed = fp.changed(payload.get("fingerprint_parts")) if fp is not None else []
         bad, resized = (None, []) if changed else _disagreement(st, step, payload)
         if changed:
@@ -180,15 +180,14 @@ def run_step(step: Step, ctx: Context, force: bool = False) -> dict | None:
         raise StepError(f"step {step.name} needs {what}: run the earlier step first")
     if step.record and st.is_done(step.record):
         st.delete(f"{step.record}/_SUCCESS.json")  # no record may outlive its outputs
-    fp = ctx.fingerprints.get(step.name)
     if step.record and fp is not None:
         # partial work of an interrupted run under another config is dropped, never resumed
         started = f"{step.record}/{STARTED}"
         if not force and step.rerun == "force" and st.exists(started):
-            old = st.read_json(started).get("fingerprint_parts")
-            if fp.changed(old):
+            changed = fp.changed(st.read_json(started).get("fingerprint_parts"))
+            if changed:
                 log.warning("[%s] an interrupted run under other inputs (%s) left partial work: "
-                            "starting over", step.name, ", ".join(fp.changed(old)))
+                            "starting over", step.name, ", ".join(changed))
                 force = True
         st.write_json(started, {"fingerprint": fp.digest, "fingerprint_parts": fp.parts})
     log.info("[%s] start%s", step.name, " (forced)" if force else "")
