@@ -274,7 +274,21 @@ class SelectionConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Final training on Ray Train (TorchTrainer, DDP over gloo on CPU)."""
+    """Final trainings (the grid cells): Ray Train (TorchTrainer, DDP over gloo on CPU), or the
+    same loop inside each cell's Tune trial for one-worker cells (``backend``)."""
+
+    @model_validator(mode="after")
+    def _backend(self) -> "TrainConfig":
+        if self.backend == "in_trial" and (self.num_workers != 1 or self.gpus_per_worker > 0):
+            raise ValueError("train.backend: in_trial trains one CPU worker per cell: set train.num_workers: 1 "
+                             "and train.gpus_per_worker: 0, or use backend ray_train")
+        return self
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether grid cells train inside their Tune trial (see ``backend``)."""
+        return self.backend == "in_trial" or (self.backend == "auto" and self.num_workers == 1
+                                               and self.gpus_per_worker == 0)
 
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
@@ -287,6 +301,10 @@ class TrainConfig(_Strict):
     concurrency: int = Field(1, ge=1, description="grid cells (final trainings) run at the same time")
     checkpoint_every: int = Field(10, ge=1, description="epochs between Train checkpoints (resume points)")
     full_pool: bool = Field(False, description="also train on D_train ∪ the whole pool (a reference line)")
+    backend: Literal["auto", "ray_train", "in_trial"] = Field(
+        "auto", description="how a grid cell trains: ray_train (a TorchTrainer of num_workers workers), "
+        "in_trial (the same loop inside the cell's Tune trial, one worker, no worker-group start-up; "
+        "needs num_workers 1 and no GPU), auto (in_trial where num_workers is 1 and gpus_per_worker 0)")
     lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
     weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
     batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")
