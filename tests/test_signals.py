@@ -9,7 +9,6 @@ subprocesses around :func:`mosaic_ray.cli.interrupt_handlers`.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
