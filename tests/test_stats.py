@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mosaic_ray.evaluate.stats import (align_cells, brmr_bootstrap, brmr_point, isotonic_curve,
-                                       mean_interval, paired_bootstrap_diff)
+                                       mean_interval, paired_bootstrap_diff, pava)
 
 
 def _simulate(rng, seeds: int, clips: int, diff: float, sd_seed: float, sd_het: float):
@@ -95,3 +95,60 @@ def test_align_cells_common_clip_order():
     assert ids == ["a", "c"] and arrs[0].tolist() == [1, 3] and arrs[1].tolist() == [10, 30]
     with pytest.raises(ValueError):
         align_cells([{"clip_id": ["a", "a"], "epdms": [1, 2]}])
+
+
+def test_pava_matches_sklearn():
+    from sklearn.isotonic import isotonic_regression
+
+    rng = np.random.default_rng(5)
+    for k in (1, 2, 5, 9):
+        for _ in range(50):
+            y = rng.normal(0, 1, k) + np.linspace(0, 1, k)
+            np.testing.assert_allclose(pava(y), isotonic_regression(y), atol=1e-12)
+
+
+def test_summary_statistics_and_report_from_per_clip_scores():
+    """The summary's intervals come from stored per-clip scores; the report prints them."""
+    from mosaic_ray.report.report import render_report
+    from mosaic_ray.report.summary import Summary, _cell_stats, _statistics
+
+    rng = np.random.default_rng(11)
+    ids = [f"c{i:03d}" for i in range(80)]
+    clip = rng.normal(0, 0.05, 80)
+
+    def result(m, b, mu, seed):
+        e = np.clip(mu + clip + rng.normal(0, 0.01, 80), 0, 1)
+        order = rng.permutation(80)  # stored in any clip order
+        return {"method": m, "budget": b, "seed": seed, "n_train": 10, "wall_time_s": 1.0,
+                "validation": {"epdms": float(e.mean()), "terms": {},
+                               "per_clip": {"clip_id": [ids[i] for i in order], "epdms": e[order].tolist()}}}
+
+    means = {"random": {50: 0.75, 150: 0.78}, "mosaic": {50: 0.79, 150: 0.80}}
+    runs = {m: {str(b): [result(m, b, mu, sd) for sd in range(3)] for b, mu in per.items()}
+            for m, per in means.items()}
+    base = {"validation": {"per_clip": {"clip_id": ids, "epdms": (0.7 + clip).tolist()}}}
+    from mosaic_ray.scoring.epdms import TERMS
+    for r in (r for per in runs.values() for rs in per.values() for r in rs):
+        r["validation"]["terms"] = {t: 1.0 for t in TERMS}
+    results = {m: {b: _cell_stats(rs) for b, rs in per.items()} for m, per in runs.items()}
+    comparisons, brmr, info = _statistics(runs, base, results, n_boot=300)
+    assert info.n_clips == 80 and info.n_boot == 300
+    d = comparisons["mosaic"]["50"]
+    assert d.lo > 0 and d.estimate == pytest.approx(results["mosaic"]["50"].epdms_mean
+                                                    - results["random"]["50"].epdms_mean)
+    assert brmr["random"]["150"].estimate == 1.0 and brmr["mosaic"]["150"].estimate < 1.0
+    assert results["random"]["50"].epdms_ci.lo < results["random"]["50"].epdms_mean
+    summary = Summary(results=results, comparisons=comparisons, brmr=brmr, statistics=info)
+    text = render_report(Summary.model_validate_json(summary.model_dump_json()))
+    assert "Each method − Random" in text and "interval above 0 at 2 of 2 budgets" in text
+    assert "1.00 [1.00, 1.00]" in text  # Random's BRMR
+
+
+def test_random_shuffles_config():
+    from mosaic_ray.config import SelectionConfig
+
+    sc = SelectionConfig(budgets=[10], methods=["mosaic", "random"], random_shuffles=[1, 2])
+    assert sc.shuffle_methods() == {"random_shuffle1": 1, "random_shuffle2": 2}
+    assert SelectionConfig(budgets=[10], methods=["mosaic"], random_shuffles=[1]).shuffle_methods() == {}
+    with pytest.raises(ValueError):
+        SelectionConfig(budgets=[10], random_shuffles=[42])  # that shuffle is Random itself

@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from mosaic_ray.report.summary import Summary
 from mosaic_ray.scoring.epdms import TERMS
 from mosaic_ray.report.plots import (budget_items, ordered_domains, plot_composition,
@@ -292,6 +294,24 @@ def _section_selection(s: Mapping[str, Any], plots: Mapping[str, str | None]) ->
     return lines
 
 
+def _ci_x100(iv: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """``est [lo, hi]`` ×100 of an interval statistic ("—" when absent)."""
+    if not iv:
+        return "—"
+    f = _signed_x100 if signed else _x100
+    return f"{f(iv.get('estimate'))} [{f(iv.get('lo'))}, {f(iv.get('hi'))}]"
+
+
+def _brmr_ci(iv: Mapping[str, Any] | None) -> str:
+    """BRMR with its interval; "—" where the method never reaches Random, ∞ for an open end."""
+    if not iv:
+        return "—"
+    est, lo, hi = _f(iv.get("estimate")), _f(iv.get("lo")), iv.get("hi")
+    hi_s = "∞" if hi is None else _num(hi, "{:.2f}")
+    lo_s = "∞" if iv.get("lo") is None and iv.get("hi") is None else _num(lo, "{:.2f}")
+    return f"{_num(est, '{:.2f}')} [{lo_s}, {hi_s}]"
+
+
 def _mean_std(e: Mapping[str, Any]) -> str:
     m, sd = _f(e.get("epdms_mean")), _f(e.get("epdms_std"))
     if not math.isfinite(m):
@@ -312,23 +332,42 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
         return []
     base = (s.get("base") or {}).get("epdms")
     brmrs: dict[str, dict[int, float]] = {}
-    if "random" in res:
+    boot = s.get("brmr") or {}
+    if boot:  # isotonic BRMR with bootstrap intervals (summary version 2)
+        brmrs = {m: {int(b): _f((iv or {}).get("estimate")) for b, iv in per.items()} for m, per in boot.items()}
+    elif "random" in res:
         for m in res:
             if m != "full":  # the full-pool reference has no budget to compare
                 brmrs[m] = brmr(res, m, "random", base_epdms=base)
-    lines = ["## Results (validation)", "",
-             "EPDMS ×100, mean ± std over seeds. BRMR = budget the method needs to match "
-             "Random's EPDMS at this budget ÷ this budget (linear interpolation, base model at "
-             "budget 0; lower is better; — = not reached within the measured budgets).", ""]
+    st = s.get("statistics") or {}
+    split = st.get("split") or "validation"
+    lines = [f"## Results ({split})", ""]
+    if boot:
+        lines += [f"EPDMS ×100, mean ± std over seeds, and the mean with its {100 * _f(st.get('level')):.0f} % "
+                  f"bootstrap interval over the {_int(st.get('n_clips'))} {split} clips and the seeds. "
+                  "BRMR = budget the method needs to match Random's EPDMS at this budget ÷ this budget, on "
+                  "isotonic (monotone) fits of both curves with the base model at budget 0 (Random exactly 1; "
+                  "lower is better; — = the method's curve never reaches Random's value within its measured "
+                  "budgets; ∞ = some bootstrap replicates never reach it), with its bootstrap interval.", ""]
+    else:
+        lines += ["EPDMS ×100, mean ± std over seeds. BRMR = budget the method needs to match "
+                  "Random's EPDMS at this budget ÷ this budget (linear interpolation, base model at "
+                  "budget 0; lower is better; — = not reached within the measured budgets).", ""]
     rows = []
     for m, v in res.items():
         for b, e in budget_items(v):
             e = e or {}
             ns = _n_seeds(e)
             br = brmrs.get(m, {}).get(b)
-            rows.append([m, str(b), _mean_std(e), "—" if ns is None else str(ns),
-                         _num(br, "{:.2f}") if br is not None else "—"])
-    lines += _table(["method", "budget", "EPDMS ×100 (mean ± std)", "seeds", "BRMR"], rows)
+            row = [m, str(b), _mean_std(e), "—" if ns is None else str(ns)]
+            if boot:
+                row += [_ci_x100(e.get("epdms_ci")), _brmr_ci((boot.get(m) or {}).get(str(b)))]
+            else:
+                row += [_num(br, "{:.2f}") if br is not None else "—"]
+            rows.append(row)
+    header = ["method", "budget", "EPDMS ×100 (mean ± std)", "seeds"]
+    header += ["mean ×100 [95 % CI]", "BRMR [95 % CI]"] if boot else ["BRMR"]
+    lines += _table(header, rows)
     budgets = sorted({b for m, v in res.items() if m != "full" for b, _ in budget_items(v)})
     if len(res) > 2 and budgets:
         pe, pb = [], []
@@ -365,7 +404,45 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
     return lines
 
 
+def _section_comparisons(s: Mapping[str, Any]) -> list[str]:
+    """Every method − Random with its paired bootstrap interval (summary version 2)."""
+    comp = s.get("comparisons") or {}
+    if not comp:
+        return []
+    st = s.get("statistics") or {}
+    budgets = sorted({int(b) for per in comp.values() for b in per})
+    rows, wins = [], {}
+    for m, per in comp.items():
+        rows.append([m] + [_ci_x100(per.get(str(b)), signed=True) for b in budgets])
+        ivs = [per[str(b)] for b in budgets if str(b) in per]
+        wins[m] = (sum(1 for iv in ivs if _f(iv.get("lo")) > 0), sum(1 for iv in ivs if _f(iv.get("hi")) < 0), len(ivs))
+    lines = [f"## Each method − Random ({st.get('split') or 'validation'})", "",
+             f"Difference of mean EPDMS ×100 with its {100 * _f(st.get('level')):.0f} % paired bootstrap interval "
+             f"({_int(st.get('n_boot'))} replicates over the {_int(st.get('n_clips'))} common clips and the training "
+             "seeds). Columns are budgets.", ""]
+    lines += _table(["method"] + [str(b) for b in budgets], rows)
+    lines += [f"- **{m}**: interval above 0 at {w} of {n} budgets, below 0 at {l_}." for m, (w, l_, n) in wins.items()]
+    shuffles = [m for m in (s.get("results") or {}) if m.startswith("random_shuffle")]
+    if shuffles:  # Random's own spread: the paper's shuffle (seed 42) and the further ones
+        res = s["results"]
+        rows = []
+        for b in budgets:
+            ms = [_f((res.get(m) or {}).get(str(b), {}).get("epdms_mean")) for m in ["random"] + shuffles]
+            ms = [m for m in ms if math.isfinite(m)]
+            if len(ms) > 1:
+                rows.append([str(b), str(len(ms)), f"{100 * min(ms):.2f}", f"{100 * max(ms):.2f}",
+                             f"{100 * float(np.std(ms, ddof=1)):.2f}"])
+        if rows:
+            lines += ["", "Random's own spread over shuffles (the paper's seed-42 shuffle and "
+                      f"{len(shuffles)} more; each shuffle's mean over its training seeds, ×100):", ""]
+            lines += _table(["budget", "shuffles", "min", "max", "std"], rows)
+    notes = st.get("notes") or []
+    return lines + [""] + [f"> {n}" for n in notes] + ([""] if notes else [])
+
+
 def _section_diff(s: Mapping[str, Any]) -> list[str]:
+    if s.get("comparisons"):
+        return _section_comparisons(s)
     res = s.get("results") or {}
     mo, ra = dict(budget_items(res.get("mosaic"))), dict(budget_items(res.get("random")))
     common = sorted(set(mo) & set(ra))
