@@ -202,8 +202,12 @@ class DomainConfig(_Strict):
 class PilotConfig(_Strict):
     """Pilot runs on Ray Tune: one trial per (domain, size, seed)."""
 
-    sizes: list[int] = Field([50, 100], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    sizes: list[int] = Field([10, 30, 100, 300], min_length=1,
+                             description="pilot sizes in clips, each capped at the domain's size")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="pilot seeds, averaged per point (>= 3 "
+                             "to see the points' spread; the laws are weighted by it)")
+    control: bool = Field(True, description="one control pilot per seed (n = 0: the same recipe on D_train "
+                          "alone); ΔU is measured against it")
     epochs: int = Field(8, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
