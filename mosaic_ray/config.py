@@ -202,8 +202,12 @@ class DomainConfig(_Strict):
 class PilotConfig(_Strict):
     """Pilot runs on Ray Tune: one trial per (domain, size, seed)."""
 
-    sizes: list[int] = Field([50, 100], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    sizes: list[int] = Field([10, 30, 100, 300], min_length=1,
+                             description="pilot sizes in clips, each capped at the domain's size")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="pilot seeds, averaged per point (>= 3 "
+                             "to see the points' spread; the laws are weighted by it)")
+    control: bool = Field(True, description="one control pilot per seed (n = 0: the same recipe on D_train "
+                          "alone); ΔU is measured against it")
     epochs: int = Field(8, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -227,6 +231,9 @@ class SelectionConfig(_Strict):
                                        description="ints are clip counts, floats in (0, 1] pool fractions")
     methods: list[str] = Field(["mosaic", "random"], min_length=1)
     random_seed: int = 42
+    random_shuffles: list[int] = Field(
+        [], description="further Random shuffle seeds (besides random_seed, the paper's Random) to measure "
+        "Random's own spread; each is a grid method random_shuffle<seed>, compared with Random like any method")
 
     @field_validator("budgets")
     @classmethod
@@ -259,6 +266,26 @@ class SelectionConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"methods listed twice: {v}")
         return v
+
+    @field_validator("random_shuffles")
+    @classmethod
+    def _shuffles(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"random_shuffles listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _shuffle_not_reference(self) -> "SelectionConfig":
+        if self.random_seed in self.random_shuffles:
+            raise ValueError(f"random_shuffles holds random_seed {self.random_seed} (that shuffle is Random itself)")
+        return self
+
+    def shuffle_methods(self) -> dict[str, int]:
+        """{grid method name: shuffle seed} of the further Random shuffles (only when ``random``
+        is a configured method)."""
+        if "random" not in self.methods:
+            return {}
+        return {f"random_shuffle{s}": int(s) for s in self.random_shuffles}
 
     def resolve_budgets(self, pool_size: int) -> list[int]:
         """Budgets as sorted distinct clip counts for a pool of ``pool_size`` clips

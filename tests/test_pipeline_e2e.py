@@ -49,7 +49,12 @@ def test_run_writes_summary_report_and_plots(e2e):
         assert Path(run.storage.path(f"report/{png}")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["data"]["candidates"] == summary["data"]["clips"] + summary["data"]["quarantined"]
     assert set(summary["domains"]) == set(summary["data"]["pool_by_domain"])
-    assert summary["version"] == 1
+    assert summary["version"] == 2
+    # intervals from the stored per-clip scores (issue 12 part 5): Random's BRMR exactly 1
+    assert summary["statistics"]["n_clips"] > 0
+    assert summary["brmr"]["random"]["15"]["estimate"] == 1.0
+    iv = summary["comparisons"]["mosaic"]["15"]
+    assert iv["lo"] <= iv["estimate"] <= iv["hi"]
     # every number is keyed by what made it: each step's recorded fingerprint, each cell's
     assert set(summary["fingerprints"]) >= {"ingest", "base", "score", "domains", "pilot", "select", "train"}
     assert summary["stale_steps"] == [] and "stale_results" not in summary

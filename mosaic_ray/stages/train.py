@@ -71,6 +71,12 @@ def grid_cells(cfg: ExperimentConfig, storage: Storage, base_fingerprint: str | 
         for b in sel["budgets"]:
             ids = [r["clip_id"] for r in sorted(by[(m.method, b)], key=lambda r: r["step"])]
             cells += [Cell(m.method, b, s, ids, extra) for s in cfg.train.seeds]
+    for name in cfg.selection.shuffle_methods():  # further Random shuffles (after the configured methods)
+        for b in sel["budgets"]:
+            ids = [r["clip_id"] for r in sorted(by[(name, b)], key=lambda r: r["step"])]
+            if not ids:
+                raise RuntimeError(f"no {name} selection at budget {b} in the manifest; rerun the select step")
+            cells += [Cell(name, b, s, ids, 0.0) for s in cfg.train.seeds]
     if cfg.train.full_pool:
         # the usable pool: clips the score step rejected are trained on by no cell
         pool_ids = sorted(load_scores(storage).table.column("clip_id").to_pylist())
