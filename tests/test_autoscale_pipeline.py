@@ -10,7 +10,7 @@ import pytest
 from mosaic_ray.pipeline import run_all, run_steps
 from mosaic_ray.stages.step import Context
 
-from conftest import TINY_PLANNER, copy_run
+from conftest import TINY_PLANNER, copy_run, write_untrained_base
 
 SMALL = {
     "ray": {"num_cpus": 2},
@@ -26,6 +26,21 @@ SMALL = {
 }
 
 
+def _untrained_base(cfg) -> None:
+    """Record the base step complete with an untrained planner and its vocabulary
+    (conftest.write_untrained_base), so that the pipeline skips the base model's training."""
+    from mosaic_ray.data.clip import clips_from_table
+    from mosaic_ray.pipeline import STEPS
+    from mosaic_ray.stages import base
+    from mosaic_ray.stages.fingerprint import fingerprints
+    from mosaic_ray.stages.step import record_outputs
+
+    st = Context.for_config(cfg).storage
+    write_untrained_base(cfg, st, clips_from_table(st.read_table("ingest/clips/train")),
+                         clips_from_table(st.read_table("ingest/clips/pool")))
+    record_outputs(base.STEP, Context(cfg, st, fingerprints=fingerprints(cfg, STEPS)), {"stand_in": True})
+
+
 @pytest.fixture(scope="module")
 def as_run(ingested_run, tmp_path_factory):
     raw = dict(SMALL)
@@ -36,6 +51,7 @@ def as_run(ingested_run, tmp_path_factory):
     dumped = cfg.model_dump(mode="json")
     dumped["selection"] = None
     cfg = validate_config(dumped)
+    _untrained_base(cfg)  # the rounds read only the vocabulary: no Ray Train run for the base model
     report = run_all(cfg)
     return cfg, Context.for_config(cfg), report
 
@@ -44,11 +60,13 @@ def test_autoscale_pipeline_runs_end_to_end(as_run):
     cfg, run, report = as_run
     st = run.storage
     assert not st.is_done("score") and not st.exists("select/manifest.parquet")  # MOSAIC steps skipped
+    assert st.done_payload("planner/base").get("stand_in")  # the recorded base was not redone
     syn = st.done_payload("synthesize")
     real = st.read_table("ingest/clips/train", columns=["clip_id"]).num_rows
     assert syn["source_clips"] == real and syn["attempts"] == syn["kept"] + syn["quarantined"]
     emb = st.done_payload("autoscale/embed")
     assert emb["counts"]["synthetic"] == syn["kept"] and emb["counts"]["real"] == real
+    assert emb["shards_resumed"] == 0 and emb["shards"] >= 4  # one actor pool over every role's shards
     g = st.read_json("autoscale/graph_rae.json")
     assert g["steps"] == 12 and np.isfinite(g["last_step"]["total"])
     clusters = st.read_json("autoscale/clusters.json")

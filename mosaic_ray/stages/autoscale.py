@@ -32,6 +32,7 @@ Outputs::
 
     autoscale/graph_rae.pt              the Graph-RAE weights and its settings        (embed)
     autoscale/graph_rae.json            loss history (first / last steps), scene counts (embed)
+    autoscale/embed_parts/<role>__<shard>  one input shard's embeddings (resume points)  (embed)
     autoscale/embeddings.parquet        clip_id, role, embedding (d float32)           (embed)
     autoscale/clusters.json             K, centres, RBF matrix, n_k, π, capacity       (cluster)
     autoscale/cluster_labels.parquet    clip_id, role, cluster                          (cluster)
@@ -56,6 +57,7 @@ import pyarrow.compute as pc
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.stages.fingerprint import config_value
+from mosaic_ray.stages.shards import Resources, ShardStage, record_actor_pid, run_shard_stage
 from mosaic_ray.stages.step import Context, Step, needs_of
 from mosaic_ray.storage import Storage
 
@@ -65,6 +67,7 @@ ROOT = "autoscale"
 GRAPH_RAE = f"{ROOT}/graph_rae.pt"
 GRAPH_RAE_INFO = f"{ROOT}/graph_rae.json"
 EMBEDDINGS = f"{ROOT}/embeddings.parquet"
+EMBED_PARTS = f"{ROOT}/embed_parts"
 EMBED_RECORD = f"{ROOT}/embed"
 CLUSTERS = f"{ROOT}/clusters.json"
 CLUSTER_LABELS = f"{ROOT}/cluster_labels.parquet"
@@ -184,102 +187,127 @@ def load_graph_rae(storage: Storage):
     return model.eval()
 
 
-class GraphRAEEmbedder:
-    """Ray Data actor: clip rows (pyarrow) -> ``clip_id`` (B,) str and ``embedding`` (B, d) float32
-    (Eq. 12 scene vectors; the model on the GPU when the actor has one)."""
+class EmbedStage(ShardStage):
+    """Ray Data actor stage: one clip shard of a role (real / calibration / test / synthetic) ->
+    ``clip_id`` (str) and ``embedding`` (d float32, Eq. 12 scene vectors) per scene, written to
+    ``autoscale/embed_parts/<role>__<shard>``; the model on the GPU when the actor has one.
+    Resumable per shard (:class:`~mosaic_ray.stages.shards.ShardStage`)."""
 
-    def __init__(self, storage: Storage, threads: int = 1):
+    name = "embed"
+    stateful = True
+    key_column = "clip_id"
+
+    def __init__(self, storage: Storage, roles: dict[str, str], cpus: float, gpus: float, batch_size: int):
+        self.store, self.roles, self.chunk = storage, roles, batch_size
+        self.output_dir = EMBED_PARTS
+        self.resources = Resources(cpus=cpus, gpus=gpus)
+
+    def setup(self) -> None:
         import torch
 
-        torch.set_num_threads(threads)
-        self.model = load_graph_rae(storage)
+        record_actor_pid(self.name)
+        torch.set_num_threads(1)
+        self.model = load_graph_rae(self.storage())
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
 
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+    def role_of(self, shard: str) -> str:
+        folder = shard.rsplit("/", 1)[0]
+        for role, f in self.roles.items():
+            if f == folder:
+                return role
+        raise ValueError(f"shard {shard} is in no role's folder")
+
+    def output_path(self, shard: str) -> str:
+        return f"{self.output_dir}/{self.role_of(shard)}__{shard.rsplit('/', 1)[-1]}"
+
+    def process_shard(self, table: pa.Table) -> pa.Table:
         import torch
 
         from mosaic_ray.autoscale.graph_rae import as_graphs
         from mosaic_ray.autoscale.scene_graph import collate
         from mosaic_ray.data.clip import clips_from_table
 
-        clips = clips_from_table(batch)
-        graphs = as_graphs(clips, self.model.cfg.graph)
+        table = table.select([c for c in table.column_names if c in _clip_columns()])
+        clips = clips_from_table(table)
+        d = self.model.cfg.hidden_dim
+        zs = []
         with torch.no_grad():
-            b = collate(graphs)
-            b = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in b.items()}
-            z = self.model(b)["z"].float().cpu().numpy()
-        return {"clip_id": np.array([c.clip_id for c in clips], dtype=object), "embedding": z.astype(np.float32)}
-
-
-def _embed_role(cfg: ExperimentConfig, storage: Storage, folder: str) -> tuple[list[str], np.ndarray]:
-    import ray
-
-    from mosaic_ray.data.clip import clip_schema
-    from mosaic_ray.stages.runtime import cluster_cpus
-
-    a = cfg.autoscale
-    files = storage.list(folder, ".parquet")
-    if not files:
-        return [], np.zeros((0, a.graph_rae.hidden_dim), np.float32)
-    # the actors leave one CPU to the read tasks (1 CPU each): on 2 cores a pool taking 1.5 CPUs
-    # starves the read and the job hangs (RAY_NOTES "Two-core deadlocks")
-    n_actors = a.embed_num_actors or max(1, min(len(files), int((cluster_cpus() - 1.0) // a.embed_cpus_per_actor)))
-    ds = ray.data.read_parquet([storage.path(f) for f in files], filesystem=storage.fs)
-    ds = ds.select_columns(list(clip_schema().names))
-    if len(files) < n_actors:
-        ds = ds.repartition(n_actors)
-    gpu = {"num_gpus": a.embed_gpus_per_actor} if a.embed_gpus_per_actor else {}
-    ds = ds.map_batches(GraphRAEEmbedder, fn_constructor_kwargs={"storage": storage},
-                        compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=a.embed_cpus_per_actor,
-                        batch_size=a.embed_batch_size, batch_format="pyarrow", **gpu)
-    ids, embs = [], []
-    for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
-        ids.extend(str(x) for x in b["clip_id"])
-        embs.append(np.asarray(b["embedding"], np.float32))
-    return ids, (np.concatenate(embs) if embs else np.zeros((0, a.graph_rae.hidden_dim), np.float32))
+            for a in range(0, len(clips), self.chunk):
+                b = collate(as_graphs(clips[a:a + self.chunk], self.model.cfg.graph))
+                b = {k: v.to(self.device) for k, v in b.items()}
+                zs.append(self.model(b)["z"].float().cpu().numpy().astype(np.float32))
+        z = np.concatenate(zs) if zs else np.zeros((0, d), np.float32)
+        return pa.table({"clip_id": pa.array([c.clip_id for c in clips], pa.string()),
+                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), pa.float32()), d)})
 
 
 def run_embed(ctx: Context) -> dict:
-    """Train Graph-RAE, embed every role's scenes; accounts for every input scene (a missing or
+    """Train Graph-RAE (kept from an interrupted run of the same inputs unless forced), embed
+    every role's scenes in one actor pool; accounts for every input scene (a missing or
     duplicated embedding raises RuntimeError)."""
     import ray
+
+    from mosaic_ray.stages.runtime import cluster_cpus
 
     cfg, st = ctx.cfg, ctx.storage
     a = cfg.autoscale
     t0 = time.time()
+    if ctx.force:
+        for rel in (GRAPH_RAE, GRAPH_RAE_INFO, EMBED_PARTS, EMBEDDINGS):
+            st.delete(rel)
     splits = graph_rae_splits(cfg)
-    task = ray.remote(_train_graph_rae).options(num_cpus=a.graph_rae.train_num_cpus,
-                                                num_gpus=a.graph_rae.train_num_gpus)
-    info = ray.get(task.remote(st, splits, a.graph_rae.model_dump(mode="json"),
-                               max(1, int(a.graph_rae.train_num_cpus))))
+    if st.exists(GRAPH_RAE) and st.exists(GRAPH_RAE_INFO):
+        info = st.read_json(GRAPH_RAE_INFO)
+        log.info("[embed] Graph-RAE of an interrupted run of the same inputs kept")
+    else:
+        task = ray.remote(_train_graph_rae).options(num_cpus=a.graph_rae.train_num_cpus,
+                                                    num_gpus=a.graph_rae.train_num_gpus)
+        info = ray.get(task.remote(st, splits, a.graph_rae.model_dump(mode="json"),
+                                   max(1, int(a.graph_rae.train_num_cpus))))
     log.info("[embed] Graph-RAE: %d scenes, %d steps, total loss %.4f -> %.4f (first/last tenth means)",
              info["scenes"], info["steps"], info["first_tenth_mean"]["total"], info["last_tenth_mean"]["total"])
     t1 = time.time()
-    rows = {"clip_id": [], "role": [], "embedding": []}
+    roles = role_sources(cfg)
+    shards = [f for folder in roles.values() for f in st.list(folder, ".parquet")]
+    cpus = cluster_cpus()
+    n_actors = a.embed_num_actors or max(1, min(len(shards), int(cpus), int((cpus - 0.5) // a.embed_cpus_per_actor)))
+    stage = EmbedStage(st, roles, a.embed_cpus_per_actor, a.embed_gpus_per_actor, a.embed_batch_size)
+    recs = run_shard_stage(stage, shards, n_actors)
+    rows_ids, rows_role, rows_z = [], [], []
     counts = {}
-    for role, folder in role_sources(cfg).items():
+    for role, folder in roles.items():
         expect = st.read_table(folder, columns=["clip_id"]).column("clip_id").to_pylist()
-        ids, z = _embed_role(cfg, st, folder)
+        parts = [f"{EMBED_PARTS}/{role}__{f.rsplit('/', 1)[-1]}" for f in st.list(folder, ".parquet")]
+        t = pa.concat_tables([st.read_table(p) for p in parts]) if parts else None
+        ids = t.column("clip_id").to_pylist() if t is not None else []
         if sorted(ids) != sorted(expect):
             raise RuntimeError(f"[embed] {role}: {len(ids)} embeddings for {len(expect)} scenes "
                                f"({len(set(expect) - set(ids))} missing, {len(ids) - len(set(ids))} duplicated)")
+        d = a.graph_rae.hidden_dim
+        z = (t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+             .astype(np.float32).reshape(-1, d) if t is not None else np.zeros((0, d), np.float32))
         if not np.all(np.isfinite(z)):
             raise RuntimeError(f"[embed] {role}: non-finite embeddings")
-        order = np.argsort(np.asarray(ids), kind="stable")
-        rows["clip_id"] += [ids[i] for i in order]
-        rows["role"] += [role] * len(ids)
-        rows["embedding"] += [z[i] for i in order]
+        order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
+        rows_ids += [ids[i] for i in order]
+        rows_role += [role] * len(ids)
+        rows_z.append(z[order])
         counts[role] = len(ids)
     d = a.graph_rae.hidden_dim
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(rows["embedding"]).ravel() if rows["embedding"]
-                                                     else np.zeros(0, np.float32), pa.float32()), d)
-    st.write_table(EMBEDDINGS, pa.table({"clip_id": pa.array(rows["clip_id"], pa.string()),
-                                         "role": pa.array(rows["role"], pa.string()), "embedding": emb}))
+    z = np.concatenate(rows_z) if rows_z else np.zeros((0, d), np.float32)
+    st.write_table(EMBEDDINGS, pa.table({"clip_id": pa.array(rows_ids, pa.string()),
+                                         "role": pa.array(rows_role, pa.string()),
+                                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), pa.float32()), d)}))
     embed_s = time.time() - t1
+    shard_wall = float(sum(recs.column("wall_s").to_pylist()))
+    skipped = int(sum(recs.column("skipped").to_pylist()))
     n = sum(counts.values())
-    return {"graph_rae": info, "counts": counts, "dim": d, "embed_s": round(embed_s, 1),
-            "scenes_per_s": round(n / embed_s, 1) if embed_s > 0 else None, "wall_time_s": round(time.time() - t0, 1)}
+    return {"graph_rae": info, "counts": counts, "dim": d, "actors": n_actors, "shards": len(shards),
+            "shards_resumed": skipped, "embed_s": round(embed_s, 1), "shard_wall_s": round(shard_wall, 2),
+            # scenes per second of actor time (graph building + encoder); None when shards were resumed
+            "scenes_per_actor_s": round(n / shard_wall, 1) if shard_wall > 0 and not skipped else None,
+            "wall_time_s": round(time.time() - t0, 1)}
 
 
 def load_embeddings(storage: Storage) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -715,7 +743,7 @@ EMBED_STEP = Step("embed", run_embed, needs=needs_of({f"{SYNTH_RECORD}/_SUCCESS.
                   config_keys=("autoscale.graph_rae",), upstream=("ingest", "synthesize"),
                   depends=lambda cfg: {"splits": [graph_rae_splits(cfg), role_sources(cfg)]},
                   describe=lambda p: (f"{sum(p['counts'].values())} scenes embedded ({p['counts']}), "
-                                      f"{p['scenes_per_s']} scenes/s"))
+                                      f"{p['scenes_per_actor_s']} scenes per actor-second"))
 CLUSTER_STEP = Step("cluster", run_cluster, needs=needs_of({EMBEDDINGS: "embed"}),
                     outputs=(CLUSTERS, CLUSTER_LABELS), record=CLUSTER_RECORD, enabled=enabled,
                     config_keys=("autoscale.n_clusters", "autoscale.pca_dims", "autoscale.covariance_type",
