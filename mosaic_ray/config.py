@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mosaic_ray.autoscale.synthesize import SynthesizeConfig
 from mosaic_ray.selection.budgets import BudgetError, check_budget_spec, resolve_budgets
 from mosaic_ray.selection.methods import METHOD_NAMES, ResolvedMethod, check_method, resolve_method, split_method
 
@@ -338,6 +339,148 @@ class TrainConfig(_Strict):
     warmup_steps: int | None = Field(None, ge=0, description="None = planner.warmup_steps")
 
 
+#: AutoScale's selection methods (``autoscale.methods``): the closed loop, its ablations and the
+#: baselines on the same Graph-RAE space (:mod:`mosaic_ray.autoscale.methods`)
+AUTOSCALE_METHODS = ("autoscale", "autoscale_no_ga", "autoscale_no_retrieval", "uniform", "chameleon", "iwr",
+                     "all_synthetic")
+
+
+class GraphRAESettings(_Strict):
+    """Graph-RAE sizes, loss weights and training (:class:`~mosaic_ray.autoscale.graph_rae.GraphRAEConfig`;
+    the paper's values are lost: defaults ours). ``lambda_c = 0`` / ``lambda_m = 0`` are the
+    ablations without the contrastive / the metric regularisers (AutoScale Table 4)."""
+
+    hidden_dim: int = Field(64, ge=4, description="d, the scene-embedding dimension")
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_agents: int = Field(16, ge=1, description="agent node slots of the scene graph")
+    max_map: int = Field(24, ge=1, description="map-element node slots of the scene graph")
+    lambda_c: float = Field(0.1, ge=0, description="λ_c: weight of SimCLR + SupCon (Eq. 2); 0 = ablation")
+    lambda_m: float = Field(1.0, ge=0, description="λ_m: weight of the pairwise metric regression; 0 = ablation")
+    w_simclr: float = Field(1.0, ge=0)
+    w_supcon_command: float = Field(1.0, ge=0)
+    w_supcon_overlap: float = Field(1.0, ge=0)
+    temperature: float = Field(0.1, gt=0)
+    huber_delta: float = Field(0.5, gt=0)
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    train_num_cpus: float = Field(1.0, gt=0, description="CPUs of the Ray task that trains it")
+    train_num_gpus: float = Field(0.0, ge=0, description="GPUs of that task (0: CPU)")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "GraphRAESettings":
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be a multiple of num_heads {self.num_heads}")
+        return self
+
+    def model_config_(self):
+        """The :class:`~mosaic_ray.autoscale.graph_rae.GraphRAEConfig` these settings make."""
+        from mosaic_ray.autoscale.graph_rae import GraphRAEConfig
+        from mosaic_ray.autoscale.scene_graph import GraphSpec
+
+        keys = ("hidden_dim", "num_layers", "num_heads", "lambda_c", "lambda_m", "w_simclr", "w_supcon_command",
+                "w_supcon_overlap", "temperature", "huber_delta", "steps", "batch_size", "lr", "weight_decay")
+        return GraphRAEConfig(graph=GraphSpec(max_agents=self.max_agents, max_map=self.max_map),
+                              **{k: getattr(self, k) for k in keys})
+
+
+class AutoScaleConfig(_Strict):
+    """AutoScale (``../shared/docs/AUTOSCALE.md``): the synthetic pool, Graph-RAE, clusters and the
+    closed loop of rounds (Cluster-GA, Eq. 3-7; retrieval, Eq. 8), with its baselines. Budgets
+    count synthetic scenes added to the whole real training split."""
+
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
+    graph_rae: GraphRAESettings = GraphRAESettings()
+    # the embedding stage (Ray Data actor pool)
+    embed_batch_size: int = Field(64, ge=1)
+    embed_num_actors: int | None = Field(None, ge=1, description="None = fit to the CPUs Ray sees")
+    embed_cpus_per_actor: float = Field(0.5, gt=0)
+    embed_gpus_per_actor: float = Field(0.0, ge=0)
+    # clusters (§4.2)
+    n_clusters: int = Field(16, ge=1, description="K of the GMM on the real scenes (paper: 64 of 32/64/128)")
+    pca_dims: int | None = Field(16, ge=1, description="PCA size before the GMM (None: none)")
+    covariance_type: Literal["full", "diag", "spherical", "tied"] = "diag"
+    rbf_bandwidth: float | None = Field(None, gt=0, description="σ of the RBF matrix; None = median heuristic")
+    cluster_seed: int = 0
+    # the loop
+    budgets: list[int | float] = Field([0.25], min_length=1, description="synthetic scenes per training: ints "
+                                       "are counts, floats in (0, 1] fractions of the synthetic pool")
+    methods: list[str] = Field(["autoscale", "uniform"], min_length=1)
+    rounds: int = Field(3, ge=1, description="closed-loop rounds after the real-only round 0")
+    seeds: list[int] = Field([0], min_length=1)
+    epochs: int = Field(8, ge=1, description="epochs of every training (the planner recipe otherwise)")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    test_max_clips: int | None = Field(None, ge=1, description="evaluate on a fixed seeded subset of this many "
+                                       "test clips (the same for every training); None = all")
+    # Cluster-GA (Eq. 3-7)
+    ridge_alpha: float = Field(1e-3, ge=0, description="λ of the weighted ridge (Eq. 4)")
+    recency_decay: float = Field(1.0, gt=0, le=1, description="pair weight decay per round (Eq. 4's W)")
+    eta0: float = Field(1.0, gt=0, description="η_0 of the half-cosine EG schedule (Eq. 6)")
+    eg_steps: int | None = Field(None, ge=1, description="T of the schedule; None = rounds - 1")
+    eg_inner_steps: int = Field(1, ge=1)
+    gradient_scaling: Literal["max_abs", "none"] = "max_abs"
+    repair_candidates: int = Field(16, ge=0, description="perturbed candidates of the feasibility repair")
+    repair_scale: float = Field(0.1, ge=0)
+    # retrieval (Eq. 8)
+    anchor_quantile: float = Field(0.2, gt=0, le=1, description="share of each cluster's calibration scenes "
+                                   "(lowest scores) used as anchors")
+    anchors_per_cluster: int | None = Field(None, ge=1, description="fixed anchors per cluster (overrides the quantile)")
+    n_neighbors: int = Field(256, ge=1)
+    gain_offset: float = Field(1.0, ge=0, description="Eq. 8's (gain_offset + ĝ) factor")
+    score_ceiling: float = Field(1.0, gt=0, description="Eq. 8's (score_ceiling − s_a) factor")
+    # baselines
+    iwr_pca_dims: int = Field(8, ge=1)
+    iwr_bandwidth: str | float = "scott"
+    chameleon_lambda: float = Field(1.0, gt=0)
+    selection_seed: int = 42
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int | float]) -> list[int | float]:
+        bad = []
+        for b in v:
+            try:
+                check_budget_spec(b)
+            except BudgetError:
+                bad.append(b)
+        if bad:
+            raise ValueError(f"budgets must be positive integers or fractions in (0, 1]; bad: {bad}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in AUTOSCALE_METHODS]
+        if unknown:
+            raise ValueError(f"unknown AutoScale methods {unknown}; known: {', '.join(AUTOSCALE_METHODS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _dims(self) -> "AutoScaleConfig":
+        if self.pca_dims is not None and self.pca_dims > self.graph_rae.hidden_dim:
+            raise ValueError(f"pca_dims {self.pca_dims} exceeds graph_rae.hidden_dim {self.graph_rae.hidden_dim}")
+        if self.iwr_pca_dims > self.graph_rae.hidden_dim:
+            raise ValueError(f"iwr_pca_dims {self.iwr_pca_dims} exceeds graph_rae.hidden_dim")
+        return self
+
+    def resolve_budgets(self, pool_size: int) -> list[int]:
+        """Budgets as sorted distinct synthetic-scene counts for a pool of ``pool_size`` scenes.
+
+        Raises:
+            ConfigError: a budget exceeds the pool or rounds to 0 scenes."""
+        try:
+            return resolve_budgets(self.budgets, pool_size)
+        except BudgetError as e:
+            raise ConfigError(f"autoscale.budgets: {e}") from None
+
+
 class ExperimentConfig(_Strict):
     """A whole MOSAIC experiment: data in, score, domains, pilots, selection, train, report."""
 
@@ -351,12 +494,18 @@ class ExperimentConfig(_Strict):
     score: ScoreConfig = ScoreConfig()
     domains: DomainConfig = DomainConfig()
     pilot: PilotConfig = PilotConfig()
-    selection: SelectionConfig
+    selection: SelectionConfig | None = Field(
+        None, description="MOSAIC's budgets and methods; may be left out only when autoscale is set (then "
+        "the MOSAIC steps score .. train do not run)")
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = Field(64, ge=1)
+    autoscale: AutoScaleConfig | None = Field(
+        None, description="AutoScale's steps (synthesize .. autoscale_report) run only when this is set")
 
     @model_validator(mode="after")
     def _method_variants(self) -> "ExperimentConfig":
+        if self.selection is None and self.autoscale is None:
+            raise ValueError("selection: Field required (it may be left out only when an autoscale section is set)")
         try:
             self.resolved_methods()  # raises for an unknown @variant
         except ValueError as e:
@@ -369,8 +518,15 @@ class ExperimentConfig(_Strict):
         Raises:
             ValueError: a method names an unknown domain variant.
         """
+        if self.selection is None:  # an AutoScale-only config: no MOSAIC method
+            return []
         names = [v.name for v in self.domains.all_variants()]
         return [resolve_method(m, names[0], names) for m in self.selection.methods]
+
+    @property
+    def runs_mosaic(self) -> bool:
+        """Whether the MOSAIC steps (score .. train, report) run: a ``selection`` section is set."""
+        return self.selection is not None
 
     # ------------------------------------------------------------------ derived
     @property
