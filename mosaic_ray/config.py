@@ -133,13 +133,52 @@ class PlannerConfig(_Strict):
                                            "EP/TTC/LK/HC average")
 
 
-class ScoreConfig(_Strict):
-    """The Ray Data scoring stage (planner + EPDMS over the pool)."""
+class _PoolSize(_Strict):
+    """An autoscaling actor pool: between ``min_actors`` and ``max_actors`` actors."""
 
-    batch_size: int = Field(32, ge=1)
-    num_actors: int | None = Field(None, ge=1, description="None = fit to the CPUs Ray sees")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int | None = Field(None, ge=1, description="None = fit to the cluster Ray sees")
+
+    @model_validator(mode="after")
+    def _min_le_max(self):
+        if self.max_actors is not None and self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) > max_actors ({self.max_actors})")
+        return self
+
+
+class PlanPoolConfig(_PoolSize):
+    """Planner inference actors of the two-stage score step (featurise, forward, embedding,
+    logits, chosen trajectory). ``max_actors`` None: GPUs / ``num_gpus_per_actor`` when the
+    actors take GPUs, else one actor per 8 CPUs (at least one); the planner costs ~1/10 of EPDMS."""
+
     num_cpus_per_actor: float = Field(0.5, gt=0)
-    num_gpus_per_actor: float = Field(0.0, ge=0)
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="> 0: the planner runs on CUDA (fractions allowed)")
+    batch_size: int = Field(256, ge=1, description="clips per planner forward (size it for the device)")
+
+
+class EpdmsPoolConfig(_PoolSize):
+    """EPDMS actors of the two-stage score step (CPU). ``max_actors`` None: one actor per CPU
+    left after the planner actors' CPUs (at least one)."""
+
+    num_cpus_per_actor: float = Field(0.5, gt=0)
+    batch_size: int = Field(64, ge=1, description="clips per batched tracker / IDM roll-out call")
+
+
+class ScoreConfig(_Strict):
+    """The Ray Data scoring step (planner + EPDMS over the pool).
+
+    ``pipeline: two_stage`` (default) streams the shards through a planner actor pool
+    (``plan``) into an EPDMS actor pool (``epdms``), each sized on its own; ``single`` runs
+    both in one pool of ``num_actors`` actors (``batch_size``, ``num_cpus_per_actor``,
+    ``num_gpus_per_actor``), as before issue 14."""
+
+    pipeline: Literal["two_stage", "single"] = "two_stage"
+    plan: PlanPoolConfig = Field(default_factory=PlanPoolConfig)
+    epdms: EpdmsPoolConfig = Field(default_factory=EpdmsPoolConfig)
+    batch_size: int = Field(32, ge=1, description="single: clips per planner forward")
+    num_actors: int | None = Field(None, ge=1, description="single (and distill): None = fit to the CPUs Ray sees")
+    num_cpus_per_actor: float = Field(0.5, gt=0, description="single (and distill)")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="single: GPUs per actor")
     checkpoint: str | None = Field(
         None, description="score with this planner checkpoint (local path or s3:// URI of a planner/*.pt, "
         "e.g. from another run) instead of this run's base model; copied to planner/external.pt")
