@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -58,14 +59,29 @@ def _wait_for(pred, timeout=120.0):
 
 def test_killing_a_scoring_actor_keeps_every_clip_once(prepared):
     _, cfg, st = prepared
-    for f in ACTOR_PID_DIR.glob("score-*"):
+    # the two-stage step's EPDMS actors record "score_epdms-<pid>" (the one-pool stage "score-<pid>")
+    for f in ACTOR_PID_DIR.glob("score*-*"):
         f.unlink()
     result = {}
     th = threading.Thread(target=lambda: result.update(run_score(cfg, st, "planner/base.pt", out="score_killed")))
     th.start()
-    _wait_for(lambda: len(st.list("score_killed/scores", ".parquet")) >= 1 and any(ACTOR_PID_DIR.glob("score-*")))
-    victim = int(sorted(ACTOR_PID_DIR.glob("score-*"))[0].read_text())
-    os.kill(victim, signal.SIGKILL)
+    def live_epdms_actor() -> int | None:
+        # the EPDMS pool autoscales: an actor that recorded its PID may have been retired since
+        for f in sorted(ACTOR_PID_DIR.glob("score_epdms-*")):
+            pid = int(f.read_text())
+            if psutil.pid_exists(pid):
+                return pid
+        return None
+
+    _wait_for(lambda: len(st.list("score_killed/scores", ".parquet")) >= 1 and live_epdms_actor() is not None)
+    while True:
+        victim = live_epdms_actor()
+        assert victim is not None, "no live EPDMS actor left to kill"
+        try:
+            os.kill(victim, signal.SIGKILL)
+            break
+        except ProcessLookupError:  # it exited between the check and the kill
+            continue
     th.join(timeout=300)
     assert not th.is_alive() and result, "the stage did not finish after an actor was killed"
     ids, imp = _scores(st, "score_killed")

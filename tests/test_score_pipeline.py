@@ -79,6 +79,42 @@ def test_stages_score_a_shard_and_refuse_a_split_one(tmp_path):
         assert out.column("importance")[i].as_py() == pytest.approx(float(want.epdms[0]), abs=1e-12)
 
 
+def test_stages_keep_a_row_with_the_reason_for_broken_clips(tmp_path):
+    """A clip with NaN ego history (cannot be featurised) and a row whose arrays do not decode
+    each keep their row, NaN scores and the reason; the other clips score ok."""
+    import dataclasses
+
+    import torch
+
+    from mosaic_ray.data.clip import T0_INDEX, clip_schema, clip_to_row
+    from mosaic_ray.planner.model import PlannerSpec, VocabularyPlanner, save_checkpoint
+    from mosaic_ray.stages.score import EPDMSStage, PlanStage
+    from mosaic_ray.storage import Storage
+    from scenes import random_scene
+
+    rng = np.random.default_rng(4)
+    clips = [random_scene(rng) for _ in range(4)]
+    es = clips[1].ego_states.copy()
+    es[T0_INDEX - 3, 0] = np.nan
+    clips[1] = dataclasses.replace(clips[1], ego_states=es)
+    rows = [clip_to_row(c) for c in clips]
+    rows[2]["agent_states"] = b"not an array"
+    st = Storage(str(tmp_path))
+    st.write_table("in/shard-0.parquet", pa.Table.from_pylist(rows, schema=clip_schema()))
+    spec = PlannerSpec(vocab_size=4, embed_dim=8, hidden_dim=8, max_agents=4, max_lanes=4)
+    anchors = np.stack([np.column_stack([np.arange(1, 9) * v, np.zeros(8), np.zeros(8)]) for v in (0, 1, 2, 3)])
+    save_checkpoint(VocabularyPlanner(spec, torch.from_numpy(anchors.astype(np.float32))), st.path("base.pt"))
+    plan = PlanStage(st, "base.pt", batch_size=4, cpus=1, gpus=0)
+    plan.setup()
+    EPDMSStage(st, "out", cpus=1).process_batch(plan.process_batch(pa.table({"shard": ["in/shard-0.parquet"]})))
+    out = st.read_table("out/shard-0.parquet").to_pylist()
+    assert [r["clip_id"] for r in out] == [c.clip_id for c in clips]
+    assert [r["status"] == "ok" for r in out] == [True, False, False, True]
+    assert out[1]["status"].startswith("score_error") and out[2]["status"].startswith("decode_error")
+    assert np.isnan(out[1]["importance"]) and np.isnan(out[2]["importance"]) and out[2]["site"] is None
+    assert all(0.0 <= out[i]["importance"] <= 1.0 for i in (0, 3))
+
+
 # ------------------------------------------------------------------ on Ray, real clips
 @pytest.fixture(scope="module")
 def both(ingested_run, tmp_path_factory):

@@ -1230,7 +1230,7 @@ def score_many(scenes: Sequence[Scene], poses: np.ndarray, prev_poses: Sequence[
     all scenes come from one IDM roll-out (:func:`~mosaic_ray.scoring.reference.
     reference_proposals_many`), then each scene is scored as
     :func:`score_trajectories` scores it. Same results as one :func:`score_trajectories` call
-    per scene (the tracker is row-wise; checked in tests/test_epdms.py).
+    per scene (the tracker is row-wise; checked in tests/test_batched_scoring.py).
 
     Args:
         scenes: B scenes from :func:`prepare_scene`.

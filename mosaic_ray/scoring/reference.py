@@ -103,7 +103,7 @@ def reference_proposals_many(scenes: Sequence[Any],
                              fractions: Sequence[float] = REFERENCE_FRACTIONS) -> list[np.ndarray]:
     """:func:`reference_proposals` of several scenes with ONE IDM roll-out loop over all of them
     (agents and red lights padded per scene; padding never leads, so each scene's result equals
-    its :func:`reference_proposals`, checked in tests/test_epdms.py).
+    its :func:`reference_proposals`, checked in tests/test_batched_scoring.py).
 
     Returns:
         one ``(R, 41, 4)`` float64 array per scene, as :func:`reference_proposals`.

@@ -191,6 +191,12 @@ class PlanStage(ProcessingStage):
 
     Resources: ``cpus``/``gpus`` per actor; with ``gpus`` > 0 and CUDA present the forward runs
     there, ``batch_size`` clips at a time.
+
+    Column shapes: ``_traj`` (24,) float32 = the chosen (8, 3) poses (x, y m; heading rad; ego
+    frame at t0, +0.5 .. +4.0 s); ``_prev_traj`` the same at t0 − 0.5 s or null;
+    ``_embedding`` (E,) float32; ``_entropy`` float64 nats; ``_choice`` int64 (−1: no plan).
+    Source: the planner is Hydra-MDP-style (MOSAIC §7.1); its EPDMS is the clip's importance
+    (MOSAIC §3.2.1), computed by :class:`EPDMSStage`.
     """
 
     name = "score_plan"
@@ -224,8 +230,7 @@ class PlanStage(ProcessingStage):
         t0, c0 = time.perf_counter(), time.process_time()
         n, E = table.num_rows, self.model.spec.embed_dim
         spec = self.model.spec.features
-        clips, rows, status = _decode(table)
-        status = {i: s for i, s in status.items()}
+        clips, rows, status = _decode(table)  # status: {row: error} of the rows not to score
         try:
             feats = featurize_clips(clips, spec, with_prev=True) if clips else None
             ok = list(range(len(clips)))
@@ -259,7 +264,7 @@ class PlanStage(ProcessingStage):
             "_shard": pa.array([shard] * n, pa.string()), "_shard_rows": pa.array([n] * n, pa.int64()),
             "_status": pa.array([status.get(i) for i in range(n)], pa.string()),
             "_traj": pa.FixedSizeListArray.from_arrays(pa.array(traj.ravel()), 24),
-            "_prev_traj": pa.array([None if p is None else p for p in prev_traj], vec(24)),
+            "_prev_traj": pa.array(prev_traj, vec(24)),
             "_entropy": pa.array(entropy, pa.float64()),
             "_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), E),
             "_choice": pa.array(choice, pa.int64()),
@@ -289,6 +294,9 @@ class EPDMSStage(ProcessingStage):
     Raises:
         RuntimeError: a block holds part of a shard (the rows of one shard must arrive together;
             the step sets Ray Data's block size so that they do).
+
+    Source: EPDMS as NAVSIM's PDM scorer defines it (docs/EPDMS.md), the previous frame's plan
+    for EC tracked from t0 − 0.5 s, exactly as :func:`~mosaic_ray.evaluate.planner_eval.score_planner`.
     """
 
     name = "score_epdms"
