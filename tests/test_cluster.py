@@ -1,25 +1,22 @@
-"""Cluster configs against Ray's own schema, KubeRay manifests, and a real `ray job submit`.
+"""Cluster configs against Ray's own schema and KubeRay manifests, and the helpers that start and
+stop a `ray start` cluster of its own (used by tests/test_two_nodes.py, which submits a real
+job with `ray job submit --working-dir` to a two-node cluster).
 
 The config checks read Ray's schema file and version without importing Ray (they belong to the
-Ray-free core); only the `ray start` / `ray job submit` test is marked ``ray``."""
+Ray-free core)."""
 
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-from conftest import ROOT, ngsim_file
+from conftest import ROOT
 
 RAY_DIR = Path(importlib.util.find_spec("ray").origin).parent  # the installed package, not imported
 RAY_VERSION = importlib.metadata.version("ray")
@@ -60,56 +57,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.mark.ray  # starts its own head with `ray start`
-def test_ray_job_submit_against_a_local_head(tmp_path):
-    """`ray start --head`, then `ray job submit --working-dir` runs a real ingest job (on two
-    small real files and a broken one: the job's plumbing is under test, not the ingest)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for n in ("USA_Peach-2_1_T-1.xml", "USA_Peach-4_3_T-1.xml"):
-        (data / n).symlink_to(ngsim_file(f"Peachtree/{n}"))
-    (data / "USA_Peach-99_1_T-1.xml").write_text("<commonRoad><lanelet id='1'><leftBound>")
-    bin_dir = Path(sys.executable).parent
-    port, dash = _free_port(), _free_port()
-    # The session's own local Ray instance (``ray_local``) already holds the default agent ports
-    # (52365 and friends); a second head on the same ports gets no dashboard agent and answers every
-    # submit with 500 "No available agent". Give this head its own ports.
-    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
-    temp = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))  # Unix socket paths must stay short
-    start = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-             "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}", *agent_ports]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
-    try:
-        cfg = {"name": "job", "data_dir": str(data), "output_dir": str(tmp_path / "runs"),
-               "ray": {"num_cpus": None}, "selection": {"budgets": [5]}, "ingest": {"split_mode": "pool"}}
-        (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
-        submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                  "--working-dir", str(ROOT), "--",
-                  sys.executable, "jobs/run_experiment.py", "--command", "ingest", str(tmp_path / "job.yaml")]
-        t0 = time.time()
-        # `ray start` returns before the dashboard's job agent has registered; until it has,
-        # the job server answers 500 "No available agent to submit job, please try again
-        # later" (seen in CI). Retry only that answer, for up to a minute.
-        while True:
-            out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
-            if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr \
-                    or time.time() - t0 > 60:
-                break
-            time.sleep(2)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "succeeded" in out.stdout
-        summary = json.loads((tmp_path / "runs" / "job" / "ingest" / "summary.json").read_text())
-        assert summary["candidates"] == summary["clips"] + summary["quarantined"] > 0
-        assert summary["files"] == 3 and summary["quarantine_reasons"].get("unreadable_xml") == 1
-        assert summary["splits"]["pool"] == summary["clips"] > 0
-        assert time.time() - t0 < 300
-    finally:
-        _stop_cluster(temp)
 
 
 def _stop_cluster(temp: Path) -> None:

@@ -76,7 +76,7 @@ def test_score_job_on_two_nodes_with_s3_storage(ingested_run, s3_server, tmp_pat
                   "--working-dir", str(ROOT), "--",
                   sys.executable, "jobs/run_experiment.py", "--command", "score", str(tmp_path / "job.yaml"), "--log-level", "debug"]
         t0 = time.time()
-        while True:  # the job agent registers after `ray start` returns (see test_cluster.py)
+        while True:  # the job agent registers after `ray start` returns (seen in CI)
             out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
             if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() - t0 > 60:
                 break
