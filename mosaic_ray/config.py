@@ -297,7 +297,7 @@ class TrainConfig(_Strict):
 #: AutoScale's selection methods (``autoscale.methods``): the closed loop, its ablations and the
 #: baselines on the same Graph-RAE space (:mod:`mosaic_ray.autoscale.methods`)
 AUTOSCALE_METHODS = ("autoscale", "autoscale_no_ga", "autoscale_no_retrieval", "uniform", "chameleon", "iwr",
-                     "all_synthetic")
+                     "all_synthetic", "mosaic_clusters")
 
 
 class GraphRAESettings(_Strict):
@@ -392,6 +392,8 @@ class AutoScaleConfig(_Strict):
     iwr_pca_dims: int = Field(8, ge=1)
     iwr_bandwidth: str | float = "scott"
     chameleon_lambda: float = Field(1.0, gt=0)
+    mosaic_pilot_sizes: list[int] = Field([25, 75], min_length=1, description="mosaic_clusters: pilot sizes "
+                                          "per cluster (capped at its capacity)")
     selection_seed: int = 42
 
     @field_validator("budgets")

@@ -541,7 +541,7 @@ def loops(cfg: ExperimentConfig, pool_size: int) -> list[tuple[str, int, int]]:
 
 def run_rounds(ctx: Context) -> dict:
     """Round 0 (real only) per seed, then rounds 1..R of every loop (see the module docstring)."""
-    from mosaic_ray.autoscale.methods import method_rounds, select_round
+    from mosaic_ray.autoscale.methods import MOSAIC_METHOD, method_rounds, mosaic_pilots, mosaic_select, select_round
 
     cfg, st = ctx.cfg, ctx.storage
     a = cfg.autoscale
@@ -596,20 +596,37 @@ def run_rounds(ctx: Context) -> dict:
             "round0")
     all_loops = loops(cfg, len(syn_ids))
     history = {lp: [_observation(results[trial_key(None, None, lp[2], 0)], space, cal_ids)] for lp in all_loops}
-    for r in range(1, a.rounds + 1):
+    mosaic = MOSAIC_METHOD in a.methods
+    pilots: dict[int, list[dict]] = {}  # seed -> pilot trials of mosaic_clusters (round 1)
+    for r in range(1, max(a.rounds, 2 if mosaic else 1) + 1):
         trials = []
+        if mosaic and r == 1:
+            for s in a.seeds:
+                pilots[s] = [make("mosaic_pilot", p["n"], s, 1, p["rows"], {"method": "mosaic_pilot", "round": 1,
+                                                                             "cluster": p["cluster"]})
+                             for p in mosaic_pilots(space, a.mosaic_pilot_sizes, s)]
+                for t in pilots[s]:
+                    t["key"] = f"mosaic_pilot-c{t['selection']['cluster']}-n{t['budget']}-s{s}"
+                trials += pilots[s]
         for lp in all_loops:
             m, b, s = lp
             if r not in method_rounds(m, a.rounds):
                 continue
-            rows, info = select_round(m, space, b, r, history[lp], a, s)
+            if m == MOSAIC_METHOD:
+                base_s = results[trial_key(None, None, s, 0)]["calibration"]["epdms"]
+                points = [{"cluster": t["selection"]["cluster"], "n": t["budget"],
+                           "delta_u": results[t["key"]]["calibration"]["epdms"] - base_s} for t in pilots[s]]
+                rows, info = mosaic_select(space, b, points, s)
+            else:
+                rows, info = select_round(m, space, b, r, history[lp], a, s)
             if m != "all_synthetic" and len(rows) != min(b, len(syn_ids)):
                 raise RuntimeError(f"{m} b={b} round {r}: selected {len(rows)} scenes")
             trials.append(make(m, b, s, r, rows, info))
         execute(trials, f"round{r}")
         for t in trials:
             lp = (t["method"], t["budget"], t["seed"])
-            history[lp].append(_observation(results[t["key"]], space, cal_ids))
+            if lp in history:
+                history[lp].append(_observation(results[t["key"]], space, cal_ids))
     keys = sorted(results)
     return {"trainings": len(keys), "ran": ran, "kept": kept, "loops": len(all_loops), "rounds": a.rounds,
             "synthetic_pool": len(syn_ids), "keys": keys, "fingerprints": {k: results[k]["fingerprint"] for k in keys},
@@ -636,7 +653,11 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
     res = {k: st.read_json(f"{ROUNDS}/{k}.json") for k in payload["keys"]}
     final: dict[tuple[str, int], dict[int, dict]] = defaultdict(dict)
     by_round: dict[tuple[str, int], dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    pilots = 0
     for r in res.values():
+        if r["method"] == "mosaic_pilot":  # MOSAIC's pilot trainings: inputs of mosaic_clusters, not results
+            pilots += 1
+            continue
         if r["round"] == 0:
             final[("real_only", 0)][r["seed"]] = r
             continue
@@ -682,7 +703,7 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
                                                         "kept_per_clip_mean", "by_kind", "quarantine_reasons")},
             "graph_rae": graph, "clusters": {k: v for k, v in st.read_json(CLUSTERS).items()
                                              if k not in ("means", "similarity")},
-            "rounds": a.rounds, "methods": list(a.methods), "results": rows,
+            "rounds": a.rounds, "methods": list(a.methods), "results": rows, "mosaic_pilot_trainings": pilots,
             "config": cfg.autoscale.model_dump(mode="json")}
 
 
