@@ -331,7 +331,7 @@ class GraphRAESettings(_Strict):
             raise ValueError(f"hidden_dim {self.hidden_dim} must be a multiple of num_heads {self.num_heads}")
         return self
 
-    def model_config_(self):
+    def to_graph_rae_config(self):
         """The :class:`~mosaic_ray.autoscale.graph_rae.GraphRAEConfig` these settings make."""
         from mosaic_ray.autoscale.graph_rae import GraphRAEConfig
         from mosaic_ray.autoscale.scene_graph import GraphSpec

@@ -118,7 +118,7 @@ def test_autoscale_config_section():
     with pytest.raises(ConfigError, match="selection: Field required"):
         validate_config({"name": "x"})
     gc = validate_config({"name": "x", "autoscale": {"graph_rae": {"lambda_c": 0, "lambda_m": 0}}}
-                         ).autoscale.graph_rae.model_config_()
+                         ).autoscale.graph_rae.to_graph_rae_config()
     assert gc.lambda_c == 0 and gc.lambda_m == 0  # the regulariser ablation is a config switch
 
 

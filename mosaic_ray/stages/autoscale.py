@@ -148,7 +148,7 @@ def _train_graph_rae(storage: Storage, splits: list[str], settings: dict, thread
     torch.set_num_threads(threads)
     t0 = time.time()
     gs = GraphRAESettings.model_validate(settings)
-    gcfg = gs.model_config_()
+    gcfg = gs.to_graph_rae_config()
     clips = [c for s in splits for c in clips_from_table(storage.read_table(layout.clips(s)))]
     if len(clips) < 2:
         raise ValueError(f"Graph-RAE needs at least 2 real scenes in {splits}, got {len(clips)}")
@@ -182,7 +182,7 @@ def load_graph_rae(storage: Storage):
 
     blob = torch.load(storage.local_copy(GRAPH_RAE), map_location="cpu", weights_only=False)
     gs = GraphRAESettings.model_validate(blob["settings"])
-    model = GraphRAE(gs.model_config_())
+    model = GraphRAE(gs.to_graph_rae_config())
     model.load_state_dict(blob["state_dict"])
     return model.eval()
 
