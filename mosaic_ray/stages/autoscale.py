@@ -305,6 +305,7 @@ def run_embed(ctx: Context) -> dict:
     n = sum(counts.values())
     return {"graph_rae": info, "counts": counts, "dim": d, "actors": n_actors, "shards": len(shards),
             "shards_resumed": skipped, "embed_s": round(embed_s, 1), "shard_wall_s": round(shard_wall, 2),
+            "shard_cpu_s": round(float(sum(recs.column("cpu_s").to_pylist())), 2),
             # scenes per second of actor time (graph building + encoder); None when shards were resumed
             "scenes_per_actor_s": round(n / shard_wall, 1) if shard_wall > 0 and not skipped else None,
             "wall_time_s": round(time.time() - t0, 1)}
