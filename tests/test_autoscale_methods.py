@@ -165,3 +165,13 @@ def test_mosaic_over_clusters_pilots_and_allocation():
     assert info["counts"] == {str(k): int(c) for k, c in enumerate(counts)}
     for k in (1, 2):  # within a cluster: the first scenes of its order (nested, like the pilots)
         assert set(rows[space.synthetic_clusters[rows] == k].tolist()) == set(orders[k][:counts[k]].tolist())
+
+
+def test_autoscale_job_configs():
+    from mosaic_ray.config import load_config
+
+    demo = load_config("jobs/autoscale_demo.yaml")
+    assert demo.selection is None and demo.autoscale.rounds >= 2
+    bench = load_config("jobs/autoscale_benchmark.yaml")
+    a = bench.autoscale
+    assert set(a.methods) == set(AUTOSCALE_METHODS) and len(a.budgets) == 3 and len(a.seeds) >= 5
