@@ -366,9 +366,10 @@ class AutoScaleConfig(_Strict):
     methods: list[str] = Field(["autoscale", "uniform"], min_length=1)
     rounds: int = Field(3, ge=1, description="closed-loop rounds after the real-only round 0")
     seeds: list[int] = Field([0], min_length=1)
-    epochs: int = Field(8, ge=1, description="epochs of every training (the planner recipe otherwise)")
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
+    epochs: int = Field(40, ge=1, description="epochs of every training (the planner recipe otherwise); "
+                        "NGSIM demo: 8 epochs of 167 clips left the real-only planner untrained")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per training trial (the project's training loop "
+                                  "trains in-process on CPU, as the pilot runs do)")
     max_concurrent_trials: int | None = Field(None, ge=1)
     test_max_clips: int | None = Field(None, ge=1, description="evaluate on a fixed seeded subset of this many "
                                        "test clips (the same for every training); None = all")

@@ -508,8 +508,8 @@ def _run_trials(cfg: ExperimentConfig, st: Storage, trials: list[dict], shared: 
     recipe = recipe_from_config(cfg, "base", epochs=a.epochs)
     conc = a.max_concurrent_trials or max(1, int(cluster_cpus() // a.cpus_per_trial))
     by_key = {t["key"]: t for t in trials}
-    res = {"cpu": a.cpus_per_trial, **({"gpu": a.gpus_per_trial} if a.gpus_per_trial else {})}
-    trainable = tune.with_resources(tune.with_parameters(_round_trial, trials=by_key, shared=shared, storage=st), res)
+    trainable = tune.with_resources(tune.with_parameters(_round_trial, trials=by_key, shared=shared, storage=st),
+                                    {"cpu": a.cpus_per_trial})
     log.info("[rounds] %s: %d trainings, up to %d at a time", tag, len(trials), conc)
     tuner = tune.Tuner(
         trainable,
