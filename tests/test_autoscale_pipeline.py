@@ -84,6 +84,11 @@ def test_autoscale_pipeline_runs_end_to_end(as_run):
         assert 0.0 <= r["test_epdms_mean"] <= 1.0 and r["n_test_clips"] == 40
         assert set(r["terms"]) == {"NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC"}
     assert "vs_uniform" in rows[("autoscale", 8)]
+    comp = {(c["other"], c["other_budget"]): c for c in summary["comparisons"] if c["method"] == "autoscale"}
+    assert set(comp) == {("real_only", 0), ("uniform", 8), ("iwr", 8), ("mosaic_clusters", 8)}
+    assert comp[("uniform", 8)]["mean"] == rows[("autoscale", 8)]["vs_uniform"]["mean"]
+    assert comp[("iwr", 8)]["mean"] == pytest.approx(rows[("autoscale", 8)]["test_epdms_mean"]
+                                                     - rows[("iwr", 8)]["test_epdms_mean"])
     assert "autoscale" in Path(report).read_text() and report.endswith("report/autoscale.md")
 
 

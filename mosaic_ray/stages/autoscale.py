@@ -696,6 +696,19 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
             row["calibration_by_round"] = {str(rr): float(np.mean(list(v.values())))
                                            for rr, v in sorted(by_round[(m, b)].items())}
         rows.append(row)
+    # the AutoScale loops against every other line, paired by seed (test EPDMS differences)
+    comparisons = []
+    for m, b in sorted(final):
+        if not m.startswith("autoscale"):
+            continue
+        for (o, ob), other in sorted(final.items()):
+            common = [s_ for s_ in sorted(final[(m, b)]) if s_ in other]
+            if (o, ob) == (m, b) or not common or (ob not in (b, 0) and o != "all_synthetic"):
+                continue
+            d = np.array([final[(m, b)][s_]["test"]["epdms"] - other[s_]["test"]["epdms"] for s_ in common])
+            dm, dh = _t_interval(d)
+            comparisons.append({"method": m, "budget": b, "other": o, "other_budget": ob, "mean": dm, "ci95": dh,
+                                "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "n": len(common)})
     graph = st.read_json(GRAPH_RAE_INFO) if st.exists(GRAPH_RAE_INFO) else None
     syn = st.done_payload(SYNTH_RECORD) if st.is_done(SYNTH_RECORD) else {}
     return {"version": 1, "name": cfg.name, "splits": {"real": real_split(cfg), "calibration": calibration_split(cfg),
@@ -704,7 +717,7 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
                                                         "kept_per_clip_mean", "by_kind", "quarantine_reasons")},
             "graph_rae": graph, "clusters": {k: v for k, v in st.read_json(CLUSTERS).items()
                                              if k not in ("means", "similarity")},
-            "rounds": a.rounds, "methods": list(a.methods), "results": rows, "mosaic_pilot_trainings": pilots,
+            "rounds": a.rounds, "methods": list(a.methods), "results": rows, "comparisons": comparisons, "mosaic_pilot_trainings": pilots,
             "config": cfg.autoscale.model_dump(mode="json")}
 
 
@@ -739,6 +752,13 @@ def render_autoscale_report(s: dict) -> str:
               "| --- | ---: |" + " ---: |" * len(TERMS)]
     for r in s["results"]:
         lines.append(f"| {r['method']} | {r['budget']} | " + " | ".join(f(r["terms"][t]) for t in TERMS) + " |")
+    if s.get("comparisons"):
+        lines += ["", "## AutoScale against every other line (test EPDMS difference, paired by seed)", "",
+                  "| method | budget | against | its budget | difference | ±95% (seeds) | better / worse seeds |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        for c in s["comparisons"]:
+            lines.append(f"| {c['method']} | {c['budget']} | {c['other']} | {c['other_budget']} | "
+                         f"{100 * c['mean']:+.2f} | {f(c['ci95'])} | {c['wins']} / {c['losses']} of {c['n']} |")
     loops_ = [r for r in s["results"] if r.get("calibration_by_round") and len(r["calibration_by_round"]) > 1]
     if loops_:
         lines += ["", "## Calibration EPDMS per round (loop methods; round 0 = real only)", ""]
