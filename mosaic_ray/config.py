@@ -133,13 +133,52 @@ class PlannerConfig(_Strict):
                                            "EP/TTC/LK/HC average")
 
 
-class ScoreConfig(_Strict):
-    """The Ray Data scoring stage (planner + EPDMS over the pool)."""
+class _PoolSize(_Strict):
+    """An autoscaling actor pool: between ``min_actors`` and ``max_actors`` actors."""
 
-    batch_size: int = Field(32, ge=1)
-    num_actors: int | None = Field(None, ge=1, description="None = fit to the CPUs Ray sees")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int | None = Field(None, ge=1, description="None = fit to the cluster Ray sees")
+
+    @model_validator(mode="after")
+    def _min_le_max(self):
+        if self.max_actors is not None and self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) > max_actors ({self.max_actors})")
+        return self
+
+
+class PlanPoolConfig(_PoolSize):
+    """Planner inference actors of the two-stage score step (featurise, forward, embedding,
+    logits, chosen trajectory). ``max_actors`` None: GPUs / ``num_gpus_per_actor`` when the
+    actors take GPUs, else one actor per 8 CPUs (at least one); the planner costs ~1/10 of EPDMS."""
+
     num_cpus_per_actor: float = Field(0.5, gt=0)
-    num_gpus_per_actor: float = Field(0.0, ge=0)
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="> 0: the planner runs on CUDA (fractions allowed)")
+    batch_size: int = Field(256, ge=1, description="clips per planner forward (size it for the device)")
+
+
+class EpdmsPoolConfig(_PoolSize):
+    """EPDMS actors of the two-stage score step (CPU). ``max_actors`` None: one actor per CPU
+    left after the planner actors' CPUs (at least one)."""
+
+    num_cpus_per_actor: float = Field(0.5, gt=0)
+    batch_size: int = Field(64, ge=1, description="clips per batched tracker / IDM roll-out call")
+
+
+class ScoreConfig(_Strict):
+    """The Ray Data scoring step (planner + EPDMS over the pool).
+
+    ``pipeline: two_stage`` (default) streams the shards through a planner actor pool
+    (``plan``) into an EPDMS actor pool (``epdms``), each sized on its own; ``single`` runs
+    both in one pool of ``num_actors`` actors (``batch_size``, ``num_cpus_per_actor``,
+    ``num_gpus_per_actor``), as before issue 14."""
+
+    pipeline: Literal["two_stage", "single"] = "two_stage"
+    plan: PlanPoolConfig = Field(default_factory=PlanPoolConfig)
+    epdms: EpdmsPoolConfig = Field(default_factory=EpdmsPoolConfig)
+    batch_size: int = Field(32, ge=1, description="single: clips per planner forward")
+    num_actors: int | None = Field(None, ge=1, description="single (and distill): None = fit to the CPUs Ray sees")
+    num_cpus_per_actor: float = Field(0.5, gt=0, description="single (and distill)")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="single: GPUs per actor")
     checkpoint: str | None = Field(
         None, description="score with this planner checkpoint (local path or s3:// URI of a planner/*.pt, "
         "e.g. from another run) instead of this run's base model; copied to planner/external.pt")
@@ -203,8 +242,12 @@ class DomainConfig(_Strict):
 class PilotConfig(_Strict):
     """Pilot runs on Ray Tune: one trial per (domain, size, seed)."""
 
-    sizes: list[int] = Field([50, 100], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    sizes: list[int] = Field([10, 30, 100, 300], min_length=1,
+                             description="pilot sizes in clips, each capped at the domain's size")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="pilot seeds, averaged per point (>= 3 "
+                             "to see the points' spread; the laws are weighted by it)")
+    control: bool = Field(True, description="one control pilot per seed (n = 0: the same recipe on D_train "
+                          "alone); ΔU is measured against it")
     epochs: int = Field(8, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -228,6 +271,9 @@ class SelectionConfig(_Strict):
                                        description="ints are clip counts, floats in (0, 1] pool fractions")
     methods: list[str] = Field(["mosaic", "random"], min_length=1)
     random_seed: int = 42
+    random_shuffles: list[int] = Field(
+        [], description="further Random shuffle seeds (besides random_seed, the paper's Random) to measure "
+        "Random's own spread; each is a grid method random_shuffle<seed>, compared with Random like any method")
 
     @field_validator("budgets")
     @classmethod
@@ -261,6 +307,26 @@ class SelectionConfig(_Strict):
             raise ValueError(f"methods listed twice: {v}")
         return v
 
+    @field_validator("random_shuffles")
+    @classmethod
+    def _shuffles(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"random_shuffles listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _shuffle_not_reference(self) -> "SelectionConfig":
+        if self.random_seed in self.random_shuffles:
+            raise ValueError(f"random_shuffles holds random_seed {self.random_seed} (that shuffle is Random itself)")
+        return self
+
+    def shuffle_methods(self) -> dict[str, int]:
+        """{grid method name: shuffle seed} of the further Random shuffles (only when ``random``
+        is a configured method)."""
+        if "random" not in self.methods:
+            return {}
+        return {f"random_shuffle{s}": int(s) for s in self.random_shuffles}
+
     def resolve_budgets(self, pool_size: int) -> list[int]:
         """Budgets as sorted distinct clip counts for a pool of ``pool_size`` clips
         (:func:`mosaic_ray.selection.budgets.resolve_budgets`).
@@ -275,7 +341,21 @@ class SelectionConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Final training on Ray Train (TorchTrainer, DDP over gloo on CPU)."""
+    """Final trainings (the grid cells): Ray Train (TorchTrainer, DDP over gloo on CPU), or the
+    same loop inside each cell's Tune trial for one-worker cells (``backend``)."""
+
+    @model_validator(mode="after")
+    def _backend(self) -> "TrainConfig":
+        if self.backend == "in_trial" and (self.num_workers != 1 or self.gpus_per_worker > 0):
+            raise ValueError("train.backend: in_trial trains one CPU worker per cell: set train.num_workers: 1 "
+                             "and train.gpus_per_worker: 0, or use backend ray_train")
+        return self
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether grid cells train inside their Tune trial (see ``backend``)."""
+        return self.backend == "in_trial" or (self.backend == "auto" and self.num_workers == 1
+                                               and self.gpus_per_worker == 0)
 
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
@@ -288,6 +368,10 @@ class TrainConfig(_Strict):
     concurrency: int = Field(1, ge=1, description="grid cells (final trainings) run at the same time")
     checkpoint_every: int = Field(10, ge=1, description="epochs between Train checkpoints (resume points)")
     full_pool: bool = Field(False, description="also train on D_train ∪ the whole pool (a reference line)")
+    backend: Literal["auto", "ray_train", "in_trial"] = Field(
+        "auto", description="how a grid cell trains: ray_train (a TorchTrainer of num_workers workers), "
+        "in_trial (the same loop inside the cell's Tune trial, one worker, no worker-group start-up; "
+        "needs num_workers 1 and no GPU), auto (in_trial where num_workers is 1 and gpus_per_worker 0)")
     lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
     weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
     batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")

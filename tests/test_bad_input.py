@@ -53,7 +53,7 @@ def test_budget_larger_than_the_pool():
 
 
 def test_empty_domains_get_no_pilots_and_no_clips():
-    trials = plan_trials({"full": ["a", "b", "c"], "empty": []}, sizes=[2, 5], seeds=[0])
+    trials = plan_trials({"full": ["a", "b", "c"], "empty": []}, sizes=[2, 5], seeds=[0], control=False)
     assert {t["domain"] for t in trials} == {"full"}
     assert sorted(t["n"] for t in trials) == [2, 3]  # 5 capped at the domain's 3 clips
     pool = PoolView(np.array(["a", "b", "c"], object), np.array(["x", "x", "x"], object), np.zeros(3))

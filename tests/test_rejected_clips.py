@@ -16,7 +16,6 @@ finiteness checks are unit-tested without Ray.
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import pyarrow as pa
@@ -103,7 +102,7 @@ def rejected(ingested_run, tmp_path_factory):
         _fake_pilots(st, f"pilots-{v}-unranked", doms)
     return {"cfg": cfg, "st": st, "raw": raw, "bad_pool": bad_pool, "bad_train": bad_train, "out": out,
             "usable_ids": set(ok.table.column("clip_id").to_pylist()), "n_pool": len(pool),
-            "n_train": len(train), "spec": spec}
+            "n_train": len(train), "spec": PlannerSpec.from_config(cfg.planner)}
 
 
 def test_the_score_step_marks_the_poisoned_clips_score_error(rejected):

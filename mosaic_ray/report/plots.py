@@ -76,6 +76,9 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def plot_scaling_curves(summary: Mapping[str, Any], path: str | Path) -> Path | None:
     """Per-domain fitted ΔU_i(n) = a_i(1 − e^(−n/τ_i)) with pilot points (paper Fig. 3).
 
+    A domain whose fit is degenerate is drawn as the policy's curve (``knots_n``/``knots_u``,
+    dashed); ``band_n``/``band_lo``/``band_hi`` are drawn as a shaded 95 % band over pilot seeds.
+
     Uses ``summary["domains"][d]`` keys ``a``, ``tau``, ``size`` and ``pilot_points``
     (``[[n, ΔU, seed], ...]``); x is clips added, y is ΔEPDMS ×100. The curve spans up to the
     domain size (or 2.5× the largest pilot size when sizes are missing).
@@ -102,8 +105,17 @@ def plot_scaling_curves(summary: Mapping[str, Any], path: str | Path) -> Path | 
         a, tau = _num(info.get("a")), _num(info.get("tau"))
         has_curve = np.isfinite(a) and np.isfinite(tau) and tau > 0
         if has_curve:
-            ax.plot(xs, 100.0 * a * -np.expm1(-xs / tau), color=c,
-                    label=f"{name} (100a={100 * a:.2f}, τ={tau:.0f})")
+            knots = info.get("knots_n") or []
+            if knots:  # the degenerate-fit policy's curve is what the selection used
+                ys = np.interp(xs, knots, info.get("knots_u") or [])
+                label = f"{name} ({info.get('status')}: interpolation, flat tail)"
+            else:
+                ys = a * -np.expm1(-xs / tau)
+                label = f"{name} (100a={100 * a:.2f}, τ={tau:.0f})"
+            ax.plot(xs, 100.0 * ys, color=c, ls="--" if knots else "-", label=label)
+        if info.get("band_n"):
+            ax.fill_between(np.asarray(info["band_n"], float), 100.0 * np.asarray(info["band_lo"], float),
+                            100.0 * np.asarray(info["band_hi"], float), color=c, alpha=0.15, lw=0)
         pts = np.asarray([p[:2] for p in info.get("pilot_points") or []], dtype=float)
         if pts.size:
             ax.scatter(pts[:, 0], 100.0 * pts[:, 1], color=c, s=22, zorder=3,
@@ -114,7 +126,7 @@ def plot_scaling_curves(summary: Mapping[str, Any], path: str | Path) -> Path | 
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.set_xlabel("clips added from domain")
     ax.set_ylabel("ΔEPDMS ×100")
-    ax.set_title("Per-domain scaling laws (lines) and pilot runs (points)")
+    ax.set_title("Per-domain scaling laws (lines; bands: 95 % over pilot seeds) and pilot runs (points)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

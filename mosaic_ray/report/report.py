@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from mosaic_ray.report.summary import Summary
 from mosaic_ray.scoring.epdms import TERMS
 from mosaic_ray.report.plots import (budget_items, ordered_domains, plot_composition,
@@ -242,14 +244,31 @@ def _section_domains(s: Mapping[str, Any], plot: str | None) -> list[str]:
     lines = ["## Per-domain scaling laws", "",
              "ΔU_i(n) = a_i · (1 − exp(−n/τ_i)), fitted through the origin to the pilot runs "
              "(MOSAIC Eq. 4). a_i and the pilot gains are ΔEPDMS ×100; τ_i is in clips.", ""]
+    ctrl = s.get("control") or {}
+    if ctrl:
+        per = ", ".join(f"seed {k}: {_x100(v)}" for k, v in (ctrl.get("epdms_per_seed") or {}).items())
+        lines += [f"Control pilots (n = 0: the pilot recipe on D_train alone): EPDMS ×100 {_x100(ctrl.get('epdms_mean'))} "
+                  f"({per}); {_signed_x100(ctrl.get('gain_over_base'))} over the base model. Pilot gains below are "
+                  "measured against the control of the same seed, the seeds of a size averaged and weighted by "
+                  "their spread; a is bounded by the headroom (−U_control, 1 − U_control), τ by the measured "
+                  "sizes' range.", ""]
     rows = []
+    degenerate = []
     for d in sorted(doms):
         info = doms[d] or {}
+        st = info.get("status") or "—"
+        if info.get("policy"):
+            degenerate.append(f"{d} ({st})")
         rows.append([str(d), _int(info.get("size")), _signed_x100(info.get("a"), 3),
-                     _num(info.get("tau"), "{:.1f}"), _x100(info.get("rmse"), 3),
+                     _num(info.get("tau"), "{:.1f}"), _x100(info.get("rmse"), 3), st,
+                     "interpolation, flat tail" if info.get("policy") else "law",
                      _pilot_text(info.get("pilot_points"))])
-    lines += _table(["domain", "pool clips", "a_i (×100)", "τ_i (clips)", "fit RMSE (×100)",
-                     "pilot ΔEPDMS ×100 per seed"], rows)
+    lines += _table(["domain", "pool clips", "a_i (×100)", "τ_i (clips)", "fit RMSE (×100)", "fit status",
+                     "used", "pilot ΔEPDMS ×100 per seed"], rows)
+    if degenerate:
+        lines += [f"**Degenerate fits:** {', '.join(degenerate)}. Policy: such a law is not used as the "
+                  "exponential; the selection uses the concave interpolation of the measured mean gains through "
+                  "(0, 0), flat beyond the largest pilot size (no gain extrapolated past what was measured).", ""]
     if plot:
         lines += [f"![Per-domain scaling curves]({plot})", ""]
     return lines
@@ -292,6 +311,24 @@ def _section_selection(s: Mapping[str, Any], plots: Mapping[str, str | None]) ->
     return lines
 
 
+def _ci_x100(iv: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """``est [lo, hi]`` ×100 of an interval statistic ("—" when absent)."""
+    if not iv:
+        return "—"
+    f = _signed_x100 if signed else _x100
+    return f"{f(iv.get('estimate'))} [{f(iv.get('lo'))}, {f(iv.get('hi'))}]"
+
+
+def _brmr_ci(iv: Mapping[str, Any] | None) -> str:
+    """BRMR with its interval; "—" where the method never reaches Random, ∞ for an open end."""
+    if not iv:
+        return "—"
+    est, lo, hi = _f(iv.get("estimate")), _f(iv.get("lo")), iv.get("hi")
+    hi_s = "∞" if hi is None else _num(hi, "{:.2f}")
+    lo_s = "∞" if iv.get("lo") is None and iv.get("hi") is None else _num(lo, "{:.2f}")
+    return f"{_num(est, '{:.2f}')} [{lo_s}, {hi_s}]"
+
+
 def _mean_std(e: Mapping[str, Any]) -> str:
     m, sd = _f(e.get("epdms_mean")), _f(e.get("epdms_std"))
     if not math.isfinite(m):
@@ -312,23 +349,42 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
         return []
     base = (s.get("base") or {}).get("epdms")
     brmrs: dict[str, dict[int, float]] = {}
-    if "random" in res:
+    boot = s.get("brmr") or {}
+    if boot:  # isotonic BRMR with bootstrap intervals (summary version 2)
+        brmrs = {m: {int(b): _f((iv or {}).get("estimate")) for b, iv in per.items()} for m, per in boot.items()}
+    elif "random" in res:
         for m in res:
             if m != "full":  # the full-pool reference has no budget to compare
                 brmrs[m] = brmr(res, m, "random", base_epdms=base)
-    lines = ["## Results (validation)", "",
-             "EPDMS ×100, mean ± std over seeds. BRMR = budget the method needs to match "
-             "Random's EPDMS at this budget ÷ this budget (linear interpolation, base model at "
-             "budget 0; lower is better; — = not reached within the measured budgets).", ""]
+    st = s.get("statistics") or {}
+    split = st.get("split") or "validation"
+    lines = [f"## Results ({split})", ""]
+    if boot:
+        lines += [f"EPDMS ×100, mean ± std over seeds, and the mean with its {100 * _f(st.get('level')):.0f} % "
+                  f"bootstrap interval over the {_int(st.get('n_clips'))} {split} clips and the seeds. "
+                  "BRMR = budget the method needs to match Random's EPDMS at this budget ÷ this budget, on "
+                  "isotonic (monotone) fits of both curves with the base model at budget 0 (Random exactly 1; "
+                  "lower is better; — = the method's curve never reaches Random's value within its measured "
+                  "budgets; ∞ = some bootstrap replicates never reach it), with its bootstrap interval.", ""]
+    else:
+        lines += ["EPDMS ×100, mean ± std over seeds. BRMR = budget the method needs to match "
+                  "Random's EPDMS at this budget ÷ this budget (linear interpolation, base model at "
+                  "budget 0; lower is better; — = not reached within the measured budgets).", ""]
     rows = []
     for m, v in res.items():
         for b, e in budget_items(v):
             e = e or {}
             ns = _n_seeds(e)
             br = brmrs.get(m, {}).get(b)
-            rows.append([m, str(b), _mean_std(e), "—" if ns is None else str(ns),
-                         _num(br, "{:.2f}") if br is not None else "—"])
-    lines += _table(["method", "budget", "EPDMS ×100 (mean ± std)", "seeds", "BRMR"], rows)
+            row = [m, str(b), _mean_std(e), "—" if ns is None else str(ns)]
+            if boot:
+                row += [_ci_x100(e.get("epdms_ci")), _brmr_ci((boot.get(m) or {}).get(str(b)))]
+            else:
+                row += [_num(br, "{:.2f}") if br is not None else "—"]
+            rows.append(row)
+    header = ["method", "budget", "EPDMS ×100 (mean ± std)", "seeds"]
+    header += ["mean ×100 [95 % CI]", "BRMR [95 % CI]"] if boot else ["BRMR"]
+    lines += _table(header, rows)
     budgets = sorted({b for m, v in res.items() if m != "full" for b, _ in budget_items(v)})
     if len(res) > 2 and budgets:
         pe, pb = [], []
@@ -365,7 +421,45 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
     return lines
 
 
+def _section_comparisons(s: Mapping[str, Any]) -> list[str]:
+    """Every method − Random with its paired bootstrap interval (summary version 2)."""
+    comp = s.get("comparisons") or {}
+    if not comp:
+        return []
+    st = s.get("statistics") or {}
+    budgets = sorted({int(b) for per in comp.values() for b in per})
+    rows, wins = [], {}
+    for m, per in comp.items():
+        rows.append([m] + [_ci_x100(per.get(str(b)), signed=True) for b in budgets])
+        ivs = [per[str(b)] for b in budgets if str(b) in per]
+        wins[m] = (sum(1 for iv in ivs if _f(iv.get("lo")) > 0), sum(1 for iv in ivs if _f(iv.get("hi")) < 0), len(ivs))
+    lines = [f"## Each method − Random ({st.get('split') or 'validation'})", "",
+             f"Difference of mean EPDMS ×100 with its {100 * _f(st.get('level')):.0f} % paired bootstrap interval "
+             f"({_int(st.get('n_boot'))} replicates over the {_int(st.get('n_clips'))} common clips and the training "
+             "seeds). Columns are budgets.", ""]
+    lines += _table(["method"] + [str(b) for b in budgets], rows)
+    lines += [f"- **{m}**: interval above 0 at {w} of {n} budgets, below 0 at {l_}." for m, (w, l_, n) in wins.items()]
+    shuffles = [m for m in (s.get("results") or {}) if m.startswith("random_shuffle")]
+    if shuffles:  # Random's own spread: the paper's shuffle (seed 42) and the further ones
+        res = s["results"]
+        rows = []
+        for b in budgets:
+            ms = [_f((res.get(m) or {}).get(str(b), {}).get("epdms_mean")) for m in ["random"] + shuffles]
+            ms = [m for m in ms if math.isfinite(m)]
+            if len(ms) > 1:
+                rows.append([str(b), str(len(ms)), f"{100 * min(ms):.2f}", f"{100 * max(ms):.2f}",
+                             f"{100 * float(np.std(ms, ddof=1)):.2f}"])
+        if rows:
+            lines += ["", "Random's own spread over shuffles (the paper's seed-42 shuffle and "
+                      f"{len(shuffles)} more; each shuffle's mean over its training seeds, ×100):", ""]
+            lines += _table(["budget", "shuffles", "min", "max", "std"], rows)
+    notes = st.get("notes") or []
+    return lines + [""] + [f"> {n}" for n in notes] + ([""] if notes else [])
+
+
 def _section_diff(s: Mapping[str, Any]) -> list[str]:
+    if s.get("comparisons"):
+        return _section_comparisons(s)
     res = s.get("results") or {}
     mo, ra = dict(budget_items(res.get("mosaic"))), dict(budget_items(res.get("random")))
     common = sorted(set(mo) & set(ra))
@@ -391,14 +485,21 @@ def _section_estimated(s: Mapping[str, Any]) -> list[str]:
     if not est:
         return []
     actual = dict(budget_items((s.get("results") or {}).get("mosaic")))
+    eci = s.get("estimated_ci") or {}
     rows = []
     for b, v in est:
-        a = _f((actual.get(b) or {}).get("epdms_mean"))
-        rows.append([str(b), _x100(v), _x100(a), _signed_x100(a - _f(v))])
+        e = actual.get(b) or {}
+        a = _f(e.get("epdms_mean"))
+        iv = eci.get(str(b))
+        rows.append([str(b), _ci_x100(iv) if iv else _x100(v),
+                     _ci_x100(e.get("epdms_ci")) if e.get("epdms_ci") else _x100(a), _signed_x100(a - _f(v))])
+    start = ("the control pilots' EPDMS (the extra training's shared gain, counted once)" if s.get("control")
+             else "base EPDMS")
     lines = ["## Estimated vs actual (MOSAIC)", "",
-             "Estimated = base EPDMS + Σ_i ΔU_i(n_i) from the fitted laws (paper Table 5); "
-             "all ×100.", ""]
-    return lines + _table(["budget", "estimated ×100", "actual ×100", "actual − estimated"], rows)
+             f"Estimated = {start} + Σ_i ΔU_i(n_i) from the fitted laws (paper Table 5), with its 95 % interval "
+             "over laws refitted on resampled pilot seeds; actual with its bootstrap interval over clips and "
+             "seeds; all ×100.", ""]
+    return lines + _table(["budget", "estimated ×100 [95 %]", "actual ×100 [95 %]", "actual − estimated"], rows)
 
 
 def _section_wall(s: Mapping[str, Any]) -> list[str]:

@@ -7,7 +7,12 @@ this type, so a key the builder writes and the report reads is declared once, he
 All EPDMS values are on the 0..1 scale (the report prints them ×100). Sections are optional
 so that a partial run (or a hand-made summary in a test) still renders.
 
-Version history: 1 — first typed schema (the keys the untyped summary had, plus ``version``).
+Version history: 1 — first typed schema (the keys the untyped summary had, plus ``version``);
+2 — bootstrap intervals (:mod:`mosaic_ray.evaluate.stats`): ``CellStats.epdms_ci``,
+``comparisons`` (every method − Random, paired over test clips and seeds), ``brmr`` (isotonic,
+with intervals), ``statistics`` (how they were computed); control pilots (``control``), laws with
+status, policy and bootstrap bands over pilot seeds, ``estimated`` = control + Σ laws with
+``estimated_ci``.
 """
 
 from __future__ import annotations
@@ -23,14 +28,18 @@ from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.scoring.epdms import TERMS
 from mosaic_ray.selection.methods import DEFAULT_PILOT_SET, pilot_sets
-from mosaic_ray.selection.scaling_law import ScalingLaw
+from mosaic_ray.selection.scaling_law import ScalingLaw, bootstrap_laws, pilot_gains
 from mosaic_ray.stages.train import grid_cells
 from mosaic_ray.storage import Storage
 
 __all__ = ["SUMMARY_VERSION", "Summary", "RunInfo", "DataInfo", "Utility", "DomainLaw",
-           "BudgetSelection", "CellStats", "VariantInfo", "build_summary"]
+           "BudgetSelection", "CellStats", "VariantInfo", "IntervalStat", "ControlInfo", "StatisticsInfo", "build_summary",
+           "REFERENCE_METHOD"]
 
-SUMMARY_VERSION = 1
+#: the method every comparison and BRMR is read against (the paper's Random: one shuffle, seed 42)
+REFERENCE_METHOD = "random"
+
+SUMMARY_VERSION = 2
 
 
 class _Section(BaseModel):
@@ -73,24 +82,67 @@ class Utility(_Section):
 
 
 class DomainLaw(_Section):
-    """One domain's fitted law ΔU(n) = a (1 − e^(−n/τ)) and its pilot points [n, ΔU, seed]."""
+    """One domain's fitted law ΔU(n) = a (1 − e^(−n/τ)) and its pilot points [n, ΔU, seed]
+    (ΔU against the control pilot of the seed). ``policy``/``knots_*``: the degenerate-fit
+    policy's curve the selection used instead (:func:`~mosaic_ray.selection.scaling_law.fit_pilot_law`);
+    ``band_*``: the 95 % band of ΔU(n) over laws refitted on resampled pilot seeds."""
 
     size: int | None = None
     a: float
     tau: float
     rmse: float | None = None
     status: str | None = None
+    policy: str | None = None
+    knots_n: list[float] | None = None
+    knots_u: list[float] | None = None
     pilot_points: list[list[float]] = Field(default_factory=list)
+    band_n: list[float] | None = None
+    band_lo: list[float] | None = None
+    band_hi: list[float] | None = None
+
+
+class ControlInfo(_Section):
+    """The control pilots (n = 0: the pilot recipe on D_train alone), EPDMS 0..1, per seed."""
+
+    epdms_per_seed: dict[str, float] = Field(default_factory=dict)
+    epdms_mean: float
+    gain_over_base: float | None = None
 
 
 class BudgetSelection(_Section):
     composition: dict[str, int] = Field(default_factory=dict)
 
 
+class IntervalStat(_Section):
+    """A statistic with its bootstrap interval (:class:`mosaic_ray.evaluate.stats.Interval`);
+    ``hi`` None = +inf (a BRMR some replicates never reach)."""
+
+    estimate: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+    se: float | None = None
+    level: float | None = None
+    n_boot: int | None = None
+
+
+class StatisticsInfo(_Section):
+    """How the intervals were computed: replicates, level, the clips they resample, notes."""
+
+    n_boot: int
+    level: float
+    seed: int = 0
+    split: str | None = None
+    n_clips: int | None = None
+    reference: str = REFERENCE_METHOD
+    method: str = ""
+    notes: list[str] = Field(default_factory=list)
+
+
 class CellStats(_Section):
     """One method at one budget, over its training seeds."""
 
     epdms_mean: float
+    epdms_ci: IntervalStat | None = None  #: mean over seeds and the common test clips, with its interval
     epdms_std: float | None = None
     n_seeds: int | None = None
     epdms_per_seed: list[float] | None = None
@@ -122,6 +174,14 @@ class Summary(_Section):
     selection_order: dict[str, list[str]] | None = None
     results: dict[str, dict[str, CellStats]] | None = None
     estimated: dict[str, float] | None = None
+    #: budget -> the estimate (control EPDMS + Σ laws) with its interval over resampled pilot seeds
+    estimated_ci: dict[str, IntervalStat] | None = None
+    control: ControlInfo | None = None
+    #: method -> budget -> mean(method) − mean(Random) with its paired bootstrap interval
+    comparisons: dict[str, dict[str, IntervalStat]] | None = None
+    #: method -> Random's budget -> BRMR on isotonic curves with its bootstrap interval
+    brmr: dict[str, dict[str, IntervalStat]] | None = None
+    statistics: StatisticsInfo | None = None
     domain_variants: dict[str, VariantInfo] | None = None
     #: per step: the fingerprint its completion record carries (what made its outputs)
     fingerprints: dict[str, str] | None = None
@@ -155,9 +215,74 @@ def _cell_stats(runs: list[dict]) -> CellStats:
         fingerprints=[x["fingerprint"] for x in runs] if all(x.get("fingerprint") for x in runs) else None)
 
 
+def _statistics(runs: Mapping[str, Mapping[str, list[dict]]], base_eval: Mapping[str, Any],
+                results: dict[str, dict[str, CellStats]], *, n_boot: int, seed: int = 0,
+                split: str = "validation") -> tuple[dict, dict, StatisticsInfo | None]:
+    """Bootstrap intervals from the stored per-clip scores (fills ``results``' ``epdms_ci``).
+
+    Every result with ``per_clip`` scores takes part; the clips are those every such result and
+    the base model scored (:func:`~mosaic_ray.evaluate.stats.align_cells`). Returns
+    ``(comparisons, brmr, info)``; empty dicts and None when no result has per-clip scores.
+    """
+    from mosaic_ray.evaluate import stats
+
+    keyed, per = [], []
+    for m, per_b in runs.items():
+        for b, rs in per_b.items():
+            for i, r in enumerate(rs):
+                pc = (r.get("validation") or {}).get("per_clip")
+                if pc:
+                    keyed.append((m, b, i))
+                    per.append(pc)
+    base_pc = (base_eval.get("validation") or {}).get("per_clip")
+    if not per or not base_pc:
+        return {}, {}, None
+    ids, arrs = stats.align_cells(per + [base_pc])
+    notes = []
+    n_all = max(len(p["clip_id"]) for p in per + [base_pc])
+    if len(ids) < n_all:
+        notes.append(f"{n_all - len(ids)} clips are not scored by every result and are left out of the intervals")
+    if not ids:
+        return {}, {}, StatisticsInfo(n_boot=n_boot, level=stats.DEFAULT_LEVEL, seed=seed, split=split, n_clips=0,
+                                      notes=notes + ["no clip is scored by every result: no intervals"])
+    cells: dict[str, dict[int, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for (m, b, _), a in zip(keyed, arrs[:-1]):
+        cells[m][int(b)].append(a)
+    cells_np = {m: {b: np.stack(v) for b, v in per_b.items()} for m, per_b in cells.items()}
+    for m, per_b in cells_np.items():
+        for b, x in per_b.items():
+            iv = stats.mean_interval(x, n_boot=n_boot, seed=seed)
+            results[m][str(b)].epdms_ci = IntervalStat(**iv.to_dict())
+    comparisons: dict[str, dict[str, IntervalStat]] = {}
+    brmr: dict[str, dict[str, IntervalStat]] = {}
+    ref = cells_np.get(REFERENCE_METHOD)
+    if ref:
+        for m, per_b in cells_np.items():
+            if m == REFERENCE_METHOD:
+                continue
+            comp = {str(b): IntervalStat(**stats.paired_bootstrap_diff(x, ref[b], n_boot=n_boot, seed=seed).to_dict())
+                    for b, x in sorted(per_b.items()) if b in ref}
+            if comp:
+                comparisons[m] = comp
+        curves = {m: per_b for m, per_b in cells_np.items() if m != "full"}
+        brmr = {m: {str(b): IntervalStat(**iv.to_dict()) for b, iv in per_b.items()}
+                for m, per_b in stats.brmr_bootstrap(curves, arrs[-1], reference=REFERENCE_METHOD,
+                                                     n_boot=n_boot, seed=seed).items()}
+    else:
+        notes.append(f"no {REFERENCE_METHOD!r} results with per-clip scores: no comparisons or BRMR")
+    info = StatisticsInfo(
+        n_boot=n_boot, level=stats.DEFAULT_LEVEL, seed=seed, split=split, n_clips=len(ids), notes=notes,
+        method="bootstrap over the common test clips (shared by every cell of a replicate: paired) and each "
+               "cell's training seeds (paired by seed index when the seed counts match), percentile interval "
+               "widened by sqrt(S/(S-1)) and t/z at the Welch-Satterthwaite df of the seed and clip parts; BRMR "
+               "on isotonic curves with the base model at budget 0 (Random exactly 1)")
+    return comparisons, brmr, info
+
+
 def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str, float] | None = None,
                   fingerprints: Mapping[str, Any] | None = None,
-                  records: Mapping[str, str] | None = None) -> Summary:
+                  records: Mapping[str, str] | None = None, n_boot: int = 2000,
+                  n_boot_laws: int = 200) -> Summary:
     """The summary of a run from its stored outputs (ingest, base, domains, pilot, select, train).
 
     Args:
@@ -169,6 +294,9 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
             others are named in ``stale_results``).
         records: {step: its completion record folder} (the pipeline's ``Step.record``s); the
             summary's ``fingerprints`` are the fingerprints these records carry.
+        n_boot: bootstrap replicates of the intervals (:func:`_statistics`).
+        n_boot_laws: replicates of the laws refitted on resampled pilot seeds (law bands,
+            the estimate's interval; :func:`~mosaic_ray.selection.scaling_law.bootstrap_laws`).
 
     Raises:
         StorageError: an output of an earlier step is missing.
@@ -182,10 +310,22 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
               if st.exists(layout.pilot_table(DEFAULT_PILOT_SET)) else [])
     manifest = st.read_table(layout.MANIFEST).to_pylist()
     sizes = Counter(st.read_json(layout.domain_description(default)).get("sizes", {}))
-    domains = {d: DomainLaw(size=sizes.get(d, 0), a=law["a"], tau=law["tau"], rmse=law.get("rmse"),
-                            status=law.get("status"),
-                            pilot_points=[[p["n"], p["delta_u"], p["seed"]] for p in pilots if p["domain"] == d])
-               for d, law in sel["laws"].items()}
+    gains, control = pilot_gains(pilots) if pilots else ({}, {})
+    boot = bootstrap_laws(pilots, n_boot=n_boot_laws) if pilots else []
+    domains = {}
+    for d, law in sel["laws"].items():
+        band = {}
+        if boot:
+            top = max(float(sizes.get(d, 0)), max((p[0] for p in gains.get(d, [])), default=0.0), 1.0)
+            grid = np.unique(np.round(np.linspace(0.0, top, 41)))
+            curves = np.array([rep[d](grid) for _, rep in boot if d in rep])
+            if len(curves):
+                band = {"band_n": grid.tolist(), "band_lo": np.quantile(curves, 0.025, axis=0).tolist(),
+                        "band_hi": np.quantile(curves, 0.975, axis=0).tolist()}
+        domains[d] = DomainLaw(size=sizes.get(d, 0), a=law["a"], tau=law["tau"], rmse=law.get("rmse"),
+                               status=law.get("status"), policy=law.get("policy") or None,
+                               knots_n=law.get("knots_n") or None, knots_u=law.get("knots_u") or None,
+                               pilot_points=[[n, du, sd] for n, du, sd in gains.get(d, [])], **band)
     selection: dict[str, dict[str, BudgetSelection]] = defaultdict(dict)
     order: dict[str, list[str]] = {}
     by = defaultdict(list)
@@ -211,12 +351,28 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
             continue
         runs[r["method"]][str(r["budget"])].append(r)
     results = {m: {b: _cell_stats(rs) for b, rs in per_b.items()} for m, per_b in runs.items()}
+    comparisons, brmr, stat_info = _statistics(runs, base, results, n_boot=n_boot)
     laws = {d: ScalingLaw.from_dict(v) for d, v in sel["laws"].items()}
-    estimated = {}
+    # estimated EPDMS = the control pilots' EPDMS (the shared gain of the extra training, counted
+    # once) + Σ_i ΔU_i(n_i); without control pilots the base model's EPDMS stands in for it
+    start = float(np.mean(list(control.values()))) if control else float(base["validation"]["epdms"])
+    estimated, estimated_ci = {}, {}
     for b in sel["budgets"]:
         comp = selection.get("mosaic", {}).get(str(b))
         if comp and comp.composition:
-            estimated[str(b)] = float(base["validation"]["epdms"] + sum(laws[d](n) for d, n in comp.composition.items()))
+            est = float(start + sum(laws[d](n) for d, n in comp.composition.items()))
+            estimated[str(b)] = est
+            reps = [c + sum(rl[d](n) for d, n in comp.composition.items() if d in rl) for c, rl in boot
+                    if control and all(d in rl for d in comp.composition)]
+            if reps:
+                lo, hi = np.quantile(reps, [0.025, 0.975])
+                estimated_ci[str(b)] = IntervalStat(estimate=est, lo=float(lo), hi=float(hi), level=0.95,
+                                                    se=float(np.std(reps, ddof=1)), n_boot=len(reps))
+    control_info = None
+    if control:
+        cm = float(np.mean(list(control.values())))
+        control_info = ControlInfo(epdms_per_seed={str(k): v for k, v in sorted(control.items())}, epdms_mean=cm,
+                                   gain_over_base=cm - float(base["validation"]["epdms"]))
     sets = pilot_sets(cfg.resolved_methods())
     variants = {}
     for v in cfg.domains.all_variants():
@@ -237,5 +393,6 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
         base=Utility(epdms=base["validation"]["epdms"], terms=base["validation"]["terms"], n_train=base["n_train"]),
         human=Utility(**{k: base["human"][k] for k in ("epdms", "terms")}) if base.get("human") else None,
         domains=domains, selection=dict(selection), selection_order=order, results=results,
-        estimated=estimated, domain_variants=variants, fingerprints=recorded or None,
+        estimated=estimated, estimated_ci=estimated_ci or None, control=control_info, comparisons=comparisons or None, brmr=brmr or None, statistics=stat_info,
+        domain_variants=variants, fingerprints=recorded or None,
         stale_steps=stale_steps, stale_results=stale_results or None)

@@ -101,7 +101,7 @@ def greedy_allocate(laws: Sequence[ScalingLaw], capacities: Any, budget: int
                          f"clips (capacities {caps.tolist()})")
     if b_total == 0:
         return np.zeros(m, dtype=np.int64), np.empty(0, dtype=np.int32)
-    if all(law.a >= 0 for law in laws):  # non-increasing marginals: the vectorised equivalent
+    if all(law.a >= 0 and law.exponential for law in laws):  # non-increasing marginals: the vectorised equivalent
         return _greedy_threshold(laws, caps, b_total)
     return _greedy_heap(laws, caps, b_total)
 

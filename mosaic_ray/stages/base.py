@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: SceneCache | None = None) -> dict:
-    """Validation utility of a stored planner checkpoint: ``{"epdms", "terms", "n_clips"}``
-    (EPDMS and the nine terms on the 0..1 scale, means over the clips).
+    """Validation utility of a stored planner checkpoint: ``{"epdms", "terms", "n_clips",
+    "per_clip"}`` (EPDMS and the nine terms on the 0..1 scale, means over the clips;
+    ``per_clip``: ``{"clip_id": [str], "epdms": [float]}`` for the bootstrap intervals of
+    :mod:`mosaic_ray.evaluate.stats`).
 
     A checkpoint with non-finite weights is refused before it is scored, and a non-finite
     mean EPDMS is refused after, so no NaN model's number is ever reported as a result.
@@ -43,7 +45,10 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: Sc
     model = load_checkpoint(storage.local_copy(checkpoint))
     require_finite_weights(model, f"checkpoint {storage.uri(checkpoint)}")
     clips = clips if clips is not None else load_clips(storage, "validation")
-    util = score_planner(model, clips, model.spec.features, cache=cache).utility()
+    scores = score_planner(model, clips, model.spec.features, cache=cache)
+    util = scores.utility()
+    # per-clip scores, so that the report's bootstrap intervals can be recomputed from the run
+    util["per_clip"] = {"clip_id": [str(c) for c in scores.clip_ids], "epdms": [float(v) for v in scores.epdms]}
     if not np.isfinite(util["epdms"]):
         raise NonFiniteTrainingError(f"checkpoint {storage.uri(checkpoint)}: validation EPDMS is "
                                      f"{util['epdms']}; no result is reported for it")

@@ -38,6 +38,7 @@ NOT_RESULTS = frozenset({
     "name", "output_dir", "storage", "ray",
     "ingest.num_cpus_per_task", "ingest.shard_size",
     "score.batch_size", "score.num_actors", "score.num_cpus_per_actor", "score.num_gpus_per_actor",
+    "score.pipeline", "score.plan", "score.epdms",
     "pilot.cpus_per_trial", "pilot.max_concurrent_trials",
     "train.cpus_per_worker", "train.gpus_per_worker", "train.concurrency", "train.checkpoint_every",
     "train.cache_shard", "eval_batch_size",

@@ -1,8 +1,10 @@
 """``mosaic-ray pilot``: pilot runs on Ray Tune, one trial per (domain, pilot size, seed).
 
 Each trial continues the base checkpoint on D_train ∪ (top-n ranked pool clips of its domain)
-for ``pilot.epochs`` epochs and reports ΔU = U(after) − U(base), U being the mean validation
-EPDMS (MOSAIC Algorithm 1, step 2). Trials are independent and run concurrently with
+for ``pilot.epochs`` epochs and reports its EPDMS U and U − U(base), U being the mean
+validation EPDMS (MOSAIC Algorithm 1, step 2). One control pilot per seed (n = 0, the same
+recipe on D_train alone) measures what the extra training gives without added clips; the
+select step's laws take ΔU against it (:func:`~mosaic_ray.selection.scaling_law.pilot_gains`). Trials are independent and run concurrently with
 ``tune.with_resources``; scheduling is FIFO (early stopping would bias the fitted laws).
 An interrupted pilot stage resumes with ``Tuner.restore``.
 """
@@ -99,10 +101,17 @@ def _trial_dirname(trial) -> str:
     return f"pilot-{trial.config['trial']}-{trial.trial_id}"
 
 
-def plan_trials(ranked: dict[str, list[str]], sizes: list[int], seeds: list[int]) -> list[dict]:
+def plan_trials(ranked: dict[str, list[str]], sizes: list[int], seeds: list[int], control: bool = True) -> list[dict]:
     """Trials for every domain × size × seed; sizes are capped at the domain's clip count
-    (duplicates after capping are dropped)."""
+    (duplicates after capping are dropped). With ``control``, one control pilot per seed first
+    (domain :data:`~mosaic_ray.selection.scaling_law.CONTROL_DOMAIN`, n = 0: the same recipe on
+    D_train alone), against which the laws measure ΔU (issue 12 part 4)."""
+    from mosaic_ray.selection.scaling_law import CONTROL_DOMAIN
+
     trials = []
+    if control:
+        trials += [{"key": f"control-s{seed}", "domain": CONTROL_DOMAIN, "n": 0, "seed": int(seed), "clip_ids": []}
+                   for seed in seeds]
     for dom in sorted(ranked):
         ids = ranked[dom]
         for n in sorted({min(s, len(ids)) for s in sizes if len(ids) > 0}):
@@ -144,7 +153,7 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
     from mosaic_ray.stages.runtime import cluster_cpus, tune_progress_callback
 
     t0 = time.time()
-    trials = plan_trials(ranked, cfg.pilot.sizes, cfg.pilot.seeds)
+    trials = plan_trials(ranked, cfg.pilot.sizes, cfg.pilot.seeds, control=cfg.pilot.control)
     if not trials:
         raise ValueError("no pilot trials: every domain is empty")
     recipe = recipe_from_config(cfg, "pilot")

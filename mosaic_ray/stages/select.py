@@ -66,6 +66,12 @@ def run_select(ctx: Context) -> dict:
                 raise RuntimeError(f"{m.method}: no pilot points for domains {missing}; rerun the pilot step")
         strat = m.strategy(laws_by_set=laws_by_set, seed=cfg.selection.random_seed, train_embeddings=train_emb)
         rows += [{**r, "method": m.method} for r in selection_manifest(strat.select(pool, budgets))]
+    if cfg.selection.shuffle_methods():  # further Random shuffles: Random's own spread (issue 12 part 5)
+        from mosaic_ray.selection.strategies import make_strategy
+
+        pool, _ = ranked_pool(cfg, st, cfg.domains.variant(None).name)
+        for name, seed in cfg.selection.shuffle_methods().items():
+            rows += [{**r, "method": name} for r in selection_manifest(make_strategy("random", seed=seed).select(pool, budgets))]
     leaked = sorted({r["clip_id"] for r in rows} & set(scored.excluded_ids))
     if leaked:  # cannot happen while every pool view comes through load_scores; never write it
         raise RuntimeError(f"{len(leaked)} selected clips were rejected by the score step, e.g. {leaked[0]}")

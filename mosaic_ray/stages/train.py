@@ -41,7 +41,10 @@ def selection_overhead_cpu_s(cfg: ExperimentConfig, storage: Storage, method: Re
     for rec in records:
         if storage.is_done(rec):
             sc = storage.done_payload(rec)
-            total += sc.get("wall_time_s", 0.0) * sc.get("actors", 1) * cfg.score.num_cpus_per_actor
+            reserved = sc.get("reserved_cpus")
+            if reserved is None:  # records written before issue 14: one pool of `actors` actors
+                reserved = sc.get("actors", 1) * cfg.score.num_cpus_per_actor
+            total += sc.get("wall_time_s", 0.0) * reserved
     if method.pilot_set and storage.exists(layout.pilot_table(method.pilot_set)):
         times = storage.read_table(layout.pilot_table(method.pilot_set)).column("trial_time_s").to_pylist()
         total += sum(t for t in times if t == t) * cfg.pilot.cpus_per_trial
@@ -71,6 +74,12 @@ def grid_cells(cfg: ExperimentConfig, storage: Storage, base_fingerprint: str | 
         for b in sel["budgets"]:
             ids = [r["clip_id"] for r in sorted(by[(m.method, b)], key=lambda r: r["step"])]
             cells += [Cell(m.method, b, s, ids, extra) for s in cfg.train.seeds]
+    for name in cfg.selection.shuffle_methods():  # further Random shuffles (after the configured methods)
+        for b in sel["budgets"]:
+            ids = [r["clip_id"] for r in sorted(by[(name, b)], key=lambda r: r["step"])]
+            if not ids:
+                raise RuntimeError(f"no {name} selection at budget {b} in the manifest; rerun the select step")
+            cells += [Cell(name, b, s, ids, 0.0) for s in cfg.train.seeds]
     if cfg.train.full_pool:
         # the usable pool: clips the score step rejected are trained on by no cell
         pool_ids = sorted(load_scores(storage).table.column("clip_id").to_pylist())
