@@ -381,7 +381,7 @@ class TrainConfig(_Strict):
 #: AutoScale's selection methods (``autoscale.methods``): the closed loop, its ablations and the
 #: baselines on the same Graph-RAE space (:mod:`mosaic_ray.autoscale.methods`)
 AUTOSCALE_METHODS = ("autoscale", "autoscale_no_ga", "autoscale_no_retrieval", "uniform", "chameleon", "iwr",
-                     "all_synthetic")
+                     "all_synthetic", "mosaic_clusters")
 
 
 class GraphRAESettings(_Strict):
@@ -415,7 +415,7 @@ class GraphRAESettings(_Strict):
             raise ValueError(f"hidden_dim {self.hidden_dim} must be a multiple of num_heads {self.num_heads}")
         return self
 
-    def model_config_(self):
+    def to_graph_rae_config(self):
         """The :class:`~mosaic_ray.autoscale.graph_rae.GraphRAEConfig` these settings make."""
         from mosaic_ray.autoscale.graph_rae import GraphRAEConfig
         from mosaic_ray.autoscale.scene_graph import GraphSpec
@@ -450,9 +450,10 @@ class AutoScaleConfig(_Strict):
     methods: list[str] = Field(["autoscale", "uniform"], min_length=1)
     rounds: int = Field(3, ge=1, description="closed-loop rounds after the real-only round 0")
     seeds: list[int] = Field([0], min_length=1)
-    epochs: int = Field(8, ge=1, description="epochs of every training (the planner recipe otherwise)")
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
+    epochs: int = Field(40, ge=1, description="epochs of every training (the planner recipe otherwise); "
+                        "NGSIM demo: 8 epochs of 167 clips left the real-only planner untrained")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per training trial (the project's training loop "
+                                  "trains in-process on CPU, as the pilot runs do)")
     max_concurrent_trials: int | None = Field(None, ge=1)
     test_max_clips: int | None = Field(None, ge=1, description="evaluate on a fixed seeded subset of this many "
                                        "test clips (the same for every training); None = all")
@@ -476,6 +477,8 @@ class AutoScaleConfig(_Strict):
     iwr_pca_dims: int = Field(8, ge=1)
     iwr_bandwidth: str | float = "scott"
     chameleon_lambda: float = Field(1.0, gt=0)
+    mosaic_pilot_sizes: list[int] = Field([25, 75], min_length=1, description="mosaic_clusters: pilot sizes "
+                                          "per cluster (capped at its capacity)")
     selection_seed: int = 42
 
     @field_validator("budgets")

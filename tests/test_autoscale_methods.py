@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from mosaic_ray.autoscale.iwr import ImportanceWeightedRetrieval
-from mosaic_ray.autoscale.methods import (LOOP_METHODS, ONE_SHOT_METHODS, ClusterSpace, Observation, cluster_scores,
-                                          method_rounds, select_round)
+from mosaic_ray.autoscale.methods import (LOOP_METHODS, MOSAIC_METHOD, ONE_SHOT_METHODS, ClusterSpace, Observation,
+                                          cluster_orders, cluster_scores, method_rounds, mosaic_pilots, mosaic_select,
+                                          select_round)
 from mosaic_ray.config import AUTOSCALE_METHODS, AutoScaleConfig, ConfigError, validate_config
 
 
@@ -36,7 +37,7 @@ def _history(space: ClusterSpace, rounds: int, seed: int = 1) -> list[Observatio
 OPTS = AutoScaleConfig(rounds=3, iwr_pca_dims=2, n_neighbors=8, anchor_quantile=0.3)
 
 
-@pytest.mark.parametrize("method", AUTOSCALE_METHODS)
+@pytest.mark.parametrize("method", [m for m in AUTOSCALE_METHODS if m != MOSAIC_METHOD])
 def test_every_method_selects_budget_distinct_rows_deterministically(method):
     space, budget = _space(), 12
     for r in method_rounds(method, OPTS.rounds):
@@ -52,7 +53,8 @@ def test_every_method_selects_budget_distinct_rows_deterministically(method):
 
 def test_method_rounds_and_unknown_method():
     assert method_rounds("autoscale", 4) == [1, 2, 3, 4] and method_rounds("uniform", 4) == [1]
-    assert set(LOOP_METHODS) | set(ONE_SHOT_METHODS) == set(AUTOSCALE_METHODS)
+    assert set(LOOP_METHODS) | set(ONE_SHOT_METHODS) | {MOSAIC_METHOD} == set(AUTOSCALE_METHODS)
+    assert method_rounds(MOSAIC_METHOD, 1) == [2]  # pilots in round 1, its selection in round 2
     with pytest.raises(ValueError, match="does not train in round 2"):
         select_round("uniform", _space(), 5, 2, _history(_space(), 2), OPTS, 0)
     with pytest.raises(ValueError, match="needs the observations"):
@@ -116,7 +118,7 @@ def test_autoscale_config_section():
     with pytest.raises(ConfigError, match="selection: Field required"):
         validate_config({"name": "x"})
     gc = validate_config({"name": "x", "autoscale": {"graph_rae": {"lambda_c": 0, "lambda_m": 0}}}
-                         ).autoscale.graph_rae.model_config_()
+                         ).autoscale.graph_rae.to_graph_rae_config()
     assert gc.lambda_c == 0 and gc.lambda_m == 0  # the regulariser ablation is a config switch
 
 
@@ -146,3 +148,30 @@ def test_preflight_checks_clusters_and_budgets_against_the_splits(tmp_path):
         checks.check_autoscale({"train": 20, "validation": 5, "pool": 9})  # at most 40 synthetic scenes
     with pytest.raises(PreflightError, match="calibration split"):
         checks.check_autoscale({"train": 30, "validation": 0, "pool": 9})
+
+
+def test_mosaic_over_clusters_pilots_and_allocation():
+    space = _space()  # 20 synthetic scenes per cluster
+    pilots = mosaic_pilots(space, [5, 50], seed=0)
+    assert [(p["cluster"], p["n"]) for p in pilots] == [(0, 5), (0, 20), (1, 5), (1, 20), (2, 5), (2, 20)]
+    orders = cluster_orders(space, 0)
+    assert all(np.array_equal(p["rows"], np.sort(orders[p["cluster"]][:p["n"]])) for p in pilots)
+    # cluster 1 gains most and keeps gaining; cluster 0 gains nothing; cluster 2 saturates early
+    gain = {0: (0.0, 0.0), 1: (0.02, 0.06), 2: (0.02, 0.021)}
+    points = [{"cluster": p["cluster"], "n": p["n"], "delta_u": gain[p["cluster"]][p["n"] == 20]} for p in pilots]
+    rows, info = mosaic_select(space, 24, points, seed=0)
+    counts = np.bincount(space.synthetic_clusters[rows], minlength=3)
+    assert rows.size == 24 == len(set(rows.tolist())) and counts[0] == 0 and counts[1] > counts[2]
+    assert info["counts"] == {str(k): int(c) for k, c in enumerate(counts)}
+    for k in (1, 2):  # within a cluster: the first scenes of its order (nested, like the pilots)
+        assert set(rows[space.synthetic_clusters[rows] == k].tolist()) == set(orders[k][:counts[k]].tolist())
+
+
+def test_autoscale_job_configs():
+    from mosaic_ray.config import load_config
+
+    demo = load_config("jobs/autoscale_demo.yaml")
+    assert demo.selection is None and demo.autoscale.rounds >= 2
+    bench = load_config("jobs/autoscale_benchmark.yaml")
+    a = bench.autoscale
+    assert set(a.methods) == set(AUTOSCALE_METHODS) and len(a.budgets) == 3 and len(a.seeds) >= 5

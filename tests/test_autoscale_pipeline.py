@@ -20,7 +20,8 @@ SMALL = {
         "synthesize": {"per_clip": 2, "max_attempts_per_clip": 6, "num_cpus_per_actor": 0.5},
         "graph_rae": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "max_agents": 4, "max_map": 6,
                       "steps": 12, "batch_size": 8},
-        "n_clusters": 3, "pca_dims": 4, "budgets": [8], "methods": ["autoscale", "uniform", "iwr"],
+        "n_clusters": 3, "pca_dims": 4, "budgets": [8], "methods": ["autoscale", "uniform", "iwr", "mosaic_clusters"],
+        "mosaic_pilot_sizes": [4],
         "rounds": 2, "seeds": [0], "epochs": 1, "cpus_per_trial": 0.5, "iwr_pca_dims": 2,
         "test_max_clips": 40, "embed_cpus_per_actor": 0.5},
 }
@@ -75,12 +76,19 @@ def test_autoscale_pipeline_runs_end_to_end(as_run):
     assert A.shape == (3, 3) and np.allclose(np.diag(A), 1.0) and np.allclose(A, A.T)
     summary = json.loads(Path(st.path("autoscale/summary.json")).read_text())
     rows = {(r["method"], r["budget"]): r for r in summary["results"]}
-    assert set(rows) == {("real_only", 0), ("autoscale", 8), ("uniform", 8), ("iwr", 8)}
+    assert set(rows) == {("real_only", 0), ("autoscale", 8), ("uniform", 8), ("iwr", 8), ("mosaic_clusters", 8)}
     assert rows[("autoscale", 8)]["rounds"] == 2 and rows[("uniform", 8)]["rounds"] == 1
+    assert rows[("mosaic_clusters", 8)]["rounds"] == 2 and summary["mosaic_pilot_trainings"] == sum(
+        1 for c in st.read_json("autoscale/clusters.json")["capacity"] if c > 0)  # one size per non-empty cluster
     for r in rows.values():
         assert 0.0 <= r["test_epdms_mean"] <= 1.0 and r["n_test_clips"] == 40
         assert set(r["terms"]) == {"NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC"}
     assert "vs_uniform" in rows[("autoscale", 8)]
+    comp = {(c["other"], c["other_budget"]): c for c in summary["comparisons"] if c["method"] == "autoscale"}
+    assert set(comp) == {("real_only", 0), ("uniform", 8), ("iwr", 8), ("mosaic_clusters", 8)}
+    assert comp[("uniform", 8)]["mean"] == rows[("autoscale", 8)]["vs_uniform"]["mean"]
+    assert comp[("iwr", 8)]["mean"] == pytest.approx(rows[("autoscale", 8)]["test_epdms_mean"]
+                                                     - rows[("iwr", 8)]["test_epdms_mean"])
     assert "autoscale" in Path(report).read_text() and report.endswith("report/autoscale.md")
 
 
@@ -96,6 +104,19 @@ def test_rounds_select_budget_scenes_and_round2_uses_cluster_ga(as_run):
     sel = r2["selection"]
     assert sel["step"] == 0 and len(sel["quotas"]) == 3 and sum(sel["quotas"]) == 8
     assert abs(sum(sel["mixture"]) - 1.0) < 1e-6 and min(sel["gains"]) == 0.0
+
+
+def test_mosaic_over_clusters_allocates_from_its_pilots(as_run):
+    _, run, _ = as_run
+    st = run.storage
+    m = st.read_json("autoscale/rounds/mosaic_clusters-b8-s0-r2.json")
+    assert m["n_synthetic"] == 8 and sum(int(c) for c in m["selection"]["counts"].values()) == 8
+    cap = st.read_json("autoscale/clusters.json")["capacity"]
+    assert set(m["selection"]["laws"]) == {str(k) for k in range(3) if cap[k] > 0}
+    for k in range(3):
+        if cap[k] > 0:  # one pilot per non-empty cluster, its size capped at the cluster's scenes
+            p = st.read_json(f"autoscale/rounds/mosaic_pilot-c{k}-n{min(4, cap[k])}-s0.json")
+            assert p["synthetic_counts"][k] == p["n_synthetic"] == min(4, cap[k])
 
 
 def test_rerun_keeps_every_training(as_run):

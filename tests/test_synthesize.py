@@ -359,10 +359,13 @@ def test_stage_resumes_per_shard_and_reproduces_the_outputs(synth_run):
 def test_stage_starts_over_when_the_config_changes_and_takes_the_config_section(ingested_run, tmp_path):
     from conftest import copy_run
 
+    from mosaic_ray.config import AutoScaleConfig
     from mosaic_ray.stages.synthesize import QUARANTINE, SCENES, run_synthesize, synthesize_config
 
     cfg, st, _ = copy_run(ingested_run, tmp_path, "synth_cfg", shard_size=8)
-    assert synthesize_config(cfg) == SynthesizeConfig()  # no `synthesize:` section yet: the defaults
+    assert synthesize_config(cfg) == SynthesizeConfig()  # no `autoscale:` section: the defaults
+    with_section = cfg.model_copy(update={"autoscale": AutoScaleConfig(synthesize={"per_clip": 3})})
+    assert synthesize_config(with_section).per_clip == 3  # autoscale.synthesize is the stage's config
     one = SynthesizeConfig(per_clip=1, max_attempts_per_clip=None, experts={"planner": 1.0})
     p1 = run_synthesize(cfg, st, scfg=one)
     assert p1["attempts"] == p1["source_clips"] and p1["by_kind"].keys() == {"planner"}

@@ -26,6 +26,15 @@ method                     selection
                            rule as retrieval) to the prior (the pool); the highest weights
                            (:class:`~mosaic_ray.autoscale.iwr.ImportanceWeightedRetrieval`).
 ``all_synthetic``          the whole pool (its budget is the pool size).
+``mosaic_clusters``        MOSAIC over the synthetic pool's clusters (domains = GMM clusters):
+                           round 1 runs its pilot trainings (real + the first n scenes of one
+                           cluster, for every cluster × ``mosaic_pilot_sizes`` × seed), ΔU on the
+                           calibration split against round 0; round 2 fits one saturating law
+                           per cluster (:func:`~mosaic_ray.selection.scaling_law.fit_domain_laws`)
+                           and allocates the budget greedily
+                           (:func:`~mosaic_ray.selection.allocator.greedy_allocate`). Within a
+                           cluster scenes are taken in a seeded random order (MOSAIC's
+                           "w/o ranking" variant: no base-model scoring of synthetic scenes).
 =========================  =====================================================================
 
 The ablation "w/o contrastive and metric regularisers" is a Graph-RAE setting
@@ -46,8 +55,8 @@ from mosaic_ray.autoscale.mixture import MixtureOptimizer
 from mosaic_ray.autoscale.predictor import ClusterPerformancePredictor
 from mosaic_ray.autoscale.retrieval import AnchorRetriever, select_anchors
 
-__all__ = ["LOOP_METHODS", "ONE_SHOT_METHODS", "ClusterSpace", "Observation", "cluster_scores",
-           "select_round", "method_rounds"]
+__all__ = ["LOOP_METHODS", "ONE_SHOT_METHODS", "MOSAIC_METHOD", "ClusterSpace", "Observation", "cluster_scores",
+           "select_round", "method_rounds", "cluster_orders", "mosaic_pilots", "mosaic_select"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,8 @@ log = logging.getLogger(__name__)
 LOOP_METHODS = ("autoscale", "autoscale_no_ga", "autoscale_no_retrieval")
 #: methods that choose once (round 1)
 ONE_SHOT_METHODS = ("uniform", "chameleon", "iwr", "all_synthetic")
+#: MOSAIC over the synthetic clusters: pilots in round 1, its selection in round 2
+MOSAIC_METHOD = "mosaic_clusters"
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,8 @@ def method_rounds(method: str, rounds: int) -> list[int]:
         return list(range(1, int(rounds) + 1))
     if method in ONE_SHOT_METHODS:
         return [1]
+    if method == MOSAIC_METHOD:
+        return [2]
     raise ValueError(f"unknown AutoScale method {method!r}")
 
 
@@ -236,3 +249,52 @@ def select_round(method: str, space: ClusterSpace, budget: int, round_: int, his
                              quotas=quotas)
     info.update(anchors=int(res.anchors.size))
     return np.sort(res.indices).astype(np.int64), info
+
+
+# ============================================================================ MOSAIC over clusters
+def cluster_orders(space: ClusterSpace, seed: int) -> dict[int, np.ndarray]:
+    """Cluster -> its pool rows (int64) in a seeded random order (MOSAIC's unranked order,
+    :func:`~mosaic_ray.selection.baselines.unranked_order`, domains = clusters)."""
+    from mosaic_ray.selection.baselines import unranked_order
+    from mosaic_ray.selection.strategies import PoolView
+
+    n = space.synthetic_clusters.size
+    pool = PoolView(np.array([f"s{i:08d}" for i in range(n)], dtype=object),
+                    np.array([f"c{c:04d}" for c in space.synthetic_clusters], dtype=object), np.zeros(n))
+    return {int(d[1:]): rows.astype(np.int64) for d, rows in unranked_order(pool, seed).items()}
+
+
+def mosaic_pilots(space: ClusterSpace, sizes: Sequence[int], seed: int) -> list[dict]:
+    """The pilot trainings of :data:`MOSAIC_METHOD`: per non-empty cluster and distinct size
+    (capped at the cluster's capacity), ``{"cluster", "n", "rows"}`` (the first n rows of the
+    cluster's order)."""
+    out = []
+    for k, rows in sorted(cluster_orders(space, seed).items()):
+        for n in sorted({min(int(s), rows.size) for s in sizes if rows.size > 0}):
+            out.append({"cluster": k, "n": int(n), "rows": np.sort(rows[:n])})
+    return out
+
+
+def mosaic_select(space: ClusterSpace, budget: int, points: Sequence[dict], seed: int) -> tuple[np.ndarray, dict]:
+    """MOSAIC's selection over the clusters from pilot points.
+
+    Args:
+        points: ``{"cluster", "n", "delta_u"}`` per pilot training (ΔU on the calibration split
+            against the real-only round 0, 0..1 scale); clusters without points get no scenes.
+
+    Returns:
+        ``(rows, info)``: (b,) int64 sorted pool rows and ``{"counts", "laws"}``.
+    """
+    from mosaic_ray.selection.allocator import greedy_allocate
+    from mosaic_ray.selection.scaling_law import fit_domain_laws
+
+    laws = fit_domain_laws({"domain": str(p["cluster"]), "n": p["n"], "delta_u": p["delta_u"]} for p in points)
+    orders = cluster_orders(space, seed)
+    ks = sorted(int(k) for k in laws)
+    caps = np.array([orders[k].size for k in ks], dtype=np.int64)
+    b = int(min(budget, caps.sum()))
+    counts, _ = greedy_allocate([laws[str(k)] for k in ks], caps, b)
+    rows = np.concatenate([orders[k][:c] for k, c in zip(ks, counts)]) if ks else np.zeros(0, np.int64)
+    info = {"method": MOSAIC_METHOD, "round": 2, "counts": {str(k): int(c) for k, c in zip(ks, counts)},
+            "laws": {str(k): laws[str(k)].to_dict() for k in ks}}
+    return np.sort(rows).astype(np.int64), info

@@ -148,7 +148,7 @@ def _train_graph_rae(storage: Storage, splits: list[str], settings: dict, thread
     torch.set_num_threads(threads)
     t0 = time.time()
     gs = GraphRAESettings.model_validate(settings)
-    gcfg = gs.model_config_()
+    gcfg = gs.to_graph_rae_config()
     clips = [c for s in splits for c in clips_from_table(storage.read_table(layout.clips(s)))]
     if len(clips) < 2:
         raise ValueError(f"Graph-RAE needs at least 2 real scenes in {splits}, got {len(clips)}")
@@ -182,7 +182,7 @@ def load_graph_rae(storage: Storage):
 
     blob = torch.load(storage.local_copy(GRAPH_RAE), map_location="cpu", weights_only=False)
     gs = GraphRAESettings.model_validate(blob["settings"])
-    model = GraphRAE(gs.model_config_())
+    model = GraphRAE(gs.to_graph_rae_config())
     model.load_state_dict(blob["state_dict"])
     return model.eval()
 
@@ -305,6 +305,7 @@ def run_embed(ctx: Context) -> dict:
     n = sum(counts.values())
     return {"graph_rae": info, "counts": counts, "dim": d, "actors": n_actors, "shards": len(shards),
             "shards_resumed": skipped, "embed_s": round(embed_s, 1), "shard_wall_s": round(shard_wall, 2),
+            "shard_cpu_s": round(float(sum(recs.column("cpu_s").to_pylist())), 2),
             # scenes per second of actor time (graph building + encoder); None when shards were resumed
             "scenes_per_actor_s": round(n / shard_wall, 1) if shard_wall > 0 and not skipped else None,
             "wall_time_s": round(time.time() - t0, 1)}
@@ -507,8 +508,8 @@ def _run_trials(cfg: ExperimentConfig, st: Storage, trials: list[dict], shared: 
     recipe = recipe_from_config(cfg, "base", epochs=a.epochs)
     conc = a.max_concurrent_trials or max(1, int(cluster_cpus() // a.cpus_per_trial))
     by_key = {t["key"]: t for t in trials}
-    res = {"cpu": a.cpus_per_trial, **({"gpu": a.gpus_per_trial} if a.gpus_per_trial else {})}
-    trainable = tune.with_resources(tune.with_parameters(_round_trial, trials=by_key, shared=shared, storage=st), res)
+    trainable = tune.with_resources(tune.with_parameters(_round_trial, trials=by_key, shared=shared, storage=st),
+                                    {"cpu": a.cpus_per_trial})
     log.info("[rounds] %s: %d trainings, up to %d at a time", tag, len(trials), conc)
     tuner = tune.Tuner(
         trainable,
@@ -541,7 +542,7 @@ def loops(cfg: ExperimentConfig, pool_size: int) -> list[tuple[str, int, int]]:
 
 def run_rounds(ctx: Context) -> dict:
     """Round 0 (real only) per seed, then rounds 1..R of every loop (see the module docstring)."""
-    from mosaic_ray.autoscale.methods import method_rounds, select_round
+    from mosaic_ray.autoscale.methods import MOSAIC_METHOD, method_rounds, mosaic_pilots, mosaic_select, select_round
 
     cfg, st = ctx.cfg, ctx.storage
     a = cfg.autoscale
@@ -596,20 +597,37 @@ def run_rounds(ctx: Context) -> dict:
             "round0")
     all_loops = loops(cfg, len(syn_ids))
     history = {lp: [_observation(results[trial_key(None, None, lp[2], 0)], space, cal_ids)] for lp in all_loops}
-    for r in range(1, a.rounds + 1):
+    mosaic = MOSAIC_METHOD in a.methods
+    pilots: dict[int, list[dict]] = {}  # seed -> pilot trials of mosaic_clusters (round 1)
+    for r in range(1, max(a.rounds, 2 if mosaic else 1) + 1):
         trials = []
+        if mosaic and r == 1:
+            for s in a.seeds:
+                pilots[s] = [make("mosaic_pilot", p["n"], s, 1, p["rows"], {"method": "mosaic_pilot", "round": 1,
+                                                                             "cluster": p["cluster"]})
+                             for p in mosaic_pilots(space, a.mosaic_pilot_sizes, s)]
+                for t in pilots[s]:
+                    t["key"] = f"mosaic_pilot-c{t['selection']['cluster']}-n{t['budget']}-s{s}"
+                trials += pilots[s]
         for lp in all_loops:
             m, b, s = lp
             if r not in method_rounds(m, a.rounds):
                 continue
-            rows, info = select_round(m, space, b, r, history[lp], a, s)
+            if m == MOSAIC_METHOD:
+                base_s = results[trial_key(None, None, s, 0)]["calibration"]["epdms"]
+                points = [{"cluster": t["selection"]["cluster"], "n": t["budget"],
+                           "delta_u": results[t["key"]]["calibration"]["epdms"] - base_s} for t in pilots[s]]
+                rows, info = mosaic_select(space, b, points, s)
+            else:
+                rows, info = select_round(m, space, b, r, history[lp], a, s)
             if m != "all_synthetic" and len(rows) != min(b, len(syn_ids)):
                 raise RuntimeError(f"{m} b={b} round {r}: selected {len(rows)} scenes")
             trials.append(make(m, b, s, r, rows, info))
         execute(trials, f"round{r}")
         for t in trials:
             lp = (t["method"], t["budget"], t["seed"])
-            history[lp].append(_observation(results[t["key"]], space, cal_ids))
+            if lp in history:
+                history[lp].append(_observation(results[t["key"]], space, cal_ids))
     keys = sorted(results)
     return {"trainings": len(keys), "ran": ran, "kept": kept, "loops": len(all_loops), "rounds": a.rounds,
             "synthetic_pool": len(syn_ids), "keys": keys, "fingerprints": {k: results[k]["fingerprint"] for k in keys},
@@ -636,7 +654,11 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
     res = {k: st.read_json(f"{ROUNDS}/{k}.json") for k in payload["keys"]}
     final: dict[tuple[str, int], dict[int, dict]] = defaultdict(dict)
     by_round: dict[tuple[str, int], dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    pilots = 0
     for r in res.values():
+        if r["method"] == "mosaic_pilot":  # MOSAIC's pilot trainings: inputs of mosaic_clusters, not results
+            pilots += 1
+            continue
         if r["round"] == 0:
             final[("real_only", 0)][r["seed"]] = r
             continue
@@ -674,6 +696,19 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
             row["calibration_by_round"] = {str(rr): float(np.mean(list(v.values())))
                                            for rr, v in sorted(by_round[(m, b)].items())}
         rows.append(row)
+    # the AutoScale loops against every other line, paired by seed (test EPDMS differences)
+    comparisons = []
+    for m, b in sorted(final):
+        if not m.startswith("autoscale"):
+            continue
+        for (o, ob), other in sorted(final.items()):
+            common = [s_ for s_ in sorted(final[(m, b)]) if s_ in other]
+            if (o, ob) == (m, b) or not common or (ob not in (b, 0) and o != "all_synthetic"):
+                continue
+            d = np.array([final[(m, b)][s_]["test"]["epdms"] - other[s_]["test"]["epdms"] for s_ in common])
+            dm, dh = _t_interval(d)
+            comparisons.append({"method": m, "budget": b, "other": o, "other_budget": ob, "mean": dm, "ci95": dh,
+                                "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "n": len(common)})
     graph = st.read_json(GRAPH_RAE_INFO) if st.exists(GRAPH_RAE_INFO) else None
     syn = st.done_payload(SYNTH_RECORD) if st.is_done(SYNTH_RECORD) else {}
     return {"version": 1, "name": cfg.name, "splits": {"real": real_split(cfg), "calibration": calibration_split(cfg),
@@ -682,7 +717,7 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
                                                         "kept_per_clip_mean", "by_kind", "quarantine_reasons")},
             "graph_rae": graph, "clusters": {k: v for k, v in st.read_json(CLUSTERS).items()
                                              if k not in ("means", "similarity")},
-            "rounds": a.rounds, "methods": list(a.methods), "results": rows,
+            "rounds": a.rounds, "methods": list(a.methods), "results": rows, "comparisons": comparisons, "mosaic_pilot_trainings": pilots,
             "config": cfg.autoscale.model_dump(mode="json")}
 
 
@@ -717,6 +752,13 @@ def render_autoscale_report(s: dict) -> str:
               "| --- | ---: |" + " ---: |" * len(TERMS)]
     for r in s["results"]:
         lines.append(f"| {r['method']} | {r['budget']} | " + " | ".join(f(r["terms"][t]) for t in TERMS) + " |")
+    if s.get("comparisons"):
+        lines += ["", "## AutoScale against every other line (test EPDMS difference, paired by seed)", "",
+                  "| method | budget | against | its budget | difference | ±95% (seeds) | better / worse seeds |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        for c in s["comparisons"]:
+            lines.append(f"| {c['method']} | {c['budget']} | {c['other']} | {c['other_budget']} | "
+                         f"{100 * c['mean']:+.2f} | {f(c['ci95'])} | {c['wins']} / {c['losses']} of {c['n']} |")
     loops_ = [r for r in s["results"] if r.get("calibration_by_round") and len(r["calibration_by_round"]) > 1]
     if loops_:
         lines += ["", "## Calibration EPDMS per round (loop methods; round 0 = real only)", ""]

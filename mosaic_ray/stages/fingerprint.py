@@ -43,7 +43,7 @@ NOT_RESULTS = frozenset({
     "train.cpus_per_worker", "train.gpus_per_worker", "train.concurrency", "train.checkpoint_every",
     "train.cache_shard", "eval_batch_size",
     "autoscale.embed_batch_size", "autoscale.embed_num_actors", "autoscale.embed_cpus_per_actor",
-    "autoscale.embed_gpus_per_actor", "autoscale.cpus_per_trial", "autoscale.gpus_per_trial",
+    "autoscale.embed_gpus_per_actor", "autoscale.cpus_per_trial",
     "autoscale.max_concurrent_trials", "autoscale.graph_rae.train_num_cpus", "autoscale.graph_rae.train_num_gpus",
     "autoscale.synthesize.num_cpus_per_actor", "autoscale.synthesize.num_actors",
 })

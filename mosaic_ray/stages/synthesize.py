@@ -176,7 +176,7 @@ def run_synthesize(cfg: ExperimentConfig | None, storage: Storage, scfg: Synthes
     """Make the synthetic scene pool of ``scfg.split`` (see the module docstring).
 
     Args:
-        cfg: the experiment config (for ``cfg.synthesize`` when ``scfg`` is None; may be None).
+        cfg: the experiment config (for ``cfg.autoscale.synthesize`` when ``scfg`` is None; may be None).
         storage: the run's storage (holds ``ingest/clips/<split>``).
         scfg: None: :func:`synthesize_config` of ``cfg``.
         scorer_cfg: the EPDMS scorer's config (None: defaults).
