@@ -199,6 +199,19 @@ def _section_data(s: Mapping[str, Any]) -> list[str]:
             srows.append([k, _int(splits.get(k)), str(len(sl)) if k in segs else "—", shown or "—"])
         lines += ["Splits:", ""]
         lines += _table(["split", "clips", "segments", "segment names"], srows)
+    per_site = data.get("clips_per_site") or {}
+    if per_site and data.get("site_mix"):
+        sites = sorted(set(data["site_mix"]) | {x for v in per_site.values() for x in (v or {})})
+        dev = data.get("mix_deviation") or {}
+        rows = [["declared mix"] + [f"{100 * _f(data['site_mix'].get(x, 0)):.1f}%" for x in sites] + ["", ""]]
+        for sp, c in per_site.items():
+            n = sum((c or {}).values())
+            rows.append([sp] + [f"{100 * (c or {}).get(x, 0) / n:.1f}%" if n else "—" for x in sites]
+                        + [_int(n), f"{100 * _f(dev.get(sp)):.1f}" if sp in dev else "—"])
+        lines += [f"Site mix per split (split unit: {data.get('split_unit') or 'segment'}; no unit is in two "
+                  "splits; train, calibration and test are stratified to the declared mix; pilots are scored on "
+                  "calibration, the final tables on test only):", ""]
+        lines += _table(["split"] + sites + ["clips", "max deviation (points)"], rows)
     pbd = data.get("pool_by_domain") or {}
     if pbd:
         total = sum(_f(v) for v in pbd.values())
@@ -218,7 +231,7 @@ def _section_base(s: Mapping[str, Any]) -> list[str]:
             rows.append([label, _x100(sec.get("epdms"))] + [_x100(terms.get(t)) for t in TERMS])
     if not rows:
         return []
-    lines = ["## Base model (validation)", ""]
+    lines = ["## Base model (test)", ""]
     lines += _table(["", "EPDMS ×100"] + [f"{t} ×100" for t in TERMS], rows)
     return lines
 
@@ -357,7 +370,7 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
             if m != "full":  # the full-pool reference has no budget to compare
                 brmrs[m] = brmr(res, m, "random", base_epdms=base)
     st = s.get("statistics") or {}
-    split = st.get("split") or "validation"
+    split = st.get("split") or "test"
     lines = [f"## Results ({split})", ""]
     if boot:
         lines += [f"EPDMS ×100, mean ± std over seeds, and the mean with its {100 * _f(st.get('level')):.0f} % "
@@ -433,7 +446,7 @@ def _section_comparisons(s: Mapping[str, Any]) -> list[str]:
         rows.append([m] + [_ci_x100(per.get(str(b)), signed=True) for b in budgets])
         ivs = [per[str(b)] for b in budgets if str(b) in per]
         wins[m] = (sum(1 for iv in ivs if _f(iv.get("lo")) > 0), sum(1 for iv in ivs if _f(iv.get("hi")) < 0), len(ivs))
-    lines = [f"## Each method − Random ({st.get('split') or 'validation'})", "",
+    lines = [f"## Each method − Random ({st.get('split') or 'test'})", "",
              f"Difference of mean EPDMS ×100 with its {100 * _f(st.get('level')):.0f} % paired bootstrap interval "
              f"({_int(st.get('n_boot'))} replicates over the {_int(st.get('n_clips'))} common clips and the training "
              "seeds). Columns are budgets.", ""]
@@ -457,9 +470,26 @@ def _section_comparisons(s: Mapping[str, Any]) -> list[str]:
     return lines + [""] + [f"> {n}" for n in notes] + ([""] if notes else [])
 
 
+def _section_sites(s: Mapping[str, Any]) -> list[str]:
+    """Per site of the test split: each method's mean and its difference to Random, with intervals."""
+    res, cmp_ = s.get("results_by_site") or {}, s.get("comparisons_by_site") or {}
+    if not res:
+        return []
+    lines = ["## Per site (test)", "",
+             "Mean EPDMS ×100 [95 % CI] on each site's test clips, and each method − Random on them "
+             "(paired bootstrap over that site's clips and the seeds).", ""]
+    for site in sorted(res):
+        rows = []
+        for m, per in res[site].items():
+            for b, iv in budget_items(per):
+                rows.append([m, str(b), _ci_x100(iv), _ci_x100(((cmp_.get(site) or {}).get(m) or {}).get(str(b)), True)])
+        lines += [f"**{site}**", ""] + _table(["method", "budget", "EPDMS ×100 [95 %]", "− Random ×100 [95 %]"], rows)
+    return lines
+
+
 def _section_diff(s: Mapping[str, Any]) -> list[str]:
     if s.get("comparisons"):
-        return _section_comparisons(s)
+        return _section_comparisons(s) + _section_sites(s)
     res = s.get("results") or {}
     mo, ra = dict(budget_items(res.get("mosaic"))), dict(budget_items(res.get("random")))
     common = sorted(set(mo) & set(ra))
@@ -476,7 +506,7 @@ def _section_diff(s: Mapping[str, Any]) -> list[str]:
             se = math.sqrt(sm ** 2 / nm + sr ** 2 / nr)
         rows.append([str(b), _mean_std(em), _mean_std(er), _signed_x100(d), _x100(se)])
     lines = ["## MOSAIC − Random", "",
-             "Difference of mean validation EPDMS ×100; SE = sqrt(s_M²/n_M + s_R²/n_R).", ""]
+             "Difference of mean test EPDMS ×100; SE = sqrt(s_M²/n_M + s_R²/n_R).", ""]
     return lines + _table(["budget", "MOSAIC ×100", "Random ×100", "Δ ×100", "SE ×100"], rows)
 
 
@@ -493,8 +523,8 @@ def _section_estimated(s: Mapping[str, Any]) -> list[str]:
         iv = eci.get(str(b))
         rows.append([str(b), _ci_x100(iv) if iv else _x100(v),
                      _ci_x100(e.get("epdms_ci")) if e.get("epdms_ci") else _x100(a), _signed_x100(a - _f(v))])
-    start = ("the control pilots' EPDMS (the extra training's shared gain, counted once)" if s.get("control")
-             else "base EPDMS")
+    start = ("base EPDMS on test + the control pilots' gain over the base on calibration (the extra "
+             "training's shared gain, counted once)" if s.get("control") else "base EPDMS on test")
     lines = ["## Estimated vs actual (MOSAIC)", "",
              f"Estimated = {start} + Σ_i ΔU_i(n_i) from the fitted laws (paper Table 5), with its 95 % interval "
              "over laws refitted on resampled pilot seeds; actual with its bootstrap interval over clips and "

@@ -1,8 +1,9 @@
 """The experiment grid: final trainings per (method, budget, seed) as concurrent Ray Tune trials.
 
 Each grid cell trains a planner on D_train ∪ D_sel with Ray Train (the ``TorchTrainer`` is
-built inside the Tune function, as Train V2 requires), evaluates it on validation and
-stores ``train/results/<key>.json``. Cells already stored are skipped, so an interrupted grid
+built inside the Tune function, as Train V2 requires), evaluates it on the test split and
+stores ``train/results/<key>.json`` (its ``test`` entry: the test split's EPDMS, terms and
+per-clip scores). Cells already stored are skipped, so an interrupted grid
 resumes where it stopped; the cells still to run are scheduled ``train.concurrency`` at a
 time within the cluster's resources (each trial reserves no CPU of its own; its Train workers
 and Ray Data tasks reserve theirs).
@@ -17,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.data.split import TEST
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None
     eval_s = time.time() - t_eval
     cpus = cfg.train.num_workers * cfg.train.cpus_per_worker
     res = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "fingerprint": cell.fingerprint,
-           **info, "validation": util,
+           **info, TEST: util,
            "eval_time_s": round(eval_s, 1), "cell_time_s": round(time.time() - t0, 1),
            "compute_cpu_s": round(info["wall_time_s"] * cpus + eval_s + cell.compute_extra_s, 1)}
     st.write_json(cell.result_path, res)
