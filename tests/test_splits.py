@@ -84,12 +84,15 @@ def _ego_table(rows):
 def test_recording_groups_link_files_that_share_a_vehicle():
     t = np.arange(56) * 1.3
     track = np.stack([t, np.full(56, 3.7)], 1)
+    stopped = np.tile([[7.0, 1.0]], (20, 1))  # two vehicles stopped at one stop line: no link
     rows = [("S_1.xml", "S", track[:30]), ("S_2.xml", "S", track[20:]),  # one vehicle, two windows
-            ("S_3.xml", "S", track + [0, 50.0]), ("T_1.xml", "T", track[:30])]  # another lane; another segment
+            ("S_3.xml", "S", track + [0, 50.0]), ("T_1.xml", "T", track[:30]),  # another lane; another segment
+            ("S_4.xml", "S", stopped), ("S_5.xml", "S", stopped + 0.01)]
     links = shared_track_links(_ego_table(rows))
     assert links == [("S_1.xml", "S_2.xml")]
     units = recording_groups([(r[0], r[1]) for r in rows], links)
-    assert units == {"S_1.xml": "S/S_1.xml", "S_2.xml": "S/S_1.xml", "S_3.xml": "S/S_3.xml", "T_1.xml": "T"}
+    assert units == {"S_1.xml": "S/S_1.xml", "S_2.xml": "S/S_1.xml", "S_3.xml": "S/S_3.xml", "T_1.xml": "T",
+                     "S_4.xml": "S/S_4.xml", "S_5.xml": "S/S_5.xml"}
 
 
 def test_pilot_code_never_names_the_test_split():
