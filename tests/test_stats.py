@@ -156,3 +156,24 @@ def test_random_shuffles_config():
     assert SelectionConfig(budgets=[10], methods=["mosaic"], random_shuffles=[1]).shuffle_methods() == {}
     with pytest.raises(ValueError):
         SelectionConfig(budgets=[10], random_shuffles=[42])  # that shuffle is Random itself
+
+
+def test_sanity_line_flags_a_dip_and_a_worse_full_pool():
+    from mosaic_ray.report.report import render_report, sanity_checks
+
+    def iv(m, h=0.005):
+        return {"estimate": m, "lo": m - h, "hi": m + h}
+
+    res = {"random": {"50": {"epdms_mean": 0.80, "epdms_ci": iv(0.80)}, "150": {"epdms_mean": 0.82, "epdms_ci": iv(0.82)},
+                      "400": {"epdms_mean": 0.81, "epdms_ci": iv(0.81)}},
+           "mosaic": {"50": {"epdms_mean": 0.83, "epdms_ci": iv(0.83)}},
+           "full": {"900": {"epdms_mean": 0.84, "epdms_ci": iv(0.84)}}}
+    s = {"results": res, "statistics": {"n_boot": 10, "level": 0.95}}
+    checks = sanity_checks(s)
+    assert [c[1] for c in checks] == [True, True]  # 0.81 ± 0.005 overlaps 0.82 ± 0.005: within the band
+    res["random"]["400"] = {"epdms_mean": 0.79, "epdms_ci": iv(0.79)}
+    res["full"]["900"] = {"epdms_mean": 0.80, "epdms_ci": iv(0.80)}
+    checks = sanity_checks(s)
+    assert [c[1] for c in checks] == [False, False]
+    assert "budget 400 is below budget 150" in checks[0][2]
+    assert "**FAILS**" in render_report(s)

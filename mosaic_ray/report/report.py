@@ -23,7 +23,7 @@ from mosaic_ray.report.plots import (budget_items, ordered_domains, plot_composi
                                      plot_epdms_vs_budget, plot_epdms_vs_compute, plot_scaling_curves,
                                      plot_selection_order)
 
-__all__ = ["TERMS", "brmr", "render_report", "write_report", "REPORT_NAME", "PLOT_FILES"]
+__all__ = ["TERMS", "brmr", "sanity_checks", "render_report", "write_report", "REPORT_NAME", "PLOT_FILES"]
 
 REPORT_NAME = "report.md"
 #: PNG file names written beside report.md
@@ -470,6 +470,56 @@ def _section_comparisons(s: Mapping[str, Any]) -> list[str]:
     return lines + [""] + [f"> {n}" for n in notes] + ([""] if notes else [])
 
 
+def sanity_checks(s: Mapping[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """The report's sanity line (issue 12 part 3), from the test results' intervals.
+
+    1. Random's curve is non-decreasing within its confidence band: no budget's 95 % interval
+       lies wholly below a smaller budget's (i.e. a dip larger than both intervals).
+    2. The full pool is not worse than the best subset beyond its band: the full pool's upper
+       interval end is not below the best subset's lower end.
+
+    Returns:
+        ``[(check, passed, detail)]``; ``passed`` None where the numbers are missing.
+    """
+    res = s.get("results") or {}
+    out: list[tuple[str, bool | None, str]] = []
+    rnd = [(b, (e or {}).get("epdms_ci")) for b, e in budget_items(res.get("random"))]
+    rnd = [(b, iv) for b, iv in rnd if iv]
+    if len(rnd) >= 2:
+        bad = [(b1, b2) for i, (b1, iv1) in enumerate(rnd) for b2, iv2 in rnd[i + 1:]
+               if _f(iv2.get("hi")) < _f(iv1.get("lo"))]
+        out.append(("Random's curve on test is non-decreasing within its confidence band", not bad,
+                    "; ".join(f"budget {b2} is below budget {b1} beyond both intervals" for b1, b2 in bad)))
+    else:
+        out.append(("Random's curve on test is non-decreasing within its confidence band", None,
+                    "needs Random at two budgets with intervals"))
+    full = [(b, (e or {}).get("epdms_ci")) for b, e in budget_items(res.get("full"))]
+    subsets = [(m, b, (e or {}).get("epdms_ci")) for m, per in res.items() if m != "full"
+               for b, e in budget_items(per) if (e or {}).get("epdms_ci")]
+    if full and full[0][1] and subsets:
+        m, b, best = max(subsets, key=lambda t: _f(t[2].get("estimate")))
+        ok = _f(full[0][1].get("hi")) >= _f(best.get("lo"))
+        out.append(("the full pool is not worse than the best subset beyond its band", ok,
+                    f"full pool {_ci_x100(full[0][1])} vs best subset {m} at {b} clips {_ci_x100(best)}"))
+    else:
+        out.append(("the full pool is not worse than the best subset beyond its band", None,
+                    "needs the full-pool line (train.full_pool) and intervals"))
+    return out
+
+
+def _section_sanity(s: Mapping[str, Any]) -> list[str]:
+    if not (s.get("results") or {}) or not s.get("statistics"):
+        return []
+    lines = ["## Sanity line", ""]
+    for check, ok, detail in sanity_checks(s):
+        mark = "not checked" if ok is None else ("holds" if ok else "**FAILS**")
+        lines.append(f"- {check}: {mark}" + (f" ({detail})" if detail else ""))
+    if any(ok is False for _, ok, _ in sanity_checks(s)):
+        lines += ["", "A failed check means the training recipe lets budget and amount of training (or "
+                  "composition) confound the comparison at these budgets; read the tables above with that in mind."]
+    return lines + [""]
+
+
 def _section_sites(s: Mapping[str, Any]) -> list[str]:
     """Per site of the test split: each method's mean and its difference to Random, with intervals."""
     res, cmp_ = s.get("results_by_site") or {}, s.get("comparisons_by_site") or {}
@@ -625,6 +675,7 @@ def render_report(summary: Summary | Mapping[str, Any],
     lines += _section_domains(summary, plots.get("scaling"))
     lines += _section_selection(summary, plots)
     lines += _section_results(summary, plots.get("epdms"))
+    lines += _section_sanity(summary)
     lines += _section_diff(summary)
     lines += _section_estimated(summary)
     lines += _section_compute(summary, plots.get("compute"))
