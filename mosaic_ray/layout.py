@@ -28,7 +28,7 @@ with its size. ``<record>/_STARTED.json`` holds the fingerprint a step last star
 
 from __future__ import annotations
 
-from mosaic_ray.data.split import CALIBRATION, POOL, SPLITS, TEST, TRAIN  # noqa: F401  (split names, defined once)
+from mosaic_ray.data.split import SPLITS  # noqa: F401  (split names are defined once, in data/split.py)
 
 INGEST = "ingest"
 INGEST_SUMMARY = "ingest/summary.json"
