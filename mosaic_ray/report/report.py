@@ -278,6 +278,11 @@ def _section_domains(s: Mapping[str, Any], plot: str | None) -> list[str]:
                      _pilot_text(info.get("pilot_points"))])
     lines += _table(["domain", "pool clips", "a_i (×100)", "τ_i (clips)", "fit RMSE (×100)", "fit status",
                      "used", "pilot ΔEPDMS ×100 per seed"], rows)
+    seeds = {int(_f(p[2])) for info in doms.values() for p in ((info or {}).get("pilot_points") or [])
+             if len(p) >= 3 and math.isfinite(_f(p[2]))}
+    if seeds and len(seeds) < 3:
+        lines += [f"**Warning:** {len(seeds)} pilot seed(s); with fewer than 3 the spread of a pilot point is not "
+                  "measured, the fit cannot weight the points by it and the law bands are missing or meaningless.", ""]
     if degenerate:
         lines += [f"**Degenerate fits:** {', '.join(degenerate)}. Policy: such a law is not used as the "
                   "exponential; the selection uses the concave interpolation of the measured mean gains through "
