@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mosaic_ray.autoscale.synthesize import SynthesizeConfig
 from mosaic_ray.selection.budgets import BudgetError, check_budget_spec, resolve_budgets
 from mosaic_ray.selection.methods import METHOD_NAMES, ResolvedMethod, check_method, resolve_method, split_method
 
@@ -142,13 +143,52 @@ class PlannerConfig(_Strict):
                                            "EP/TTC/LK/HC average")
 
 
-class ScoreConfig(_Strict):
-    """The Ray Data scoring stage (planner + EPDMS over the pool)."""
+class _PoolSize(_Strict):
+    """An autoscaling actor pool: between ``min_actors`` and ``max_actors`` actors."""
 
-    batch_size: int = Field(32, ge=1)
-    num_actors: int | None = Field(None, ge=1, description="None = fit to the CPUs Ray sees")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int | None = Field(None, ge=1, description="None = fit to the cluster Ray sees")
+
+    @model_validator(mode="after")
+    def _min_le_max(self):
+        if self.max_actors is not None and self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) > max_actors ({self.max_actors})")
+        return self
+
+
+class PlanPoolConfig(_PoolSize):
+    """Planner inference actors of the two-stage score step (featurise, forward, embedding,
+    logits, chosen trajectory). ``max_actors`` None: GPUs / ``num_gpus_per_actor`` when the
+    actors take GPUs, else one actor per 8 CPUs (at least one); the planner costs ~1/10 of EPDMS."""
+
     num_cpus_per_actor: float = Field(0.5, gt=0)
-    num_gpus_per_actor: float = Field(0.0, ge=0)
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="> 0: the planner runs on CUDA (fractions allowed)")
+    batch_size: int = Field(256, ge=1, description="clips per planner forward (size it for the device)")
+
+
+class EpdmsPoolConfig(_PoolSize):
+    """EPDMS actors of the two-stage score step (CPU). ``max_actors`` None: one actor per CPU
+    left after the planner actors' CPUs (at least one)."""
+
+    num_cpus_per_actor: float = Field(0.5, gt=0)
+    batch_size: int = Field(64, ge=1, description="clips per batched tracker / IDM roll-out call")
+
+
+class ScoreConfig(_Strict):
+    """The Ray Data scoring step (planner + EPDMS over the pool).
+
+    ``pipeline: two_stage`` (default) streams the shards through a planner actor pool
+    (``plan``) into an EPDMS actor pool (``epdms``), each sized on its own; ``single`` runs
+    both in one pool of ``num_actors`` actors (``batch_size``, ``num_cpus_per_actor``,
+    ``num_gpus_per_actor``), as before issue 14."""
+
+    pipeline: Literal["two_stage", "single"] = "two_stage"
+    plan: PlanPoolConfig = Field(default_factory=PlanPoolConfig)
+    epdms: EpdmsPoolConfig = Field(default_factory=EpdmsPoolConfig)
+    batch_size: int = Field(32, ge=1, description="single: clips per planner forward")
+    num_actors: int | None = Field(None, ge=1, description="single (and distill): None = fit to the CPUs Ray sees")
+    num_cpus_per_actor: float = Field(0.5, gt=0, description="single (and distill)")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="single: GPUs per actor")
     checkpoint: str | None = Field(
         None, description="score with this planner checkpoint (local path or s3:// URI of a planner/*.pt, "
         "e.g. from another run) instead of this run's base model; copied to planner/external.pt")
@@ -311,7 +351,21 @@ class SelectionConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Final training on Ray Train (TorchTrainer, DDP over gloo on CPU)."""
+    """Final trainings (the grid cells): Ray Train (TorchTrainer, DDP over gloo on CPU), or the
+    same loop inside each cell's Tune trial for one-worker cells (``backend``)."""
+
+    @model_validator(mode="after")
+    def _backend(self) -> "TrainConfig":
+        if self.backend == "in_trial" and (self.num_workers != 1 or self.gpus_per_worker > 0):
+            raise ValueError("train.backend: in_trial trains one CPU worker per cell: set train.num_workers: 1 "
+                             "and train.gpus_per_worker: 0, or use backend ray_train")
+        return self
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether grid cells train inside their Tune trial (see ``backend``)."""
+        return self.backend == "in_trial" or (self.backend == "auto" and self.num_workers == 1
+                                               and self.gpus_per_worker == 0)
 
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
@@ -324,10 +378,156 @@ class TrainConfig(_Strict):
     concurrency: int = Field(1, ge=1, description="grid cells (final trainings) run at the same time")
     checkpoint_every: int = Field(10, ge=1, description="epochs between Train checkpoints (resume points)")
     full_pool: bool = Field(False, description="also train on D_train ∪ the whole pool (a reference line)")
+    backend: Literal["auto", "ray_train", "in_trial"] = Field(
+        "auto", description="how a grid cell trains: ray_train (a TorchTrainer of num_workers workers), "
+        "in_trial (the same loop inside the cell's Tune trial, one worker, no worker-group start-up; "
+        "needs num_workers 1 and no GPU), auto (in_trial where num_workers is 1 and gpus_per_worker 0)")
     lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
     weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
     batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")
     warmup_steps: int | None = Field(None, ge=0, description="None = planner.warmup_steps")
+
+
+#: AutoScale's selection methods (``autoscale.methods``): the closed loop, its ablations and the
+#: baselines on the same Graph-RAE space (:mod:`mosaic_ray.autoscale.methods`)
+AUTOSCALE_METHODS = ("autoscale", "autoscale_no_ga", "autoscale_no_retrieval", "uniform", "chameleon", "iwr",
+                     "all_synthetic")
+
+
+class GraphRAESettings(_Strict):
+    """Graph-RAE sizes, loss weights and training (:class:`~mosaic_ray.autoscale.graph_rae.GraphRAEConfig`;
+    the paper's values are lost: defaults ours). ``lambda_c = 0`` / ``lambda_m = 0`` are the
+    ablations without the contrastive / the metric regularisers (AutoScale Table 4)."""
+
+    hidden_dim: int = Field(64, ge=4, description="d, the scene-embedding dimension")
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_agents: int = Field(16, ge=1, description="agent node slots of the scene graph")
+    max_map: int = Field(24, ge=1, description="map-element node slots of the scene graph")
+    lambda_c: float = Field(0.1, ge=0, description="λ_c: weight of SimCLR + SupCon (Eq. 2); 0 = ablation")
+    lambda_m: float = Field(1.0, ge=0, description="λ_m: weight of the pairwise metric regression; 0 = ablation")
+    w_simclr: float = Field(1.0, ge=0)
+    w_supcon_command: float = Field(1.0, ge=0)
+    w_supcon_overlap: float = Field(1.0, ge=0)
+    temperature: float = Field(0.1, gt=0)
+    huber_delta: float = Field(0.5, gt=0)
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    train_num_cpus: float = Field(1.0, gt=0, description="CPUs of the Ray task that trains it")
+    train_num_gpus: float = Field(0.0, ge=0, description="GPUs of that task (0: CPU)")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "GraphRAESettings":
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be a multiple of num_heads {self.num_heads}")
+        return self
+
+    def model_config_(self):
+        """The :class:`~mosaic_ray.autoscale.graph_rae.GraphRAEConfig` these settings make."""
+        from mosaic_ray.autoscale.graph_rae import GraphRAEConfig
+        from mosaic_ray.autoscale.scene_graph import GraphSpec
+
+        keys = ("hidden_dim", "num_layers", "num_heads", "lambda_c", "lambda_m", "w_simclr", "w_supcon_command",
+                "w_supcon_overlap", "temperature", "huber_delta", "steps", "batch_size", "lr", "weight_decay")
+        return GraphRAEConfig(graph=GraphSpec(max_agents=self.max_agents, max_map=self.max_map),
+                              **{k: getattr(self, k) for k in keys})
+
+
+class AutoScaleConfig(_Strict):
+    """AutoScale (``../shared/docs/AUTOSCALE.md``): the synthetic pool, Graph-RAE, clusters and the
+    closed loop of rounds (Cluster-GA, Eq. 3-7; retrieval, Eq. 8), with its baselines. Budgets
+    count synthetic scenes added to the whole real training split."""
+
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
+    graph_rae: GraphRAESettings = GraphRAESettings()
+    # the embedding stage (Ray Data actor pool)
+    embed_batch_size: int = Field(64, ge=1)
+    embed_num_actors: int | None = Field(None, ge=1, description="None = fit to the CPUs Ray sees")
+    embed_cpus_per_actor: float = Field(0.5, gt=0)
+    embed_gpus_per_actor: float = Field(0.0, ge=0)
+    # clusters (§4.2)
+    n_clusters: int = Field(16, ge=1, description="K of the GMM on the real scenes (paper: 64 of 32/64/128)")
+    pca_dims: int | None = Field(16, ge=1, description="PCA size before the GMM (None: none)")
+    covariance_type: Literal["full", "diag", "spherical", "tied"] = "diag"
+    rbf_bandwidth: float | None = Field(None, gt=0, description="σ of the RBF matrix; None = median heuristic")
+    cluster_seed: int = 0
+    # the loop
+    budgets: list[int | float] = Field([0.25], min_length=1, description="synthetic scenes per training: ints "
+                                       "are counts, floats in (0, 1] fractions of the synthetic pool")
+    methods: list[str] = Field(["autoscale", "uniform"], min_length=1)
+    rounds: int = Field(3, ge=1, description="closed-loop rounds after the real-only round 0")
+    seeds: list[int] = Field([0], min_length=1)
+    epochs: int = Field(8, ge=1, description="epochs of every training (the planner recipe otherwise)")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    test_max_clips: int | None = Field(None, ge=1, description="evaluate on a fixed seeded subset of this many "
+                                       "test clips (the same for every training); None = all")
+    # Cluster-GA (Eq. 3-7)
+    ridge_alpha: float = Field(1e-3, ge=0, description="λ of the weighted ridge (Eq. 4)")
+    recency_decay: float = Field(1.0, gt=0, le=1, description="pair weight decay per round (Eq. 4's W)")
+    eta0: float = Field(1.0, gt=0, description="η_0 of the half-cosine EG schedule (Eq. 6)")
+    eg_steps: int | None = Field(None, ge=1, description="T of the schedule; None = rounds - 1")
+    eg_inner_steps: int = Field(1, ge=1)
+    gradient_scaling: Literal["max_abs", "none"] = "max_abs"
+    repair_candidates: int = Field(16, ge=0, description="perturbed candidates of the feasibility repair")
+    repair_scale: float = Field(0.1, ge=0)
+    # retrieval (Eq. 8)
+    anchor_quantile: float = Field(0.2, gt=0, le=1, description="share of each cluster's calibration scenes "
+                                   "(lowest scores) used as anchors")
+    anchors_per_cluster: int | None = Field(None, ge=1, description="fixed anchors per cluster (overrides the quantile)")
+    n_neighbors: int = Field(256, ge=1)
+    gain_offset: float = Field(1.0, ge=0, description="Eq. 8's (gain_offset + ĝ) factor")
+    score_ceiling: float = Field(1.0, gt=0, description="Eq. 8's (score_ceiling − s_a) factor")
+    # baselines
+    iwr_pca_dims: int = Field(8, ge=1)
+    iwr_bandwidth: str | float = "scott"
+    chameleon_lambda: float = Field(1.0, gt=0)
+    selection_seed: int = 42
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int | float]) -> list[int | float]:
+        bad = []
+        for b in v:
+            try:
+                check_budget_spec(b)
+            except BudgetError:
+                bad.append(b)
+        if bad:
+            raise ValueError(f"budgets must be positive integers or fractions in (0, 1]; bad: {bad}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in AUTOSCALE_METHODS]
+        if unknown:
+            raise ValueError(f"unknown AutoScale methods {unknown}; known: {', '.join(AUTOSCALE_METHODS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _dims(self) -> "AutoScaleConfig":
+        if self.pca_dims is not None and self.pca_dims > self.graph_rae.hidden_dim:
+            raise ValueError(f"pca_dims {self.pca_dims} exceeds graph_rae.hidden_dim {self.graph_rae.hidden_dim}")
+        if self.iwr_pca_dims > self.graph_rae.hidden_dim:
+            raise ValueError(f"iwr_pca_dims {self.iwr_pca_dims} exceeds graph_rae.hidden_dim")
+        return self
+
+    def resolve_budgets(self, pool_size: int) -> list[int]:
+        """Budgets as sorted distinct synthetic-scene counts for a pool of ``pool_size`` scenes.
+
+        Raises:
+            ConfigError: a budget exceeds the pool or rounds to 0 scenes."""
+        try:
+            return resolve_budgets(self.budgets, pool_size)
+        except BudgetError as e:
+            raise ConfigError(f"autoscale.budgets: {e}") from None
 
 
 class ExperimentConfig(_Strict):
@@ -343,12 +543,18 @@ class ExperimentConfig(_Strict):
     score: ScoreConfig = ScoreConfig()
     domains: DomainConfig = DomainConfig()
     pilot: PilotConfig = PilotConfig()
-    selection: SelectionConfig
+    selection: SelectionConfig | None = Field(
+        None, description="MOSAIC's budgets and methods; may be left out only when autoscale is set (then "
+        "the MOSAIC steps score .. train do not run)")
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = Field(64, ge=1)
+    autoscale: AutoScaleConfig | None = Field(
+        None, description="AutoScale's steps (synthesize .. autoscale_report) run only when this is set")
 
     @model_validator(mode="after")
     def _method_variants(self) -> "ExperimentConfig":
+        if self.selection is None and self.autoscale is None:
+            raise ValueError("selection: Field required (it may be left out only when an autoscale section is set)")
         try:
             self.resolved_methods()  # raises for an unknown @variant
         except ValueError as e:
@@ -361,8 +567,15 @@ class ExperimentConfig(_Strict):
         Raises:
             ValueError: a method names an unknown domain variant.
         """
+        if self.selection is None:  # an AutoScale-only config: no MOSAIC method
+            return []
         names = [v.name for v in self.domains.all_variants()]
         return [resolve_method(m, names[0], names) for m in self.selection.methods]
+
+    @property
+    def runs_mosaic(self) -> bool:
+        """Whether the MOSAIC steps (score .. train, report) run: a ``selection`` section is set."""
+        return self.selection is not None
 
     # ------------------------------------------------------------------ derived
     @property

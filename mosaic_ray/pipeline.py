@@ -17,11 +17,18 @@ record says complete, ``--force`` to redo), times it and logs it. Steps, in orde
 ``report``      ``summary.json``, ``report.md`` and plots
 ==============  ==============================================================================
 
+With an ``autoscale:`` section, AutoScale's steps follow (:mod:`mosaic_ray.stages.autoscale`):
+``synthesize`` (synthetic scene pool), ``embed`` (Graph-RAE + embeddings), ``cluster`` (PCA +
+GMM, RBF matrix), ``rounds`` (the closed loop and the baselines on Ray Tune) and
+``autoscale_report``. A config without ``selection:`` (AutoScale only) skips ``score`` ..
+``report``; ``ingest`` and ``base`` (the vocabulary) serve both.
+
 Outputs lie where :mod:`mosaic_ray.layout` says, under ``<output_dir>/<name>/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Iterable
 
@@ -29,16 +36,30 @@ from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.preflight import preflight
 from mosaic_ray.runlock import RunLock
-from mosaic_ray.stages import base, domains, ingest, pilot, report, score, select, train
+from mosaic_ray.stages import autoscale, base, domains, ingest, pilot, report, score, select, synthesize, train
 from mosaic_ray.stages.fingerprint import fingerprints
 from mosaic_ray.stages.runtime import ray_session
 from mosaic_ray.stages.step import Context, Step, run_step
 
 log = logging.getLogger(__name__)
 
+
+
+def _mosaic_only(step: Step) -> Step:
+    """``step`` enabled only when the config has a ``selection`` section (the MOSAIC steps; an
+    AutoScale-only config leaves it out)."""
+    inner = step.enabled
+    return dataclasses.replace(step, enabled=lambda cfg: cfg.runs_mosaic and inner(cfg))
+
+
+#: the MOSAIC steps after ``base``
+MOSAIC_STEPS: tuple[Step, ...] = tuple(_mosaic_only(s) for s in (score.STEP, score.TRAIN_STEP, domains.STEP, pilot.STEP,
+                                                                  select.STEP, train.STEP, report.STEP))
+#: AutoScale's steps (enabled by an ``autoscale:`` section; :mod:`mosaic_ray.stages.autoscale`)
+AUTOSCALE_STEPS: tuple[Step, ...] = (synthesize.STEP, autoscale.EMBED_STEP, autoscale.CLUSTER_STEP,
+                                     autoscale.ROUNDS_STEP, autoscale.REPORT_STEP)
 #: every step, in the order ``mosaic-ray run`` walks them
-STEPS: tuple[Step, ...] = (ingest.STEP, base.STEP, score.STEP, score.TRAIN_STEP, domains.STEP, pilot.STEP,
-                           select.STEP, train.STEP, report.STEP)
+STEPS: tuple[Step, ...] = (ingest.STEP, base.STEP) + MOSAIC_STEPS + AUTOSCALE_STEPS
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 #: ``--force score`` also redoes ``score_train`` (both score with the same planner)
 _FORCE_ALSO = {"score": ("score_train",)}
@@ -101,8 +122,9 @@ def run_steps(cfg: ExperimentConfig, names: Iterable[str] | None = None, force: 
 
 
 def run_all(cfg: ExperimentConfig, force: Iterable[str] = ()) -> str:
-    """Every step in order; returns the report's URI."""
-    return run_steps(cfg, force=force)["report"]["report"]
+    """Every step in order; returns the report's URI (MOSAIC's, else AutoScale's)."""
+    out = run_steps(cfg, force=force)
+    return (out.get("report") or out["autoscale_report"])["report"]
 
 
 def summary_uri(cfg: ExperimentConfig) -> str:

@@ -52,7 +52,10 @@ BUDGET_READERS = frozenset({"pilot", "select", "train"})
 DOMAIN_READERS = frozenset({"domains", "pilot", "select", "train"})
 #: the object written and deleted to check that the run folder is writable
 WRITE_PROBE = "_preflight_write_check"
-ALL_STEPS = frozenset({"ingest", "base", "score", "score_train", "domains", "pilot", "select", "train", "report"})
+ALL_STEPS = frozenset({"ingest", "base", "score", "score_train", "domains", "pilot", "select", "train", "report",
+                       "synthesize", "embed", "cluster", "rounds", "autoscale_report"})
+#: AutoScale's steps that read the splits, the clusters or the budgets
+AUTOSCALE_READERS = frozenset({"synthesize", "embed", "cluster", "rounds"})
 
 
 class PreflightError(UsageError, ValueError):
@@ -149,6 +152,10 @@ class Preflight:
             self.check_clip_shards()
         self.check_splits(splits)
         pool = self._pool_size(splits)
+        if self.cfg.autoscale is not None and self.steps & AUTOSCALE_READERS:
+            self.check_autoscale(splits)
+        if self.cfg.selection is None:  # AutoScale only: no MOSAIC budget or domain
+            return
         if self.steps & BUDGET_READERS:
             try:
                 resolve_budgets(self.cfg.selection.budgets, pool)
@@ -157,6 +164,34 @@ class Preflight:
                                      "give them as pool fractions in (0, 1], e.g. 0.25") from None
         if self.steps & DOMAIN_READERS:
             self.check_domains(pool)
+
+    def check_autoscale(self, splits: dict) -> None:
+        """AutoScale: the real, calibration and test splits are not empty, the GMM's K is at most
+        the real scenes, and integer budgets fit the synthetic pool (its kept count once
+        ``synthesize`` is done, else its largest possible size, ``per_clip`` × real clips)."""
+        from mosaic_ray.stages import autoscale as asc
+
+        a = self.cfg.autoscale
+        names = {"real": asc.real_split(self.cfg), "calibration": asc.calibration_split(self.cfg),
+                 "test": asc.test_split(self.cfg)}
+        for role, split in names.items():
+            if int(splits.get(split, 0)) == 0:
+                raise PreflightError(f"autoscale: the {role} split ({split!r}) is empty (splits {splits}); "
+                                     "use ingest.split_mode auto with more data")
+        n_real = int(splits[names["real"]])
+        if a.n_clusters > n_real:
+            raise PreflightError(f"autoscale.n_clusters: {a.n_clusters} clusters but the real split has {n_real} "
+                                 f"scenes; lower it to at most {n_real}")
+        st = self.storage
+        if "synthesize" not in self.forced and st.is_done("synthesize"):
+            pool, what = int(st.done_payload("synthesize").get("kept", 0)), "the synthesize step kept"
+        else:
+            pool, what = a.synthesize.per_clip * n_real, f"at most synthesize.per_clip × {n_real} real clips"
+        try:
+            resolve_budgets(a.budgets, pool)
+        except BudgetError as e:
+            raise PreflightError(f"autoscale.budgets: {e} ({what}: {pool} synthetic scenes); lower the budgets "
+                                 "or give them as pool fractions in (0, 1]") from None
 
     def check_clip_shards(self) -> None:
         """Every clip shard of every split has every column of the clip schema (footers only)."""

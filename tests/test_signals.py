@@ -33,11 +33,11 @@ def _env() -> dict:
 
 @pytest.fixture
 def score_ready(make_run, tmp_path):
-    """A run copy in shards of 4 pool clips, an untrained tiny base planner; returns
+    """A run copy in shards of 8 pool clips, an untrained tiny base planner; returns
     ``(config path, storage)``."""
     from mosaic_ray.stages.ingest import load_clips
 
-    cfg, st, raw = make_run("signals", shard_size=4, planner=TINY_PLANNER, ray={"num_cpus": 2},
+    cfg, st, raw = make_run("signals", shard_size=8, planner=TINY_PLANNER, ray={"num_cpus": 2},
                             score={"batch_size": 4, "num_actors": 1})
     write_untrained_base(cfg, st, load_clips(st, "train"), load_clips(st, "pool"))
     path = tmp_path / "signals.yaml"
@@ -69,20 +69,32 @@ def _interrupt_once_scoring(proc, st, send, timeout=120.0) -> tuple[int, float]:
     return rc, time.time() - t1
 
 
-def test_ctrl_c_stops_score_with_130_and_a_rerun_completes(score_ready, tmp_path):
-    path, st = score_ready
-    with open(tmp_path / "interrupted.log", "wb") as log:
-        proc = _score(path, log, "--force", new_session=True)
-        # Ctrl-C in a terminal: SIGINT to the whole foreground process group
-        rc, took = _interrupt_once_scoring(proc, st, lambda: os.killpg(proc.pid, signal.SIGINT))
-    out = (tmp_path / "interrupted.log").read_text()
-    assert rc == 130, out[-3000:]
-    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
-    assert "interrupted (SIGINT)" in out
+def _interrupted(path, st, tmp_path, name, send, **popen) -> str:
+    """Run ``score --force``, stop it with ``send(proc)`` once the first shard is written, check
+    it exited at once with no completion record and no lock; returns its log."""
+    with open(tmp_path / f"{name}.log", "wb") as log:
+        proc = _score(path, log, "--force", **popen)
+        rc, took = _interrupt_once_scoring(proc, st, lambda: send(proc))
+    out = (tmp_path / f"{name}.log").read_text()
+    assert rc == {"sigint": 130, "sigterm": 143}[name], out[-3000:]
+    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after the signal"
     assert not st.is_done("score")  # no record claims completion
     assert not st.exists("_LOCK.json")  # the lock was released
+    return out
+
+
+def test_ctrl_c_and_sigterm_stop_score_at_once_and_a_rerun_completes(score_ready, tmp_path):
+    """Ctrl-C (SIGINT to the foreground process group: exit 130), then SIGTERM to the command
+    alone (exit 143, no crash dump of Ray's core), then a plain rerun that finishes the step
+    and keeps the shards finished before the interruption."""
+    path, st = score_ready
+    out = _interrupted(path, st, tmp_path, "sigint", lambda p: os.killpg(p.pid, signal.SIGINT), new_session=True)
+    assert "interrupted (SIGINT)" in out
     n_pool = len(st.list("ingest/clips/pool", ".parquet"))
     assert len(st.list("score/scores", ".parquet")) < n_pool  # it really stopped early
+    st.delete("score/scores")  # so that the next signal waits for the next run's first shard
+    out = _interrupted(path, st, tmp_path, "sigterm", lambda p: p.send_signal(signal.SIGTERM))
+    assert "interrupted (SIGTERM)" in out and "SIGTERM received" not in out
     with open(tmp_path / "rerun.log", "wb") as log:
         rerun = _score(path, log)
         rc2 = rerun.wait(180)
@@ -91,18 +103,6 @@ def test_ctrl_c_stops_score_with_130_and_a_rerun_completes(score_ready, tmp_path
     payload = st.done_payload("score")
     assert payload["shards"] == n_pool and payload["shards_resumed"] >= 1  # finished shards kept
     assert not st.exists("_LOCK.json")
-
-
-def test_sigterm_stops_score_with_143(score_ready, tmp_path):
-    path, st = score_ready
-    with open(tmp_path / "terminated.log", "wb") as log:
-        proc = _score(path, log, "--force")
-        rc, took = _interrupt_once_scoring(proc, st, lambda: proc.send_signal(signal.SIGTERM))
-    out = (tmp_path / "terminated.log").read_text()
-    assert rc == 143, out[-3000:]
-    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGTERM"
-    assert "interrupted (SIGTERM)" in out and "SIGTERM received" not in out  # no crash dump of Ray's core
-    assert not st.is_done("score") and not st.exists("_LOCK.json")
 
 
 # ---------------------------------------------------------------- the handlers, Ray-free

@@ -118,7 +118,7 @@ def test_pipeline_module_is_the_step_list_and_runner():
     from mosaic_ray import pipeline
 
     assert pipeline.STEP_NAMES == ("ingest", "base", "score", "score_train", "domains", "pilot", "select",
-                                   "train", "report")
+                                   "train", "report", "synthesize", "embed", "cluster", "rounds", "autoscale_report")
     for step in pipeline.STEPS:
         mod = sys.modules[step.run.__module__]
         assert mod.__name__.startswith("mosaic_ray.stages."), (step.name, mod.__name__)

@@ -297,7 +297,8 @@ def synth_run(ingested_run, tmp_path_factory):
     from mosaic_ray.stages.step import Context, run_step
     from mosaic_ray.stages.synthesize import STEP
 
-    cfg, st, _ = copy_run(ingested_run, tmp_path_factory.mktemp("synth"), "synth", shard_size=8)
+    # the autoscale: section (defaults) enables the step and holds its settings
+    cfg, st, _ = copy_run(ingested_run, tmp_path_factory.mktemp("synth"), "synth", shard_size=8, autoscale={})
     payload = run_step(STEP, Context(cfg, st))
     return cfg, st, payload
 

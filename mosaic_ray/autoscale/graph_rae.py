@@ -363,6 +363,10 @@ def _view(g: SceneGraph, rng: np.random.Generator, cfg: GraphRAEConfig) -> Scene
                          noise_m=cfg.aug_noise_m, heading_noise_rad=cfg.aug_heading_noise_rad)
 
 
+def _to(batch: dict, device) -> dict:
+    return batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()}
+
+
 def fit(model: GraphRAE, scenes: Sequence[Clip | SceneGraph], cfg: GraphRAEConfig | None = None,
         seed: int = 0, metrics: np.ndarray | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place with AdamW for ``cfg.steps`` steps (plain torch, CPU).
@@ -393,6 +397,9 @@ def fit(model: GraphRAE, scenes: Sequence[Clip | SceneGraph], cfg: GraphRAEConfi
             raise ValueError(f"metrics: shape {tuple(met.shape)}, expected {(n, cfg.metric_dim)}")
     rng = np.random.default_rng(seed)
     bs = min(cfg.batch_size, n)
+    dev = next(model.parameters()).device  # batches follow the model (GPU when it is on one)
+    if met is not None:
+        met = met.to(dev)
     history: list[dict[str, float]] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -403,8 +410,8 @@ def fit(model: GraphRAE, scenes: Sequence[Clip | SceneGraph], cfg: GraphRAEConfi
             while len(order) < bs:
                 order += rng.permutation(n).tolist()
             idx, order = order[:bs], order[bs:]
-            v1 = collate([_view(graphs[i], rng, cfg) for i in idx])
-            v2 = collate([_view(graphs[i], rng, cfg) for i in idx])
+            v1 = _to(collate([_view(graphs[i], rng, cfg) for i in idx]), dev)
+            v2 = _to(collate([_view(graphs[i], rng, cfg) for i in idx]), dev)
             losses = graph_rae_losses(model, v1, v2, None if met is None else met[idx])
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
@@ -428,7 +435,8 @@ def embed(model: GraphRAE, scenes: Sequence[Clip | SceneGraph], batch_size: int 
     model.eval()
     out: list[np.ndarray] = []
     for a in range(0, len(graphs), batch_size):
-        out.append(model(collate(graphs[a:a + batch_size]))["z"].numpy().astype(np.float32))
+        dev = next(model.parameters()).device
+        out.append(model(_to(collate(graphs[a:a + batch_size]), dev))["z"].cpu().numpy().astype(np.float32))
     model.train(was)
     if not out:
         return np.zeros((0, model.cfg.hidden_dim), np.float32)

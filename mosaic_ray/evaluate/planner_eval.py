@@ -16,7 +16,7 @@ import numpy as np
 from mosaic_ray.data.clip import Clip
 from mosaic_ray.planner.features import FeatureSpec, featurize_clips
 from mosaic_ray.planner.training import plan_batches
-from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_trajectories
+from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_many
 
 
 @dataclass
@@ -90,12 +90,11 @@ def score_planner(model, clips: list[Clip], spec: FeatureSpec, cache: SceneCache
     epdms = np.zeros(n)
     terms = np.full((n, len(TERMS)), np.nan)
     ec_ok = np.zeros(n, bool)
-    for i, clip in enumerate(clips):
-        # the previous frame's plan is tracked from t0 - 0.5 s by the scorer (same vehicle
-        # geometry and initial dynamics as the current frame)
-        prev_poses = prev["trajectory"][i].astype(np.float64) if feats["prev_valid"][i] else None
-        res = score_trajectories(cache.get(clip), cur["trajectory"][i][None].astype(np.float64),
-                                 prev_poses=prev_poses)
+    # the previous frame's plan is tracked from t0 - 0.5 s by the scorer (same vehicle geometry
+    # and initial dynamics as the current frame); the tracking of every clip runs in one call
+    prev_poses = [prev["trajectory"][i].astype(np.float64) if feats["prev_valid"][i] else None for i in range(n)]
+    results = score_many([cache.get(c) for c in clips], cur["trajectory"].astype(np.float64), prev_poses)
+    for i, res in enumerate(results):
         epdms[i] = res.epdms[0]
         for j, t in enumerate(TERMS):
             terms[i, j] = res.terms[t][0]

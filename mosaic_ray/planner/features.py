@@ -85,6 +85,61 @@ def resample_polyline(p: np.ndarray, s_query: np.ndarray) -> np.ndarray:
     return p[idx] + seg[idx] * t[:, None]
 
 
+def resample_lanes(points: np.ndarray, offsets: np.ndarray, lanes: np.ndarray, P: int) -> np.ndarray:
+    """Resample several polylines at once: each of ``lanes`` to ``P`` points evenly spaced over
+    its length (what :func:`resample_polyline` does lane by lane, vectorised over the lanes).
+
+    Args:
+        points: (n, 2) float64 points of all polylines, concatenated (m).
+        offsets: (M + 1,) int, polyline ``i`` is ``points[offsets[i]:offsets[i + 1]]`` (≥ 1 point).
+        lanes: (L,) int, the polylines to resample, in output order.
+        P: points per polyline.
+
+    Returns:
+        (L, P, 2) float64. A polyline whose points all coincide repeats its first point. Equal to
+        the lane-by-lane result up to floating-point rounding (the arc lengths are one cumulative
+        sum over all lanes, offset per lane, instead of one sum per lane).
+    """
+    lanes = np.asarray(lanes, dtype=np.int64)
+    L = len(lanes)
+    if L == 0:
+        return np.zeros((0, P, 2))
+    starts, ends = offsets[lanes], offsets[lanes + 1]
+    counts = ends - starts
+    lane_of = np.repeat(np.arange(L), counts)                       # lane of each gathered point
+    first = np.zeros(int(counts.sum()), bool)
+    first[np.concatenate([[0], np.cumsum(counts)[:-1]])] = True
+    idx = np.arange(len(lane_of)) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+    p = points[idx]
+    step = np.zeros(len(p))
+    step[1:] = np.linalg.norm(np.diff(p, axis=0), axis=1)
+    step[first] = 0.0
+    total = np.bincount(lane_of, weights=step, minlength=L)             # the lane's length (m)
+    keep = first | (step > 1e-9)                                        # drop repeated points
+    p, lane_of, first = p[keep], lane_of[keep], first[keep]
+    step = np.zeros(len(p))
+    step[1:] = np.linalg.norm(np.diff(p, axis=0), axis=1)
+    step[first] = 0.0
+    cs = np.cumsum(step)
+    lane_first = np.flatnonzero(first)                                  # (L,) first kept point per lane
+    s = cs - cs[lane_first][lane_of]                                    # arc length within the lane
+    n_kept = np.diff(np.append(lane_first, len(p)))
+    span = s.max() + 1.0 if len(s) else 1.0
+    key = s + lane_of * span                                            # sorted: lanes apart by > length
+    q = np.linspace(0.0, 1.0, P)[None, :] * total[:, None]              # (L, P) query arc lengths
+    j = np.searchsorted(key, (q + (np.arange(L) * span)[:, None]).ravel(), side="right").reshape(L, P) - 1
+    lo = lane_first[:, None]
+    j = np.clip(j, lo, lo + np.maximum(n_kept[:, None] - 2, 0))         # segment start within the lane
+    seg = p[np.minimum(j + 1, len(p) - 1)] - p[j]
+    ls = np.linalg.norm(seg, axis=-1)
+    t = np.where(ls > 0, (q - s[j]) / np.where(ls > 0, ls, 1.0), 0.0)
+    out = p[j] + seg * t[..., None]
+    single = n_kept < 2
+    if single.any():
+        out[single] = p[lane_first[single]][:, None, :]
+    return out
+
+
 def project_on_polyline(p: np.ndarray, q: np.ndarray) -> float:
     """Arc length along polyline ``p`` (n, 2) of the closest point to ``q`` (2,)."""
     a, b = p[:-1], p[1:]
@@ -147,14 +202,14 @@ def build_observation(clip: Clip, spec: FeatureSpec, offset: int = 0) -> dict[st
         dmin = np.minimum.reduceat(np.linalg.norm(cl, axis=1), offs[:-1])
         order = np.argsort(dmin)[:Lm]
         order = order[dmin[order] < 100.0]
-        for j, i in enumerate(order):
-            c = cl[offs[i]:offs[i + 1]]
-            seg = np.linalg.norm(np.diff(c, axis=0), axis=1).sum()
-            lanes[j] = resample_polyline(c, np.linspace(0.0, seg, P))
-            tl = clip.lane_tl_state[i, ti]
-            lattr[j] = [clip.lane_on_route[i], clip.lane_in_intersection[i], clip.lane_is_extension[i],
-                        tl == TL_RED, tl in (TL_YELLOW, TL_RED_YELLOW), tl == TL_GREEN]
-            lmask[j] = True
+        n = len(order)
+        if n:
+            lanes[:n] = resample_lanes(cl, offs, order, P)
+            tl = clip.lane_tl_state[order, ti]
+            lattr[:n] = np.column_stack([
+                clip.lane_on_route[order], clip.lane_in_intersection[order], clip.lane_is_extension[order],
+                tl == TL_RED, (tl == TL_YELLOW) | (tl == TL_RED_YELLOW), tl == TL_GREEN])
+            lmask[:n] = True
     out["lanes"], out["lanes_attr"], out["lanes_mask"] = lanes / POS_SCALE, lattr, lmask
 
     rc = clip.route_center

@@ -39,8 +39,10 @@ Not guaranteed: equality across different worker counts (a different ``world`` c
 rows share a minibatch and the per-worker batch size), across different ``torch_threads``,
 machines/CPU instruction sets, library versions, or on GPUs (CUDA kernels such as
 scatter/index-add atomics and cuDNN autotuning are not bit-reproducible even with the flag).
-A resumed run matches an uninterrupted one to float tolerance (the optimizer state is
-restored; the data order is the same).
+A resumed run matches an uninterrupted one bit for bit (the model and optimizer state are
+restored and the data order is the same; tests/test_train_resume.py kills a DDP worker and
+compares), and a one-worker Ray Train run matches the in-process loop of
+:func:`mosaic_ray.stages.trainer.train_planner_in_process` bit for bit.
 
 Errors: the loop stops with :class:`NonFiniteTrainingError` (a ``RuntimeError``) naming the
 run, epoch and step as soon as the loss or any weight is NaN/inf (both are checked after every

@@ -109,7 +109,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.signal import savgol_filter
@@ -120,7 +120,7 @@ from .geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect, b
                        segment_intersects_box, sweep_pairs, wrap_angle)
 from .config import (DEFAULT_SCORER_CONFIG, DISTILL_TERMS, DT, FILTERED_TERMS, N_STEPS, PENALTY_TERMS, TERMS,
                      WEIGHTED_TERMS, ScorerConfig, Term)
-from .reference import REFERENCE_FRACTIONS, reference_proposals
+from .reference import REFERENCE_FRACTIONS, reference_proposals, reference_proposals_many
 from .simulate import (EgoGeometry, initial_dynamics, job_from_poses, job_from_states, simulate_poses,
                        track_many, track_states)
 
@@ -1109,8 +1109,15 @@ def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
 
     # 1. simulate: candidates, reference proposals, human future, previous frames
     cand, prev_tracked = _track_proposals(scene, poses, pp, ec_available)
-    if prev_tracked is not None:
-        prev_states = prev_tracked
+    return _score_tracked(scene, cand, prev_tracked if prev_tracked is not None else prev_states,
+                          ec_available, human_filter, cfg)
+
+
+def _score_tracked(scene: Scene, cand: np.ndarray, prev_states: np.ndarray | None, ec_available: bool,
+                   human_filter: bool, cfg: ScorerConfig) -> EPDMSResult:
+    """Steps 2-4 of :func:`score_trajectories` once the candidates are tracked (``cand``
+    ``(N, 41, 5)`` global states; ``prev_states`` their previous frames or None)."""
+    N = cand.shape[0]
     refs = scene.reference_states()
     R, hi = refs.shape[0], N + refs.shape[0]  # rows: candidates [0, N), references [N, hi), human hi
     allst = np.concatenate([cand, refs, scene.human_states()[None]], axis=0)
@@ -1170,17 +1177,16 @@ def _check_poses(poses: np.ndarray, prev_states: np.ndarray | None,
     return poses, pp
 
 
-def _track_proposals(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | None,
-                     ec_available: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """ONE tracker call for everything not simulated yet: the candidates ``poses``
-    ``(N, 8, 3)``, the reference proposals, the human future and, with EC, the previous
-    frames (``prev_poses`` ``(N, 8, 3)`` or None, and the human's). The scene-level ones
-    are cached on ``scene``. Returns the candidates' global states ``(N, 41, 5)`` and those
-    of ``prev_poses`` ``(N, 41, 5)`` (None without ``prev_poses``)."""
+def _proposal_jobs(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | None,
+                   ec_available: bool, plans: np.ndarray | None = None) -> dict:
+    """The :class:`TrackJob` blocks :func:`_track_proposals` tracks for one scene: the
+    candidates, the scene-level ones not cached yet (reference, human, human_prev) and the
+    previous frames (``plans``: the scene's reference proposals when already computed)."""
     g = scene.geometry
     jobs = {"cand": job_from_poses(scene.start_state, poses, g, scene.init_accel, scene.init_steer)}
     if "reference" not in scene._cache:
-        plans = reference_proposals(scene, REFERENCE_FRACTIONS)
+        if plans is None:
+            plans = reference_proposals(scene, REFERENCE_FRACTIONS)
         jobs["reference"] = job_from_states(scene.start_state, plans, g, scene.init_accel, scene.init_steer)
     if "human" not in scene._cache:
         jobs["human"] = job_from_poses(scene.start_state, scene.human_poses[None], g, scene.init_accel,
@@ -1190,7 +1196,11 @@ def _track_proposals(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | N
     if ec_available and "human_prev" not in scene._cache:
         jobs["human_prev"] = job_from_poses(scene.prev_start, scene.human_prev_poses[None], g,
                                             scene.prev_accel, scene.prev_steer)
-    tracked = dict(zip(jobs, track_many(list(jobs.values()), g)))
+    return jobs
+
+
+def _store_tracked(scene: Scene, tracked: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cache the scene-level tracks of ``tracked`` on ``scene``; returns (cand, prev or None)."""
     for key in ("reference", "human", "human_prev"):
         if key in tracked:
             arr = tracked[key] if key == "reference" else tracked[key][0]
@@ -1198,6 +1208,68 @@ def _track_proposals(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | N
             arr.setflags(write=False)
             scene._cache[key] = arr
     return tracked["cand"], tracked.get("prev")
+
+
+def _track_proposals(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | None,
+                     ec_available: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """ONE tracker call for everything not simulated yet: the candidates ``poses``
+    ``(N, 8, 3)``, the reference proposals, the human future and, with EC, the previous
+    frames (``prev_poses`` ``(N, 8, 3)`` or None, and the human's). The scene-level ones
+    are cached on ``scene``. Returns the candidates' global states ``(N, 41, 5)`` and those
+    of ``prev_poses`` ``(N, 41, 5)`` (None without ``prev_poses``)."""
+    jobs = _proposal_jobs(scene, poses, prev_poses, ec_available)
+    return _store_tracked(scene, dict(zip(jobs, track_many(list(jobs.values()), scene.geometry))))
+
+
+def score_many(scenes: Sequence[Scene], poses: np.ndarray, prev_poses: Sequence[np.ndarray | None],
+               human_filter: bool = True, *, config: ScorerConfig | None = None) -> list[EPDMSResult]:
+    """:func:`score_trajectories` of one trajectory on each of several scenes, with the
+    tracking of all scenes batched: every scene's candidate, reference proposals, human future
+    and previous frames go through ONE tracker call
+    (:func:`~mosaic_ray.scoring.simulate.track_many_geometries`), the reference proposals of
+    all scenes come from one IDM roll-out (:func:`~mosaic_ray.scoring.reference.
+    reference_proposals_many`), then each scene is scored as
+    :func:`score_trajectories` scores it. Same results as one :func:`score_trajectories` call
+    per scene (the tracker is row-wise; checked in tests/test_epdms.py).
+
+    Args:
+        scenes: B scenes from :func:`prepare_scene`.
+        poses: ``(B, 8, 3)`` ego-frame poses (m, m, rad) at 0.5..4.0 s, one per scene.
+        prev_poses: B entries, each ``(8, 3)`` poses of the previous frame (ego frame at
+            t0-0.5 s) or None (EC dropped for that scene).
+        human_filter: apply NAVSIM's human filter.
+        config: thresholds and weights (None: :data:`DEFAULT_SCORER_CONFIG`).
+
+    Returns:
+        B :class:`EPDMSResult`, one per scene (each with N = 1).
+
+    Raises:
+        ValueError: ``poses`` not ``(B, 8, 3)``, ``prev_poses`` not of length B, non-finite poses.
+    """
+    from .simulate import track_many_geometries
+
+    cfg = DEFAULT_SCORER_CONFIG if config is None else config
+    poses = np.asarray(poses, dtype=np.float64)
+    B = len(scenes)
+    if poses.shape != (B, 8, 3):
+        raise ValueError(f"poses: expected ({B}, 8, 3), got {poses.shape}")
+    if len(prev_poses) != B:
+        raise ValueError(f"prev_poses: expected {B} entries, got {len(prev_poses)}")
+    need = [i for i, sc in enumerate(scenes) if "reference" not in sc._cache]
+    plans = dict(zip(need, reference_proposals_many([scenes[i] for i in need], REFERENCE_FRACTIONS)))
+    per_scene, jobs, geoms = [], [], []
+    for i, (scene, p, pp) in enumerate(zip(scenes, poses, prev_poses)):
+        p1, pp1 = _check_poses(p[None], None, None if pp is None else pp)
+        js = _proposal_jobs(scene, p1, pp1, pp is not None, plans.get(i))
+        per_scene.append(list(js))
+        jobs += list(js.values())
+        geoms += [scene.geometry] * len(js)
+    tracked = iter(track_many_geometries(jobs, geoms))
+    out = []
+    for scene, keys, pp in zip(scenes, per_scene, prev_poses):
+        cand, prev = _store_tracked(scene, {k: next(tracked) for k in keys})
+        out.append(_score_tracked(scene, cand, prev, pp is not None, human_filter, cfg))
+    return out
 
 
 def score_vocabulary(clip_or_scene: Clip | Scene, anchors: np.ndarray,

@@ -94,6 +94,26 @@ def reference_proposals(scene: Any, fractions: Sequence[float] = REFERENCE_FRACT
         ``(R, 41, 4)`` float64 global states ``[x, y, heading, speed]`` (m, m, rad, m/s) at
         0.1 s from t0, ``R = len(fractions)``; index 0 is the ego start state.
     """
+    su = _setup(scene, fractions)
+    S, V = _idm_rollout([su])[0]
+    return _finish(scene, su, S, V)
+
+
+def reference_proposals_many(scenes: Sequence[Any],
+                             fractions: Sequence[float] = REFERENCE_FRACTIONS) -> list[np.ndarray]:
+    """:func:`reference_proposals` of several scenes with ONE IDM roll-out loop over all of them
+    (agents and red lights padded per scene; padding never leads, so each scene's result equals
+    its :func:`reference_proposals`, checked in tests/test_epdms.py).
+
+    Returns:
+        one ``(R, 41, 4)`` float64 array per scene, as :func:`reference_proposals`.
+    """
+    sus = [_setup(sc, fractions) for sc in scenes]
+    return [_finish(sc, su, S, V) for sc, su, (S, V) in zip(scenes, sus, _idm_rollout(sus))]
+
+
+def _setup(scene: Any, fractions: Sequence[float]) -> dict:
+    """Per-scene inputs of the IDM roll-out: path, start, target speeds, agents on the path."""
     frac = np.asarray(fractions, dtype=np.float64)
     R = frac.shape[0]
     path, cum = _extended_path(scene.route_center)
@@ -133,25 +153,65 @@ def reference_proposals(scene: Any, fractions: Sequence[float] = REFERENCE_FRACT
         e_arc, _, e_dist = project_to_polyline(entries, path)
         red_arc[lanes] = np.where(e_dist <= 0.5 * W + 2.0, e_arc, np.inf)
 
-    s = np.full(R, s0)
-    v = np.full(R, v0)
-    S = np.empty((R, N_STEPS))
-    V = np.empty((R, N_STEPS))
+    su = dict(path=path, cum=cum, vh=vh, start=start, d0=d0, s0=s0, v0=v0, v_target=v_target, L=L, R=R, A=A,
+              red=red, red_arc=red_arc)
+    if A:
+        su.update(a_arc=a_arc, a_vlong=a_vlong, in_corr=in_corr, half=half)
+    return su
+
+
+def _idm_rollout(sus: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Arc length S and speed V ``(R, 41)`` of every scene's proposals: the IDM loop over the
+    41 steps, run once for all scenes (rows of scene b: ``R`` rows; agents padded to the largest
+    count with entries never in the corridor, red lights padded with never-red lanes)."""
+    B = len(sus)
+    if B == 0:
+        return []
+    Rs = [su["R"] for su in sus]
+    rows = np.repeat(np.arange(B), Rs)
+    n = len(rows)
+    A = max(su["A"] for su in sus)
+    M = max(su["red"].shape[1] for su in sus)
+    s = np.concatenate([np.full(su["R"], su["s0"]) for su in sus])
+    v = np.concatenate([np.full(su["R"], su["v0"]) for su in sus])
+    v_target = np.concatenate([su["v_target"] for su in sus])
+    Lrow = np.array([su["L"] for su in sus])[rows]
+    if A:
+        in_corr = np.zeros((B, N_STEPS, A), bool)
+        a_arc = np.zeros((B, N_STEPS, A))
+        half = np.zeros((B, N_STEPS, A))
+        a_vlong = np.zeros((B, N_STEPS, A))
+        for b, su in enumerate(sus):
+            k = su["A"]
+            if k:
+                in_corr[b, :, :k], a_arc[b, :, :k] = su["in_corr"], su["a_arc"]
+                half[b, :, :k], a_vlong[b, :, :k] = su["half"], su["a_vlong"]
+        in_corr, a_arc, half, a_vlong = in_corr[rows], a_arc[rows], half[rows], a_vlong[rows]  # (n, 41, A)
+    if M:
+        red = np.zeros((B, N_STEPS, M), bool)
+        red_arc = np.full((B, M), np.inf)
+        for b, su in enumerate(sus):
+            m = su["red"].shape[1]
+            red[b, :, :m], red_arc[b, :m] = su["red"], su["red_arc"]
+        red, red_arc = red[rows], red_arc[rows]                                   # (n, 41, M), (n, M)
+    S = np.empty((n, N_STEPS))
+    V = np.empty((n, N_STEPS))
     S[:, 0], V[:, 0] = s, v
     a_cmf = np.sqrt(IDM_ACCEL_MAX * IDM_DECEL_MAX)
+    ar = np.arange(n)
     for t in range(N_STEPS - 1):
-        gap = np.full(R, np.inf)
-        v_lead = np.zeros(R)
+        gap = np.full(n, np.inf)
+        v_lead = np.zeros(n)
         if A:
-            ahead = in_corr[t][None, :] & (a_arc[t][None, :] > s[:, None])      # (R, A)
-            g = np.where(ahead, a_arc[t][None, :] - s[:, None] - half[t][None, :], np.inf)
+            ahead = in_corr[:, t] & (a_arc[:, t] > s[:, None])                     # (n, A)
+            g = np.where(ahead, a_arc[:, t] - s[:, None] - half[:, t], np.inf)
             k = np.argmin(g, axis=1)
-            gap = g[np.arange(R), k]
-            v_lead = np.where(np.isfinite(gap), a_vlong[t, k], 0.0)
-        if red.shape[1]:
-            r_arc = np.where(red[t], red_arc, np.inf)                           # (M,)
-            rg = r_arc[None, :] - s[:, None] - 0.5 * L
-            rg = np.where(rg > -0.5 * L, rg, np.inf)  # already past the entry: ignore
+            gap = g[ar, k]
+            v_lead = np.where(np.isfinite(gap), a_vlong[ar, t, k], 0.0)
+        if M:
+            r_arc = np.where(red[:, t], red_arc, np.inf)                           # (n, M)
+            rg = r_arc - s[:, None] - 0.5 * Lrow[:, None]
+            rg = np.where(rg > -0.5 * Lrow[:, None], rg, np.inf)  # already past the entry: ignore
             rmin = rg.min(axis=1)
             use = rmin < gap
             gap = np.where(use, rmin, gap)
@@ -165,7 +225,13 @@ def reference_proposals(scene: Any, fractions: Sequence[float] = REFERENCE_FRACT
         s = s + 0.5 * (v + v_new) * DT
         v = v_new
         S[:, t + 1], V[:, t + 1] = s, v
+    return list(zip(np.split(S, np.cumsum(Rs)[:-1]), np.split(V, np.cumsum(Rs)[:-1])))
 
+
+def _finish(scene: Any, su: dict, S: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Global states ``(R, 41, 4)`` from the roll-out's arc lengths and speeds."""
+    path, cum, vh, start, d0 = su["path"], su["cum"], su["vh"], su["start"], su["d0"]
+    R = su["R"]
     # positions: centre-line point plus the decaying lateral offset
     tt = np.arange(N_STEPS) * DT
     u = np.clip(tt / OFFSET_BLEND_S, 0.0, 1.0)

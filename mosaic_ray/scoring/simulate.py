@@ -257,7 +257,8 @@ def initial_dynamics(states: np.ndarray, geometry: EgoGeometry, lag: int = 2,
 
 # ------------------------------------------------------------------------ LQR + bicycle
 def track(ref: np.ndarray, init: np.ndarray, geometry: EgoGeometry,
-          params: TrackerParams = DEFAULT_PARAMS, dt: float = DT) -> np.ndarray:
+          params: TrackerParams = DEFAULT_PARAMS, dt: float = DT,
+          wheel_base: np.ndarray | None = None) -> np.ndarray:
     """Track rear-axle reference poses with NAVSIM's LQR on the kinematic bicycle model.
 
     Args:
@@ -266,6 +267,9 @@ def track(ref: np.ndarray, init: np.ndarray, geometry: EgoGeometry,
         init: ``(N, 5)`` initial rear-axle state ``[x, y, heading, speed, accel]`` plus
             steering angle as a 6th column ``(N, 6)``: ``[x, y, h, v, a, steer]``.
         geometry: wheel base.
+        wheel_base: optional ``(N,)`` wheel base per row (m), overriding ``geometry``'s: rows of
+            several clips (egos of different sizes) tracked in one call. Every operation of the
+            tracker is row by row, so a row's result does not depend on the other rows.
 
     Returns:
         ``(N, 41, 6)`` float64 simulated rear-axle states ``[x, y, heading, v, accel,
@@ -279,7 +283,7 @@ def track(ref: np.ndarray, init: np.ndarray, geometry: EgoGeometry,
     v_prof, k_prof = fit_velocity_curvature(ref, params, dt)
     M = v_prof.shape[1]
     H = params.tracking_horizon
-    WB = geometry.wheel_base
+    WB = geometry.wheel_base if wheel_base is None else np.asarray(wheel_base, dtype=np.float64)
     # curvature windows for every step: (N, P-1, H)
     t_idx = np.arange(P - 1)
     ref_idx = np.minimum(t_idx + H, M - 1)
@@ -372,8 +376,9 @@ def _centre_to_rear(xyh: np.ndarray, rear_offset: float) -> np.ndarray:
     return out
 
 
-def _tracked_to_centre(sim: np.ndarray, rear_offset: float) -> np.ndarray:
-    """(N, 41, 6) rear-axle states -> (N, 41, 5) box-centre ``[x, y, h, v, accel]``."""
+def _tracked_to_centre(sim: np.ndarray, rear_offset) -> np.ndarray:
+    """(N, 41, 6) rear-axle states -> (N, 41, 5) box-centre ``[x, y, h, v, accel]``
+    (``rear_offset`` a float or ``(N, 1)`` per row)."""
     out = np.empty(sim.shape[:-1] + (5,))
     out[..., 0] = sim[..., 0] + rear_offset * np.cos(sim[..., 2])
     out[..., 1] = sim[..., 1] + rear_offset * np.sin(sim[..., 2])
@@ -513,3 +518,33 @@ def track_many(jobs: list[TrackJob], geometry: EgoGeometry,
         res.append(out[i:i + n])
         i += n
     return res
+
+
+def track_many_geometries(jobs: list[TrackJob], geometries: list[EgoGeometry],
+                          params: TrackerParams = DEFAULT_PARAMS) -> list[np.ndarray]:
+    """:func:`track_many` over jobs of several clips, each with its own ego geometry: ONE
+    :func:`track` call for all of them (per-row wheel base and rear offset), which spreads the
+    tracker's per-step overhead over every clip of a batch.
+
+    Args:
+        jobs: the :class:`TrackJob` blocks.
+        geometries: the :class:`EgoGeometry` of each job (same length as ``jobs``).
+
+    Returns:
+        one ``(n, 41, 5)`` box-centre ``[x, y, heading, speed, accel]`` array per job, equal to
+        what :func:`track_many` gives the job alone (row-wise arithmetic, same operations).
+
+    Raises:
+        ValueError: ``jobs`` and ``geometries`` differ in length.
+    """
+    if len(jobs) != len(geometries):
+        raise ValueError(f"{len(jobs)} jobs but {len(geometries)} geometries")
+    if not jobs:
+        return []
+    sizes = [j.ref.shape[0] for j in jobs]
+    ref = np.concatenate([j.ref for j in jobs], axis=0)
+    init = np.concatenate([j.init for j in jobs], axis=0)
+    wb = np.repeat([g.wheel_base for g in geometries], sizes)
+    ro = np.repeat([g.rear_offset for g in geometries], sizes)[:, None]
+    out = _tracked_to_centre(track(ref, init, geometries[0], params, wheel_base=wb), ro)
+    return np.split(out, np.cumsum(sizes)[:-1])

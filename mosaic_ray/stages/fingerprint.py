@@ -38,9 +38,14 @@ NOT_RESULTS = frozenset({
     "name", "output_dir", "storage", "ray",
     "ingest.num_cpus_per_task", "ingest.shard_size",
     "score.batch_size", "score.num_actors", "score.num_cpus_per_actor", "score.num_gpus_per_actor",
+    "score.pipeline", "score.plan", "score.epdms",
     "pilot.cpus_per_trial", "pilot.max_concurrent_trials",
     "train.cpus_per_worker", "train.gpus_per_worker", "train.concurrency", "train.checkpoint_every",
     "train.cache_shard", "eval_batch_size",
+    "autoscale.embed_batch_size", "autoscale.embed_num_actors", "autoscale.embed_cpus_per_actor",
+    "autoscale.embed_gpus_per_actor", "autoscale.cpus_per_trial", "autoscale.gpus_per_trial",
+    "autoscale.max_concurrent_trials", "autoscale.graph_rae.train_num_cpus", "autoscale.graph_rae.train_num_gpus",
+    "autoscale.synthesize.num_cpus_per_actor", "autoscale.synthesize.num_actors",
 })
 
 
@@ -56,6 +61,8 @@ def config_value(cfg: ExperimentConfig, path: str) -> Any:
         KeyError: no such config path."""
     value: Any = cfg.model_dump(mode="json")
     for key in path.split("."):
+        if value is None:  # below a section the config leaves out (e.g. no selection: AutoScale only)
+            return None
         if not isinstance(value, dict) or key not in value:
             raise KeyError(f"no config key {path!r}")
         value = value[key]

@@ -1,12 +1,14 @@
 """The experiment grid: final trainings per (method, budget, seed) as concurrent Ray Tune trials.
 
 Each grid cell trains a planner on D_train ∪ D_sel with Ray Train (the ``TorchTrainer`` is
-built inside the Tune function, as Train V2 requires), evaluates it on the test split and
-stores ``train/results/<key>.json`` (its ``test`` entry: the test split's EPDMS, terms and
-per-clip scores). Cells already stored are skipped, so an interrupted grid
-resumes where it stopped; the cells still to run are scheduled ``train.concurrency`` at a
-time within the cluster's resources (each trial reserves no CPU of its own; its Train workers
-and Ray Data tasks reserve theirs).
+built inside the Tune function, as Train V2 requires) or, for one-worker cells, with the same
+loop inside the trial (``train.backend``; no worker-group start-up per cell), evaluates it on
+the test split and stores ``train/results/<key>.json`` (its ``test`` entry: the test split's
+EPDMS, terms and per-clip scores). Cells already stored are skipped, so an
+interrupted grid resumes where it stopped; the cells still to run are scheduled
+``train.concurrency`` at a time within the cluster's resources (a Ray Train cell's trial
+reserves no CPU of its own, its Train workers and Ray Data tasks reserve theirs; an in-trial
+cell reserves ``train.cpus_per_worker``).
 """
 
 from __future__ import annotations
@@ -54,20 +56,21 @@ def cell_is_current(storage: Storage, cell: Cell) -> bool:
 
 def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None = None) -> None:
     """Tune trainable for one grid cell: Ray Train run with the final-training recipe
-    (``recipe_from_config(cfg, "final")``), validation evaluation, stored result.
+    (``recipe_from_config(cfg, "final")``), test-split evaluation, stored result.
     ``cells`` and ``storage`` come through the object store (``tune.with_parameters``)."""
     from ray import tune
 
     from mosaic_ray.config import ExperimentConfig
     from mosaic_ray.stages.base import evaluate_checkpoint
     from mosaic_ray.planner.training import recipe_from_config
-    from mosaic_ray.stages.trainer import train_planner
+    from mosaic_ray.stages.trainer import train_planner, train_planner_in_process
 
     cell = Cell(**cells[config["cell"]])
     cfg = ExperimentConfig.model_validate(config["cfg"])
     st = storage
     t0 = time.time()
-    info = train_planner(cfg, st, name=cell.key, epochs=cfg.train.epochs, seed=cell.seed,
+    train = train_planner_in_process if cfg.train.in_trial else train_planner
+    info = train(cfg, st, name=cell.key, epochs=cfg.train.epochs, seed=cell.seed,
                          pool_ids=cell.pool_ids or None,
                          init_checkpoint="planner/base.pt" if cfg.train.init == "base" else None,
                          fresh=bool(config.get("fresh", False)), recipe=recipe_from_config(cfg, "final"))
@@ -87,7 +90,7 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
     """Run the cells not yet stored (all with ``force``); returns ``{key: result}`` for all cells.
 
     Each result (``train/results/<key>.json``) holds the training info of
-    :func:`~mosaic_ray.stages.trainer.train_planner` (with the recipe used), ``validation``
+    :func:`~mosaic_ray.stages.trainer.train_planner` (with the recipe used), ``test``
     (mean EPDMS in [0, 1] and the nine terms) and timings in seconds.
 
     Raises:
@@ -109,8 +112,11 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
         digest = hashlib.sha1(json.dumps(keys).encode()).hexdigest()[:8]
         log.info("[train] %d of %d grid cells to run, %d at a time (%d finished earlier)",
                  len(todo), len(cells), conc, len(cells) - len(todo))
+        # in_trial: the trial trains, so it reserves the worker's CPUs; otherwise it only waits
+        # while its Train workers and Ray Data tasks reserve theirs
+        cpu = cfg.train.cpus_per_worker if cfg.train.in_trial else 0
         trainable = tune.with_resources(tune.with_parameters(_cell_trial, cells=by_key, storage=storage),
-                                        {"cpu": 0, "memory": 256 * 1024**2})  # the trial itself only waits
+                                        {"cpu": cpu, "memory": 256 * 1024**2})
         tuner = tune.Tuner(
             trainable,
             param_space={"cell": tune.grid_search(keys), "cfg": cfg.model_dump(mode="json"), "fresh": force},
@@ -122,7 +128,7 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
                 name=f"grid-{digest}-{int(time.time())}", verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[tune_progress_callback(
-                    "train", len(todo), lambda r: f"{r['key']}: validation EPDMS {100 * r['epdms']:.2f}")]),
+                    "train", len(todo), lambda r: f"{r['key']}: test EPDMS {100 * r['epdms']:.2f}")]),
         )
         grid = tuner.fit()
         errors = [str(r.error) for r in grid if r.error is not None]

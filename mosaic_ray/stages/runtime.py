@@ -87,6 +87,42 @@ def default_num_actors(cfg: ExperimentConfig) -> int:
     return max(1, min(int(cpus), int((cpus - 0.5) // cfg.score.num_cpus_per_actor)))
 
 
+def score_pool_sizes(cfg: ExperimentConfig, n_shards: int, cpus: float | None = None,
+                     gpus: float | None = None) -> dict[str, tuple[int, int]]:
+    """``{"plan": (min, max), "epdms": (min, max)}`` actors of the two-stage score step.
+
+    Unset maxima fit the cluster Ray sees (``cpus``/``gpus``, default: :func:`cluster_cpus` /
+    :func:`cluster_gpus`): planner actors on GPUs take GPUs / ``plan.num_gpus_per_actor``
+    of them, CPU planner actors one per 8 CPUs; EPDMS actors one per CPU left after the CPU
+    planner actors' CPUs (their ``num_cpus_per_actor`` is what Ray reserves; one actor per
+    core keeps the cores busy without oversubscribing them). Every pool keeps at least one actor,
+    at most one per shard, and a minimum never above its maximum. On 2 CPUs: 1 planner actor and
+    2 EPDMS actors, 1.5 CPUs reserved (the 2-core deadlocks of RAY_NOTES.md need a free half CPU
+    only where read tasks run; this step reads inside its actors).
+
+    Raises:
+        UsageError: the configured ``num_gpus_per_actor`` asks for GPUs the cluster does not have.
+    """
+    from mosaic_ray.errors import UsageError
+
+    cpus = cluster_cpus() if cpus is None else float(cpus)
+    gpus = cluster_gpus() if gpus is None else float(gpus)
+    p, e = cfg.score.plan, cfg.score.epdms
+    cap = max(1, n_shards)
+    if p.num_gpus_per_actor > 0:
+        if gpus < p.num_gpus_per_actor:
+            raise UsageError(f"score.plan.num_gpus_per_actor={p.num_gpus_per_actor} but the Ray cluster has "
+                             f"{gpus:g} GPUs: set it to 0 (CPU planner) or start Ray with GPUs")
+        plan_max = p.max_actors or max(1, int(gpus // p.num_gpus_per_actor))
+    else:
+        plan_max = p.max_actors or max(1, int(cpus // 8))
+    plan_max = min(plan_max, cap)
+    plan_cpus = plan_max * p.num_cpus_per_actor
+    epdms_max = e.max_actors or max(1, int(cpus - plan_cpus + 0.5))
+    epdms_max = min(epdms_max, cap)
+    return {"plan": (min(p.min_actors, plan_max), plan_max), "epdms": (min(e.min_actors, epdms_max), epdms_max)}
+
+
 def pilot_concurrency(cfg: ExperimentConfig) -> int:
     """Pilot trials at a time: ``pilot.max_concurrent_trials`` or the CPUs over ``cpus_per_trial``."""
     return cfg.pilot.max_concurrent_trials or max(1, int(cluster_cpus() // cfg.pilot.cpus_per_trial))

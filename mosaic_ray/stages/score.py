@@ -1,13 +1,22 @@
 """``mosaic-ray score``: the planner and the EPDMS scorer over every pool clip, on Ray Data.
 
-Ray Data streams the pool's clip shards through an actor pool
-(``map_batches(ScoreStage, compute=ActorPoolStrategy(size=n))``); each actor loads the
-planner checkpoint once and, per batch, runs the planner (t0 and the previous frame) and
-scores its chosen trajectory. Output (``<run>/score/scores/*.parquet``), one row per pool
-clip: metadata for domain assignment, ``importance`` (EPDMS of the base model on the clip,
-MOSAIC §3.2.1), the nine terms, ``ec_available``, ``entropy`` and ``embedding``, and
-``status`` ("ok" or the reason the clip could not be scored — such a clip keeps its row
-with NaN scores so that no clip is silently dropped).
+Two pipelines (``score.pipeline``):
+
+* ``two_stage`` (default): the pool's clip shards stream through two actor pools, each sized
+  on its own (``score.plan``, ``score.epdms``; autoscaling between ``min_actors`` and
+  ``max_actors``): :class:`PlanStage` (planner inference: decode, featurise, forward at t0
+  and at the previous frame, embedding, logits, chosen trajectory; on a GPU when
+  ``score.plan.num_gpus_per_actor`` > 0) hands each shard, clip columns and plan columns, to
+  :class:`EPDMSStage` (CPU: scene preparation, batched tracking, EPDMS) through Ray's object
+  store, with no storage round trip; the EPDMS stage writes the shard's output.
+* ``single``: one pool of :class:`ScoreStage` actors does both (the pre-issue-14 layout).
+
+Output (``<run>/score/scores/*.parquet``), one row per pool clip and one output shard per
+input shard (a shard whose output exists is not redone: per-shard resume): metadata for domain
+assignment, ``importance`` (EPDMS of the base model on the clip, MOSAIC §3.2.1), the nine
+terms, ``ec_available``, ``entropy`` and ``embedding``, and ``status`` ("ok" or the reason the
+clip could not be scored — such a clip keeps its row with NaN scores so that no clip is
+silently dropped). Both pipelines give the same rows (tests/test_score_pipeline.py).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from mosaic_ray import layout
@@ -27,9 +37,9 @@ from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.data.clip import clip_schema
 from mosaic_ray.data.split import duplicated
 from mosaic_ray.scoring.epdms import TERMS
-from mosaic_ray.stages.runtime import default_num_actors
-from mosaic_ray.stages.shards import (Resources, ShardInputError, ShardStage, preflight_shards, record_actor_pid,
-                                      run_shard_stage)
+from mosaic_ray.stages.runtime import default_num_actors, score_pool_sizes
+from mosaic_ray.stages.shards import (SHARD_RECORDS, ProcessingStage, Resources, ShardInputError, ShardStage,
+                                      map_stage, preflight_shards, record_actor_pid, run_shard_stage)
 from mosaic_ray.stages.step import Context, Step, needs_of
 from mosaic_ray.storage import Storage, StorageError
 
@@ -143,6 +153,255 @@ class ScoreStage(ShardStage):
         out["status"].append(err)
 
 
+def _decode(batch: pa.Table) -> tuple[list, list[int], dict[int, str]]:
+    """Clips of an Arrow table (clip schema): (clips, their row indices, {row: decode error})."""
+    from mosaic_ray.data.clip import clip_from_row, clips_from_table
+
+    try:
+        clips = clips_from_table(batch)
+        return clips, list(range(len(clips))), {}
+    except Exception:  # decode row by row to isolate the broken rows
+        clips, rows, bad = [], [], {}
+        for i, r in enumerate(batch.to_pylist()):
+            try:
+                clips.append(clip_from_row(r))
+                rows.append(i)
+            except Exception as e:
+                bad[i] = f"decode_error: {type(e).__name__}: {e}"[:300]
+        return clips, rows, bad
+
+
+def _error(kind: str, e: Exception) -> str:
+    return f"{kind}: {type(e).__name__}: {e}"[:300]
+
+
+#: columns :class:`PlanStage` adds to a shard's clip columns (``_traj``/``_prev_traj``: (8, 3)
+#: float32 ego-frame poses flattened, ``_prev_traj`` null without a previous frame; ``_status``
+#: null where the clip goes on to EPDMS, else its error)
+PLAN_COLUMNS = ("_shard", "_shard_rows", "_status", "_traj", "_prev_traj", "_entropy", "_embedding",
+                "_choice", "_plan_wall_s", "_plan_cpu_s")
+
+
+class PlanStage(ProcessingStage):
+    """Planner inference for whole clip shards (stage (a) of the two-stage score step).
+
+    Input: a batch of ``shard`` names (one per call). Output per shard: its clip columns
+    (passed on to :class:`EPDMSStage`) plus :data:`PLAN_COLUMNS`, one row per clip, in shard
+    order. A clip that cannot be decoded or featurised gets its error in ``_status`` and no plan.
+
+    Resources: ``cpus``/``gpus`` per actor; with ``gpus`` > 0 and CUDA present the forward runs
+    there, ``batch_size`` clips at a time.
+    """
+
+    name = "score_plan"
+    stateful = True
+    batch_size = 1
+
+    def __init__(self, storage: Storage, checkpoint: str, batch_size: int, cpus: float, gpus: float,
+                 torch_threads: int = 1):
+        self.store, self.checkpoint, self.plan_batch = storage, checkpoint, batch_size
+        self.resources = Resources(cpus=cpus, gpus=gpus)
+        self.torch_threads = torch_threads
+
+    def setup(self) -> None:
+        from mosaic_ray.planner.model import load_checkpoint
+
+        torch.set_num_threads(self.torch_threads)
+        record_actor_pid(self.name)
+        self.device = "cuda" if (self.resources.gpus > 0 and torch.cuda.is_available()) else "cpu"
+        self.model = load_checkpoint(self.store.local_copy(self.checkpoint), map_location=self.device).to(self.device)
+        self.model.eval()
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        parts = [self.plan_shard(s, self.store.read_table(s)) for s in batch.column("shard").to_pylist()]
+        return pa.concat_tables(parts)
+
+    def plan_shard(self, shard: str, table: pa.Table) -> pa.Table:
+        """Plan every clip of ``table`` (clip schema); returns ``table`` with :data:`PLAN_COLUMNS`."""
+        from mosaic_ray.planner.features import featurize_clips
+        from mosaic_ray.planner.training import plan_batches
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        n, E = table.num_rows, self.model.spec.embed_dim
+        spec = self.model.spec.features
+        clips, rows, status = _decode(table)
+        status = {i: s for i, s in status.items()}
+        try:
+            feats = featurize_clips(clips, spec, with_prev=True) if clips else None
+            ok = list(range(len(clips)))
+        except Exception:  # isolate the clips that cannot be featurised
+            ok = []
+            for j, c in enumerate(clips):
+                try:
+                    featurize_clips([c], spec, with_prev=True)
+                    ok.append(j)
+                except Exception as e:
+                    status[rows[j]] = _error("score_error", e)
+            feats = featurize_clips([clips[j] for j in ok], spec, with_prev=True) if ok else None
+        traj = np.full((n, 24), np.nan, np.float32)
+        prev_traj: list = [None] * n
+        entropy = np.full(n, np.nan)
+        emb = np.full((n, E), np.nan, np.float32)
+        choice = np.full(n, -1, np.int64)
+        if ok:
+            cur = plan_batches(self.model, feats, self.plan_batch)
+            prev = plan_batches(self.model, feats, self.plan_batch, prefix="prev_")
+            idx = np.array([rows[j] for j in ok])
+            traj[idx] = cur["trajectory"].reshape(len(ok), 24)
+            entropy[idx] = cur["entropy"].astype(np.float64)
+            emb[idx] = cur["embedding"]
+            choice[idx] = cur["choice"].astype(np.int64)
+            for k, i in enumerate(idx):
+                if feats["prev_valid"][k]:
+                    prev_traj[i] = prev["trajectory"][k].reshape(24).astype(np.float32)
+        vec = lambda d: pa.list_(pa.float32(), d)  # noqa: E731
+        cols = {
+            "_shard": pa.array([shard] * n, pa.string()), "_shard_rows": pa.array([n] * n, pa.int64()),
+            "_status": pa.array([status.get(i) for i in range(n)], pa.string()),
+            "_traj": pa.FixedSizeListArray.from_arrays(pa.array(traj.ravel()), 24),
+            "_prev_traj": pa.array([None if p is None else p for p in prev_traj], vec(24)),
+            "_entropy": pa.array(entropy, pa.float64()),
+            "_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), E),
+            "_choice": pa.array(choice, pa.int64()),
+            "_plan_wall_s": pa.array([time.perf_counter() - t0] * n, pa.float64()),
+            "_plan_cpu_s": pa.array([time.process_time() - c0] * n, pa.float64()),
+        }
+        for k, v in cols.items():
+            table = table.append_column(k, v)
+        return table
+
+
+#: one completion record per shard of the two-stage step (:data:`SHARD_RECORDS` plus the
+#: planner stage's wall and CPU seconds on the shard)
+SCORE_RECORDS = pa.schema(list(SHARD_RECORDS) + [("plan_wall_s", pa.float64()), ("plan_cpu_s", pa.float64())])
+
+
+class EPDMSStage(ProcessingStage):
+    """EPDMS of the planned trajectories, written one output shard per input shard (stage (b)
+    of the two-stage score step; CPU).
+
+    Input: whole blocks of :class:`PlanStage` output (``batch_size`` None: one block per call,
+    one shard per block). Per shard: the clips' scenes are prepared and scored
+    ``clip_batch_size`` at a time (:func:`~mosaic_ray.scoring.epdms.score_many`), the rows
+    assembled in shard order (:func:`scores_schema`) and written atomically to
+    ``output_dir/<shard file name>``. Returns one :data:`SCORE_RECORDS` record per shard.
+
+    Raises:
+        RuntimeError: a block holds part of a shard (the rows of one shard must arrive together;
+            the step sets Ray Data's block size so that they do).
+    """
+
+    name = "score_epdms"
+    stateful = True
+    batch_size = None
+
+    def __init__(self, storage: Storage, output_dir: str, cpus: float, clip_batch_size: int = 64):
+        self.store, self.output_dir, self.clip_batch_size = storage, output_dir, clip_batch_size
+        self.resources = Resources(cpus=cpus, gpus=0.0)
+
+    def setup(self) -> None:
+        record_actor_pid(self.name)
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        shards = batch.column("_shard").to_pylist()
+        recs = []
+        for shard in dict.fromkeys(shards):
+            part = batch.filter(pc.equal(batch.column("_shard"), shard))
+            want = part.column("_shard_rows")[0].as_py()
+            if part.num_rows != want:
+                raise RuntimeError(f"{shard}: {part.num_rows} of its {want} rows reached one EPDMS call "
+                                   "(a shard's rows must stay in one block)")
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = self.score_shard(part)
+            self.store.write_table(f"{self.output_dir}/{shard.rsplit('/', 1)[-1]}", out)
+            recs.append({"shard": shard, "rows": out.num_rows, "skipped": False,
+                         "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                         "plan_wall_s": part.column("_plan_wall_s")[0].as_py(),
+                         "plan_cpu_s": part.column("_plan_cpu_s")[0].as_py()})
+        return pa.Table.from_pylist(recs, schema=SCORE_RECORDS)
+
+    def score_shard(self, part: pa.Table) -> pa.Table:
+        """Score one shard's :class:`PlanStage` rows; one :func:`scores_schema` row per row."""
+        from mosaic_ray.scoring.epdms import prepare_scene, score_many
+
+        n = part.num_rows
+        E = part.schema.field("_embedding").type.list_size
+        status = part.column("_status").to_pylist()
+        clips, rows, bad = _decode(part.select([c for c in part.column_names if not c.startswith("_")]))
+        for i, err in bad.items():
+            status[i] = status[i] or err
+        by_row = dict(zip(rows, clips))
+        traj = part.column("_traj").combine_chunks().flatten().to_numpy().reshape(n, 8, 3).astype(np.float64)
+        prev = part.column("_prev_traj").to_pylist()
+        res: dict[int, object] = {}
+        todo = [i for i in range(n) if status[i] is None]
+        for k in range(0, len(todo), self.clip_batch_size):
+            chunk = todo[k:k + self.clip_batch_size]
+            pp = [None if prev[i] is None else np.asarray(prev[i], np.float64).reshape(8, 3) for i in chunk]
+            try:
+                out = score_many([prepare_scene(by_row[i]) for i in chunk], traj[chunk], pp)
+                res.update(zip(chunk, out))
+            except Exception:  # isolate the clip that fails
+                for i, p in zip(chunk, pp):
+                    try:
+                        res[i] = score_many([prepare_scene(by_row[i])], traj[[i]], [p])[0]
+                    except Exception as e:
+                        status[i] = _error("score_error", e)
+        schema = scores_schema(E)
+        out = {c: [] for c in schema.names}
+        ids = part.column("clip_id").to_pylist()
+        emb = part.column("_embedding").combine_chunks().flatten().to_numpy().reshape(n, E)
+        entropy, choice = part.column("_entropy").to_numpy(), part.column("_choice").to_numpy()
+        for i in range(n):
+            c = by_row.get(i)
+            if c is not None:
+                for m in META_COLUMNS:
+                    out[m].append(getattr(c, m))
+            else:  # undecodable row: its id, no metadata
+                out["clip_id"].append(ids[i])
+                for m in META_COLUMNS[1:]:
+                    out[m].append(None)
+            r = res.get(i)
+            if r is None:
+                ScoreStage._nan_row(out, E, status[i] or "score_error: not scored")
+                continue
+            out["importance"].append(float(r.epdms[0]))
+            for t in TERMS:
+                out[t.lower()].append(float(r.terms[t][0]))
+            out["ec_available"].append(bool(r.ec_available))
+            out["entropy"].append(float(entropy[i]))
+            out["embedding"].append(emb[i].astype(np.float32))
+            out["choice"].append(int(choice[i]))
+            out["status"].append("ok")
+        return pa.Table.from_pydict(out, schema=schema)
+
+
+def run_two_stage(storage: Storage, checkpoint: str, shards: list[str], output_dir: str, cfg: ExperimentConfig,
+                  pools: dict[str, tuple[int, int]]) -> pa.Table:
+    """Stream ``shards`` through :class:`PlanStage` into :class:`EPDMSStage` (Ray Data, two
+    autoscaling actor pools of ``pools["plan"]`` / ``pools["epdms"]`` (min, max) actors);
+    returns one :data:`SCORE_RECORDS` record per shard. The blocks are allowed to grow to a
+    whole shard (Ray Data's ``target_max_block_size`` raised to at least 1 GiB while it runs)."""
+    import ray
+
+    sc = cfg.score
+    plan = PlanStage(storage, checkpoint, sc.plan.batch_size, sc.plan.num_cpus_per_actor,
+                     sc.plan.num_gpus_per_actor, cfg.planner.torch_threads)
+    epdms = EPDMSStage(storage, output_dir, sc.epdms.num_cpus_per_actor, sc.epdms.batch_size)
+    if not shards:
+        return SCORE_RECORDS.empty_table()
+    ctx = ray.data.DataContext.get_current()
+    old = ctx.target_max_block_size
+    ctx.target_max_block_size = max(old or 0, 1 << 30)
+    try:
+        ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+        ds = map_stage(ds, plan, pool=pools["plan"])
+        ds = map_stage(ds, epdms, pool=pools["epdms"])
+        return pa.Table.from_pylist(list(ds.iter_rows()), schema=SCORE_RECORDS)
+    finally:
+        ctx.target_max_block_size = old
+
+
 def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: str = "pool",
               out: str = STAGE, force: bool = False) -> dict:
     """Score every clip of ``split`` with the planner at ``checkpoint`` (storage-relative);
@@ -171,13 +430,32 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
                               "every clip must appear once; re-run ingest or remove the duplicates")
     if force and storage.exists(f"{out}/scores"):
         storage.delete(f"{out}/scores")
-    n_actors = min(default_num_actors(cfg), len(shards))
-    stage = ScoreStage(storage, checkpoint, cfg.score.batch_size,
-                       cfg.score.num_cpus_per_actor, cfg.score.num_gpus_per_actor, cfg.planner.torch_threads,
-                       output_dir=f"{out}/scores")
-    log.info(f"[score] {split}: {len(shards)} shards through {n_actors} actor(s) "
-          f"({cfg.score.num_cpus_per_actor} CPU, {cfg.score.num_gpus_per_actor} GPU each)")
-    records = run_shard_stage(stage, shards, n_actors)
+    if cfg.score.pipeline == "single":
+        n_actors = min(default_num_actors(cfg), len(shards))
+        stage = ScoreStage(storage, checkpoint, cfg.score.batch_size,
+                           cfg.score.num_cpus_per_actor, cfg.score.num_gpus_per_actor, cfg.planner.torch_threads,
+                           output_dir=f"{out}/scores")
+        log.info(f"[score] {split}: {len(shards)} shards through {n_actors} actor(s) "
+                 f"({cfg.score.num_cpus_per_actor} CPU, {cfg.score.num_gpus_per_actor} GPU each)")
+        records = run_shard_stage(stage, shards, n_actors)
+        actors: object = n_actors
+        max_actors, reserved = n_actors, n_actors * cfg.score.num_cpus_per_actor
+    else:
+        pools = score_pool_sizes(cfg, len(shards))
+        done = {p.rsplit("/", 1)[-1] for p in storage.list(f"{out}/scores", ".parquet")} \
+            if storage.exists(f"{out}/scores") else set()
+        todo = [s for s in shards if s.rsplit("/", 1)[-1] not in done]
+        p, e = cfg.score.plan, cfg.score.epdms
+        log.info(f"[score] {split}: {len(todo)} of {len(shards)} shards through {pools['plan'][0]}-{pools['plan'][1]} "
+                 f"planner actor(s) ({p.num_cpus_per_actor} CPU, {p.num_gpus_per_actor} GPU each) and "
+                 f"{pools['epdms'][0]}-{pools['epdms'][1]} EPDMS actor(s) ({e.num_cpus_per_actor} CPU each)")
+        records = run_two_stage(storage, checkpoint, todo, f"{out}/scores", cfg, pools)
+        skipped_recs = [{"shard": s, "rows": 0, "skipped": True, "wall_s": 0.0, "cpu_s": 0.0,
+                         "plan_wall_s": 0.0, "plan_cpu_s": 0.0} for s in shards if s not in set(todo)]
+        records = pa.concat_tables([records, pa.Table.from_pylist(skipped_recs, schema=SCORE_RECORDS)])
+        actors = {k: list(v) for k, v in pools.items()}
+        max_actors = pools["plan"][1] + pools["epdms"][1]
+        reserved = pools["plan"][1] * p.num_cpus_per_actor + pools["epdms"][1] * e.num_cpus_per_actor
     skipped = int(sum(records.column("skipped").to_pylist()))
     # exactly one row per input clip
     want = ids
@@ -188,11 +466,17 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
         raise RuntimeError(f"score output mismatch: {len(missing)} clips missing, {extra} duplicated rows")
     status = got_t.column("status").to_pylist()
     n_ok = sum(s == "ok" for s in status)
-    payload = {"rows": len(got), "ok": n_ok, "errors": len(got) - n_ok, "actors": n_actors,
+    payload = {"rows": len(got), "ok": n_ok, "errors": len(got) - n_ok, "actors": actors,
+               "pipeline": cfg.score.pipeline, "max_actors": max_actors,
+               # CPUs the actors reserve at most (resource-seconds = wall_time_s x reserved_cpus)
+               "reserved_cpus": reserved,
                "shards": len(shards), "shards_resumed": skipped,
                # time inside the actors' shard calls (read + score + write), summed over shards
                "shard_wall_s": round(float(sum(records.column("wall_s").to_pylist())), 2),
                "shard_cpu_s": round(float(sum(records.column("cpu_s").to_pylist())), 2),
+               **({"plan_wall_s": round(float(sum(records.column("plan_wall_s").to_pylist())), 2),
+                   "plan_cpu_s": round(float(sum(records.column("plan_cpu_s").to_pylist())), 2)}
+                  if "plan_cpu_s" in records.column_names else {}),
                "checkpoint": checkpoint, "wall_time_s": round(time.time() - t0, 1)}
     log.info(f"[score] {payload['rows']} clips scored ({payload['errors']} errors, {skipped} shards already done) "
           f"in {payload['wall_time_s']} s")
@@ -265,8 +549,10 @@ def _score_train(ctx: Context) -> dict:
 
 
 def _describe(p: dict) -> str:
-    return (f"{p['rows']} clips scored ({p['errors']} errors, {p['shards_resumed']} shards already done) "
-            f"through {p['actors']} actor(s)")
+    a = p["actors"]
+    how = (f"through {a} actor(s)" if not isinstance(a, dict) else
+           f"through {a['plan'][1]} planner and {a['epdms'][1]} EPDMS actor(s) at most")
+    return f"{p['rows']} clips scored ({p['errors']} errors, {p['shards_resumed']} shards already done) {how}"
 
 
 #: the score step: the base planner (or ``score.checkpoint``) and EPDMS over every pool clip

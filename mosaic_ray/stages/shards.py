@@ -74,21 +74,29 @@ def _run_stateless(batch: pa.Table, stage: ProcessingStage) -> pa.Table:
     return stage.process_batch(batch)
 
 
-def map_stage(ds, stage: ProcessingStage, num_workers: int = 1):
+def map_stage(ds, stage: ProcessingStage, num_workers: int = 1, pool: tuple[int, int] | None = None):
     """Apply ``stage`` to a Ray dataset.
 
     Stateful stages run in ``ray.data.ActorPoolStrategy(size=num_workers)`` with the stage's
-    CPUs/GPUs per actor; stateless ones run as tasks. Failure handling is Ray Data's: a dead
-    actor is restarted and its task retried, a failed task re-run (``DataContext``'s
-    ``max_map_retries`` and ``actor_task_retry_on_errors`` tune application-error retries).
+    CPUs/GPUs per actor, or, with ``pool=(min, max)``, in an autoscaling pool of ``min`` to
+    ``max`` actors (Ray Data adds actors while inputs queue); stateless ones run as tasks. A
+    stage ``batch_size`` of None hands each block to the stage whole. Failure handling is Ray
+    Data's: a dead actor is restarted and its task retried, a failed task re-run
+    (``DataContext``'s ``max_map_retries`` and ``actor_task_retry_on_errors`` tune
+    application-error retries).
     """
     import ray
 
     if stage.stateful:
+        compute = (ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if pool is not None
+                   else ray.data.ActorPoolStrategy(size=num_workers))
+        # one actor class per stage, named after it (Ray's actor lists and Data's operator
+        # names then tell the pools apart: ``MapWorker(MapBatches(score_plan))``)
+        actor_cls = type(stage.name, (_StageActor,), {"__module__": __name__})
         return ds.map_batches(
-            _StageActor,
+            actor_cls,
             fn_constructor_kwargs={"stage": stage},
-            compute=ray.data.ActorPoolStrategy(size=num_workers),
+            compute=compute,
             batch_size=stage.batch_size,
             batch_format="pyarrow",
             num_cpus=stage.resources.cpus,

@@ -25,7 +25,8 @@ indices of its kept scenes and quarantine records are exactly ``0 .. attempts-1`
 per_clip`` and ``attempts <= attempts_per_clip``, and either the quota was met or every
 attempt was used; in all, ``attempts = kept + quarantined``.
 
-The step is not in :data:`mosaic_ray.pipeline.STEPS` yet (AutoScale's step list wires it).
+The step is in :data:`mosaic_ray.pipeline.STEPS`, enabled when the config has an ``autoscale:``
+section (its settings: ``autoscale.synthesize``).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ _RESOURCE_FIELDS = ("num_cpus_per_actor", "num_actors")  # changing them keeps f
 
 
 def synthesize_config(cfg: ExperimentConfig | None) -> SynthesizeConfig:
-    """``cfg.synthesize`` where the experiment config has that section, else the defaults."""
-    return getattr(cfg, "synthesize", None) or SynthesizeConfig()
+    """``cfg.autoscale.synthesize`` where the experiment config has an autoscale section, else the
+    defaults."""
+    a = getattr(cfg, "autoscale", None)
+    return a.synthesize if a is not None else SynthesizeConfig()
 
 
 class SynthesizeStage(ShardStage):
@@ -285,6 +288,8 @@ def _describe(p: dict) -> str:
             f"{p['quarantined']} attempts quarantined")
 
 
-#: the synthesize step (not in pipeline.STEPS yet): the real clips' synthetic scene pool
+#: the synthesize step: the real clips' synthetic scene pool (AutoScale configs only)
 STEP = Step(STAGE, _run_step, needs=needs_of({layout.INGEST_SUMMARY: "ingest"}),
-            outputs=(SCENES, QUARANTINE), record=STAGE, describe=_describe)
+            outputs=(SCENES, QUARANTINE), record=STAGE, describe=_describe,
+            enabled=lambda cfg: getattr(cfg, "autoscale", None) is not None,
+            config_keys=("autoscale.synthesize",), upstream=("ingest",))

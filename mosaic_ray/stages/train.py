@@ -41,7 +41,10 @@ def selection_overhead_cpu_s(cfg: ExperimentConfig, storage: Storage, method: Re
     for rec in records:
         if storage.is_done(rec):
             sc = storage.done_payload(rec)
-            total += sc.get("wall_time_s", 0.0) * sc.get("actors", 1) * cfg.score.num_cpus_per_actor
+            reserved = sc.get("reserved_cpus")
+            if reserved is None:  # records written before issue 14: one pool of `actors` actors
+                reserved = sc.get("actors", 1) * cfg.score.num_cpus_per_actor
+            total += sc.get("wall_time_s", 0.0) * reserved
     if method.pilot_set and storage.exists(layout.pilot_table(method.pilot_set)):
         times = storage.read_table(layout.pilot_table(method.pilot_set)).column("trial_time_s").to_pylist()
         total += sum(t for t in times if t == t) * cfg.pilot.cpus_per_trial

@@ -15,6 +15,7 @@ See :mod:`mosaic_ray.planner.training` for what is reproducible.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -202,6 +203,133 @@ def _train_loop_per_worker(config: dict) -> None:
                resume=state, on_epoch=on_epoch, name=config["name"])
 
 
+def _run_name(name: str, config: dict, pool_ids: list[str] | None, anchors: np.ndarray) -> str:
+    """``<name>-<hash of the training settings, the clip ids and the vocabulary>``: the same
+    training gets the same name (so it resumes), any change another one."""
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()
+                          + json.dumps(sorted(pool_ids or [])).encode() + anchors.tobytes()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = True,
+                  pool_ids: list[str] | None = None, targets: pa.Table | None = None) -> dict[str, np.ndarray]:
+    """In-process twin of :func:`training_dataset`: D_train ∪ the given pool clips featurised
+    (:func:`featurize_batch`) without Ray Data, rows with a NaN/inf feature or target dropped
+    with a logged count, sorted by ``clip_id`` (:func:`~mosaic_ray.planner.training.shard_rows`),
+    so a one-worker Ray Train run and :func:`train_planner_in_process` see the same rows in the
+    same order.
+
+    Returns:
+        ``{key: (N, ...) array}`` for :data:`FEATURE_KEYS` (+ ``distill_targets`` with
+        ``targets``) and ``clip_id`` (N,) str.
+
+    Raises:
+        ValueError: the union is empty or a selected pool clip is missing from the pool.
+    """
+    from mosaic_ray.planner.training import drop_nonfinite_rows, shard_rows
+
+    parts, keep = [], None
+    if pool_ids:
+        keep = pa.array(sorted(set(pool_ids)), pa.string())
+        pool = storage.read_table("ingest/clips/pool")
+        parts.append(featurize_batch(pool, spec, keep=keep, targets=targets))
+        if len(parts[-1]["clip_id"]) != len(keep):
+            raise ValueError(f"{len(parts[-1]['clip_id'])} of {len(keep)} selected clips found in the pool shards")
+    if include_train:
+        parts.append(featurize_batch(storage.read_table("ingest/clips/train"), spec, targets=targets))
+    if not parts or sum(len(p["clip_id"]) for p in parts) == 0:
+        raise ValueError("empty training set: no D_train and no selected clips")
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    rows.pop(FINITE_KEY)
+    rows, _ = drop_nonfinite_rows(rows, "training set")
+    if len(rows["clip_id"]) == 0:
+        raise ValueError("empty training set (every row had non-finite features)")
+    return shard_rows(rows)
+
+
+def train_planner_in_process(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs: int, seed: int,
+                             pool_ids: list[str] | None = None, init_checkpoint: str | None = None,
+                             include_train: bool = True, fresh: bool = False,
+                             recipe: TrainRecipe | None = None) -> dict:
+    """:func:`train_planner` without Ray Train: the same loop, recipe, seeding, row order and
+    run name in the calling process (one worker, no DDP), for small trainings such as the grid
+    cells inside their Tune trials (``train.backend``). A one-worker Ray Train run of the same
+    settings gives bit-identical weights (tested), without the worker group's start-up.
+
+    Resumption: every ``train.checkpoint_every`` epochs the model and optimizer state go to
+    ``train_runs/<run name>/checkpoint/`` (``planner.pt``, ``train_state.pt``); a rerun of the
+    same training continues from there (a finished one hands its weights back).
+
+    Args and returns: as :func:`train_planner`. Raises: as :func:`train_planner`.
+    """
+    import torch
+
+    from mosaic_ray.planner.model import VocabularyPlanner, load_checkpoint, save_checkpoint
+    from mosaic_ray.planner.training import require_finite_weights, seed_torch, train_loop
+
+    t0 = time.time()
+    pc_ = cfg.planner
+    recipe = replace(recipe or recipe_from_config(cfg, "base"), epochs=int(epochs))
+    spec = PlannerSpec.from_config(pc_)
+    targets = ensure_targets(cfg, storage) if pc_.distill else None
+    rows = training_rows(storage, spec, include_train=include_train, pool_ids=pool_ids, targets=targets)
+    n = len(rows["clip_id"])
+    anchors = np.load(storage.local_copy("planner/vocabulary.npy"))
+    config = {
+        "spec": spec.__dict__, "init_checkpoint": init_checkpoint, "recipe": recipe.to_dict(),
+        "seed": seed, "n_rows": n, "torch_threads": pc_.torch_threads,
+        "checkpoint_every": cfg.train.checkpoint_every, "distill": bool(pc_.distill),
+    }
+    run_name = _run_name(name, {**config, "backend": "in_trial"}, pool_ids, anchors)
+    ckpt = f"train_runs/{run_name}/checkpoint"
+    if fresh and storage.exists(f"train_runs/{run_name}"):
+        storage.delete(f"train_runs/{run_name}")
+    torch.set_num_threads(pc_.torch_threads)
+    seed_torch(seed)
+    if init_checkpoint:
+        model = load_checkpoint(storage.local_copy(init_checkpoint))
+    else:
+        model = VocabularyPlanner(spec, torch.from_numpy(np.asarray(anchors, np.float32)))
+    state = None
+    if storage.exists(f"{ckpt}/train_state.pt"):
+        state = torch.load(io.BytesIO(storage.read_bytes(f"{ckpt}/train_state.pt")), map_location="cpu",
+                           weights_only=False)
+        model.load_state_dict(state["model"])
+    start_epoch = 0 if state is None else int(state["epoch"]) + 1
+    every = max(1, cfg.train.checkpoint_every)
+    losses: list[float] = []
+
+    def save(s) -> None:
+        buf = io.BytesIO()
+        torch.save(s.state_dict(), buf)
+        storage.write_bytes(f"{ckpt}/train_state.pt", buf.getvalue())  # atomic: a resume point
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(model, os.path.join(d, "planner.pt"), {"epochs": recipe.epochs})
+            with open(os.path.join(d, "planner.pt"), "rb") as f:
+                data = f.read()
+        storage.write_bytes(f"{ckpt}/planner.pt", data)
+        storage.write_bytes(f"planner/{name}.pt", data)
+
+    def on_epoch(s) -> None:
+        losses.append(s.loss)
+        if s.epoch == recipe.epochs - 1 or (s.epoch + 1) % every == 0:
+            save(s)
+
+    if start_epoch < recipe.epochs:
+        train_loop(model, rows, recipe, seed=seed, n_total=n, resume=state, on_epoch=on_epoch, name=run_name)
+    else:  # the run had finished: hand its final weights back
+        require_finite_weights(model, f"{run_name}: stored final checkpoint")
+        storage.write_bytes(f"planner/{name}.pt", storage.read_bytes(f"{ckpt}/planner.pt"))
+    out = {"checkpoint": f"planner/{name}.pt", "n_train": int(n), "loss": float(losses[-1]) if losses else float("nan"),
+           "wall_time_s": round(time.time() - t0, 1), "run_name": run_name, "resumed_from_epoch": start_epoch,
+           "recipe": recipe.to_dict(), "backend": "in_trial"}
+    if targets is not None:
+        ok = {c for c, s_ in zip(targets.column("clip_id").to_pylist(), targets.column("status").to_pylist())
+              if s_ == "ok"}
+        out["n_distill_targets"] = sum(1 for c in rows["clip_id"] if c in ok)
+    return out
+
+
 def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs: int, seed: int,
                   pool_ids: list[str] | None = None, init_checkpoint: str | None = None,
                   include_train: bool = True, fresh: bool = False, recipe: TrainRecipe | None = None) -> dict:
@@ -252,9 +380,7 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
         "seed": seed, "n_rows": n, "torch_threads": pc_.torch_threads,
         "checkpoint_every": tc.checkpoint_every, "distill": bool(pc_.distill),
     }
-    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()
-                          + json.dumps(sorted(pool_ids or [])).encode() + anchors.tobytes()).hexdigest()[:10]
-    run_name = f"{name}-{digest}"
+    run_name = _run_name(name, config, pool_ids, anchors)
     config.update({"anchors": anchors.tolist(), "storage": storage, "name": run_name})
     if fresh and storage.exists(f"train_runs/{run_name}"):
         storage.delete(f"train_runs/{run_name}")
@@ -289,7 +415,8 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
     loss = float(result.metrics.get("loss", float("nan")))
     out = {"checkpoint": f"planner/{name}.pt", "n_train": int(n), "loss": loss,
            "wall_time_s": round(time.time() - t0, 1), "run_name": run_name,
-           "resumed_from_epoch": int(result.metrics.get("resumed_from", 0)), "recipe": recipe.to_dict()}
+           "resumed_from_epoch": int(result.metrics.get("resumed_from", 0)), "recipe": recipe.to_dict(),
+           "backend": "ray_train"}
     if targets is not None:  # training rows that had rule-distillation targets
         ids = set(pool_ids or [])
         if include_train:

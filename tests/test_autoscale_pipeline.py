@@ -1,0 +1,105 @@
+"""A small end-to-end AutoScale run on real NGSIM clips: synthesize -> embed -> cluster -> rounds ->
+autoscale_report through Ray Data and Ray Tune (tiny planner, tiny Graph-RAE, two rounds)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mosaic_ray.pipeline import run_all, run_steps
+from mosaic_ray.stages.step import Context
+
+from conftest import TINY_PLANNER, copy_run, write_untrained_base
+
+SMALL = {
+    "ray": {"num_cpus": 2},
+    "planner": {**TINY_PLANNER, "base_epochs": 1},
+    "train": {"num_workers": 1, "cpus_per_worker": 0.5},
+    "autoscale": {
+        "synthesize": {"per_clip": 2, "max_attempts_per_clip": 6, "num_cpus_per_actor": 0.5},
+        "graph_rae": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "max_agents": 4, "max_map": 6,
+                      "steps": 12, "batch_size": 8},
+        "n_clusters": 3, "pca_dims": 4, "budgets": [8], "methods": ["autoscale", "uniform", "iwr"],
+        "rounds": 2, "seeds": [0], "epochs": 1, "cpus_per_trial": 0.5, "iwr_pca_dims": 2,
+        "test_max_clips": 40, "embed_cpus_per_actor": 0.5},
+}
+
+
+def _untrained_base(cfg) -> None:
+    """Record the base step complete with an untrained planner and its vocabulary
+    (conftest.write_untrained_base), so that the pipeline skips the base model's training."""
+    from mosaic_ray.data.clip import clips_from_table
+    from mosaic_ray.pipeline import STEPS
+    from mosaic_ray.stages import base
+    from mosaic_ray.stages.fingerprint import fingerprints
+    from mosaic_ray.stages.step import record_outputs
+
+    st = Context.for_config(cfg).storage
+    write_untrained_base(cfg, st, clips_from_table(st.read_table("ingest/clips/train")),
+                         clips_from_table(st.read_table("ingest/clips/pool")))
+    record_outputs(base.STEP, Context(cfg, st, fingerprints=fingerprints(cfg, STEPS)), {"stand_in": True})
+
+
+@pytest.fixture(scope="module")
+def as_run(ingested_run, tmp_path_factory):
+    raw = dict(SMALL)
+    cfg, _, _ = copy_run(ingested_run, tmp_path_factory.mktemp("runs"), "autoscale", **raw)
+    # an AutoScale-only config: no selection section, so the MOSAIC steps score .. report are skipped
+    from mosaic_ray.config import validate_config
+
+    dumped = cfg.model_dump(mode="json")
+    dumped["selection"] = None
+    cfg = validate_config(dumped)
+    _untrained_base(cfg)  # the rounds read only the vocabulary: no Ray Train run for the base model
+    report = run_all(cfg)
+    return cfg, Context.for_config(cfg), report
+
+
+def test_autoscale_pipeline_runs_end_to_end(as_run):
+    cfg, run, report = as_run
+    st = run.storage
+    assert not st.is_done("score") and not st.exists("select/manifest.parquet")  # MOSAIC steps skipped
+    assert st.done_payload("planner/base").get("stand_in")  # the recorded base was not redone
+    syn = st.done_payload("synthesize")
+    real = st.read_table("ingest/clips/train", columns=["clip_id"]).num_rows
+    assert syn["source_clips"] == real and syn["attempts"] == syn["kept"] + syn["quarantined"]
+    emb = st.done_payload("autoscale/embed")
+    assert emb["counts"]["synthetic"] == syn["kept"] and emb["counts"]["real"] == real
+    assert emb["shards_resumed"] == 0 and emb["shards"] >= 4  # one actor pool over every role's shards
+    g = st.read_json("autoscale/graph_rae.json")
+    assert g["steps"] == 12 and np.isfinite(g["last_step"]["total"])
+    clusters = st.read_json("autoscale/clusters.json")
+    assert sum(clusters["real_counts"]) == real and sum(clusters["capacity"]) == syn["kept"]
+    A = np.asarray(clusters["similarity"])
+    assert A.shape == (3, 3) and np.allclose(np.diag(A), 1.0) and np.allclose(A, A.T)
+    summary = json.loads(Path(st.path("autoscale/summary.json")).read_text())
+    rows = {(r["method"], r["budget"]): r for r in summary["results"]}
+    assert set(rows) == {("real_only", 0), ("autoscale", 8), ("uniform", 8), ("iwr", 8)}
+    assert rows[("autoscale", 8)]["rounds"] == 2 and rows[("uniform", 8)]["rounds"] == 1
+    for r in rows.values():
+        assert 0.0 <= r["test_epdms_mean"] <= 1.0 and r["n_test_clips"] == 40
+        assert set(r["terms"]) == {"NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC"}
+    assert "vs_uniform" in rows[("autoscale", 8)]
+    assert "autoscale" in Path(report).read_text() and report.endswith("report/autoscale.md")
+
+
+def test_rounds_select_budget_scenes_and_round2_uses_cluster_ga(as_run):
+    cfg, run, _ = as_run
+    st = run.storage
+    r1 = st.read_json("autoscale/rounds/autoscale-b8-s0-r1.json")
+    r2 = st.read_json("autoscale/rounds/autoscale-b8-s0-r2.json")
+    r0 = st.read_json("autoscale/rounds/r0-s0.json")
+    assert r0["n_synthetic"] == 0 and r1["n_synthetic"] == 8 == r2["n_synthetic"]
+    assert sum(r2["synthetic_counts"]) == 8 and r1["n_real"] == r0["n_real"]
+    assert "gains" not in r1["selection"] and r1["selection"]["anchors"] > 0  # round 1: pure retrieval
+    sel = r2["selection"]
+    assert sel["step"] == 0 and len(sel["quotas"]) == 3 and sum(sel["quotas"]) == 8
+    assert abs(sum(sel["mixture"]) - 1.0) < 1e-6 and min(sel["gains"]) == 0.0
+
+
+def test_rerun_keeps_every_training(as_run):
+    cfg, run, _ = as_run
+    before = run.storage.done_payload("autoscale/rounds_step")["fingerprints"]
+    out = run_steps(cfg, ["rounds"], force=[])
+    assert out["rounds"]["fingerprints"] == before

@@ -1,0 +1,102 @@
+"""The batched CPU path of the score step equals the clip-by-clip one (issue 14).
+
+:func:`~mosaic_ray.scoring.epdms.score_many` tracks every clip's candidate, reference
+proposals, human future and previous frames in one tracker call and rolls the reference
+proposals out in one IDM loop; :func:`~mosaic_ray.planner.features.resample_lanes` resamples
+all lanes of an observation at once. Each must give what the per-clip / per-lane code gives
+(random scenes from tests/scenes.py, which the per-step reference tests also use).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mosaic_ray.data.clip import T0_INDEX
+from mosaic_ray.planner.features import (FeatureSpec, build_observation, resample_lanes, resample_polyline,
+                                         to_frame)
+from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_many, score_trajectories
+from mosaic_ray.scoring.reference import reference_proposals, reference_proposals_many
+
+from scenes import random_poses, random_scene
+
+
+def _scenes(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    clips = [random_scene(rng) for _ in range(n)]
+    poses = np.stack([random_poses(rng, 1, float(c.ego_states[0, 3]))[0] for c in clips])
+    prev = [random_poses(rng, 1, 5.0)[0] if (c.has_prev_frame and i % 3) else None for i, c in enumerate(clips)]
+    return clips, poses, prev
+
+
+def test_score_many_equals_score_trajectories_clip_by_clip():
+    clips, poses, prev = _scenes(7, 12)
+    batched = score_many([prepare_scene(c) for c in clips], poses, prev)
+    assert len(batched) == len(clips)
+    assert any(p is None for p in prev) and any(p is not None for p in prev)
+    for c, p, pp, got in zip(clips, poses, prev, batched):
+        want = score_trajectories(prepare_scene(c), p[None], prev_poses=pp)
+        assert got.ec_available == want.ec_available == (pp is not None)
+        np.testing.assert_allclose(got.epdms, want.epdms, rtol=0, atol=1e-12)
+        for t in TERMS:
+            np.testing.assert_allclose(got.terms[t], want.terms[t], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.states, want.states, rtol=0, atol=1e-9)
+        assert got.reference_index == want.reference_index
+
+
+def test_reference_proposals_many_equals_one_scene_at_a_time():
+    clips, _, _ = _scenes(11, 10)
+    scenes = [prepare_scene(c) for c in clips]
+    assert len({s.agent_boxes.shape[1] for s in scenes}) > 1  # padding of agents is exercised
+    for s, got in zip(scenes, reference_proposals_many(scenes)):
+        np.testing.assert_array_equal(got, reference_proposals(s))
+    assert reference_proposals_many([]) == []
+
+
+def test_score_many_rejects_mismatched_inputs():
+    import pytest
+
+    clips, poses, prev = _scenes(3, 2)
+    scenes = [prepare_scene(c) for c in clips]
+    with pytest.raises(ValueError, match="poses"):
+        score_many(scenes, poses[:1], prev)
+    with pytest.raises(ValueError, match="prev_poses"):
+        score_many(scenes, poses, prev[:1])
+
+
+def test_resample_lanes_equals_lane_by_lane_resampling():
+    rng = np.random.default_rng(0)
+    parts = []
+    for n in (2, 5, 17, 1, 9):
+        p = np.cumsum(rng.normal(size=(n, 2)), axis=0)
+        if n > 4:
+            p[3] = p[2]  # a repeated point is dropped as resample_polyline drops it
+        parts.append(p)
+    parts.append(np.zeros((3, 2)))  # all points equal: repeats its first point
+    pts = np.concatenate(parts)
+    offs = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+    order = np.array([2, 0, 5, 4, 1, 3])
+    got = resample_lanes(pts, offs, order, 10)
+    for j, i in enumerate(order):
+        c = parts[i]
+        total = np.linalg.norm(np.diff(c, axis=0), axis=1).sum()
+        np.testing.assert_allclose(got[j], resample_polyline(c, np.linspace(0.0, total, 10)), atol=1e-9)
+
+
+def test_observation_lanes_match_per_lane_resampling():
+    rng = np.random.default_rng(5)
+    spec = FeatureSpec()
+    for _ in range(4):
+        clip = random_scene(rng)
+        obs = build_observation(clip, spec, 0)
+        x0, y0, h0, _ = clip.ego_states[T0_INDEX]
+        cl = to_frame(clip.lane_center, np.array([x0, y0]), h0)
+        offs = clip.lane_offsets
+        dmin = np.minimum.reduceat(np.linalg.norm(cl, axis=1), offs[:-1])
+        order = np.argsort(dmin)[:spec.max_lanes]
+        order = order[dmin[order] < 100.0]
+        assert obs["lanes_mask"].sum() == len(order) > 0
+        for j, i in enumerate(order):
+            c = cl[offs[i]:offs[i + 1]]
+            want = resample_polyline(c, np.linspace(0.0, np.linalg.norm(np.diff(c, axis=0), axis=1).sum(),
+                                                    spec.lane_points)) / 20.0
+            np.testing.assert_allclose(obs["lanes"][j], want, atol=1e-5)
