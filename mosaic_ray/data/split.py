@@ -21,8 +21,8 @@ Automatic plan (:func:`plan_split`): each of train, calibration and test is stra
 declared site mix (``ingest.site_mix``; default the mix of all clips, which is then also the
 pool's, the rest): per site, units are taken in a seeded random order, each time the one that
 brings the split closest to its target (fraction × clips × site share), while the target is
-not met and the site keeps a pool unit. A split that gets no unit this way takes the smallest
-unit that can leave the pool. :meth:`SplitPlan.mix_deviation` gives each split's largest
+not met and the site keeps a pool unit. A split that gets no unit this way takes the spare
+unit closest to its clip target (ties: the larger). :meth:`SplitPlan.mix_deviation` gives each split's largest
 deviation from the declared mix (share points); the ingest summary records it, and a note
 names every split beyond :data:`MIX_TOLERANCE`.
 """
@@ -340,10 +340,12 @@ def plan_split(clips_per_unit: dict[str, int], site_of_unit: dict[str, str], *, 
         if not any(sp == split for sp in assign.values()):
             free = [u for u in units if assign[u] == POOL
                     and sum(assign[v] == POOL for v in by_site[site_of_unit[u]]) >= 2]
-            if free:
-                u = min(free, key=lambda u: (clips_per_unit[u], u))
+            if free:  # the spare unit closest to the split's clip target (ties: the larger)
+                target = fr[split] * total
+                u = min(free, key=lambda u: (abs(clips_per_unit[u] - target), -clips_per_unit[u], u))
                 assign[u] = split
-                notes.append(f"{split}: no unit fitted its site targets; took the smallest spare unit {u}")
+                notes.append(f"{split}: no unit fitted its site targets; took the spare unit closest to its "
+                             f"{target:.0f}-clip target, {u} ({clips_per_unit[u]} clips)")
     for site, us in sorted(by_site.items()):
         if len(us) == 1:
             notes.append(f"site {site} has one unit ({us[0]}): it stays in the pool and no other split covers it")
