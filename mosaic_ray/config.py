@@ -77,19 +77,29 @@ class IngestConfig(_Strict):
     other_egos: bool = Field(False, description="scenarionet: moving vehicles other than the sdc are egos too")
     segment_by: Literal["scenario", "map"] = Field(
         "scenario", description="scenarionet: the split unit (segment) is the scenario or the map/location")
-    split_mode: Literal["auto", "pool", "validation"] = Field(
-        "auto", description="auto: validation / train / pool by segment; pool or validation: every clip "
-        "goes to that split (a dataset too small to split, e.g. to score it with another run's planner)")
+    split_mode: Literal["auto", "pool", "calibration", "test"] = Field(
+        "auto", description="auto: train / pool / calibration / test by recording unit; pool, calibration or "
+        "test: every clip goes to that split (a dataset too small to split, e.g. to score it with another run's "
+        "planner)")
+    split_unit: Literal["recording", "segment"] = Field(
+        "recording", description="the unit no split shares: recording = files of a segment linked by a shared "
+        "recorded vehicle; segment = the whole map segment")
     history_s: float = Field(1.5, description="must be 1.5 (NAVSIM) in this version")
     future_s: float = Field(4.0, description="must be 4.0 (NAVSIM) in this version")
     stride_s: float | None = Field(None, gt=0, description="t0 spacing per vehicle; None = non-overlapping (5.5 s)")
     min_speed_mps: float = Field(0.0, ge=0, description="drop clips whose ego never exceeds this speed")
     map_extension_m: float = Field(60.0, ge=0, description="straight extension of lanes that leave the map crop")
     agent_radius_m: float = Field(120.0, gt=0, description="keep agents that come this close to the ego")
-    validation_fraction: float = Field(0.12, gt=0, lt=0.5)
-    train_fraction: float = Field(0.10, gt=0, lt=0.5)
-    validation_segments: list[str] | None = Field(None, description="explicit held-out segments")
-    train_segments: list[str] | None = Field(None, description="explicit D_train segments")
+    train_fraction: float = Field(0.10, gt=0, lt=0.5, description="D_train's share of the clips")
+    calibration_fraction: float = Field(0.10, gt=0, lt=0.5, description="the calibration split's share "
+                                        "(pilot runs and any tuning are scored on it)")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="the test split's share (the final tables)")
+    site_mix: dict[str, float] | None = Field(None, description="declared site mix {site: weight} train, "
+                                              "calibration and test are stratified to; None = the mix of all "
+                                              "clips (then also the pool's)")
+    calibration_segments: list[str] | None = Field(None, description="explicit calibration segments or units")
+    test_segments: list[str] | None = Field(None, description="explicit test segments or units")
+    train_segments: list[str] | None = Field(None, description="explicit D_train segments or units")
     seed: int = 0
     shard_size: int = Field(128, ge=1, description="clips per Parquet shard")
     num_cpus_per_task: float = Field(0.5, gt=0)

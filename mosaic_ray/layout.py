@@ -9,11 +9,11 @@ with its size. ``<record>/_STARTED.json`` holds the fingerprint a step last star
 ::
 
     ingest/summary.json             clip / quarantine counts, splits        (ingest)
-    ingest/clips/<split>/*.parquet  clip shards: validation, train, pool    (ingest)
+    ingest/clips/<split>/*.parquet  clip shards: train, pool, calibration, test (ingest)
     ingest/quarantine.parquet       every candidate that did not become a clip
     planner/vocabulary.npy          (K, 8, 3) trajectory anchors             (base)
     planner/base.pt                 the base planner                         (base)
-    planner/base_eval.json          its validation EPDMS, the logged human's (base)
+    planner/base_eval.json          its calibration and test EPDMS, the human's (base)
     planner/external.pt             score.checkpoint, copied in              (score)
     score/scores/*.parquet          one row per pool clip                    (score)
     score_train/scores/*.parquet    one row per D_train clip (coreset only)  (score_train)
@@ -21,14 +21,14 @@ with its size. ``<record>/_STARTED.json`` holds the fingerprint a step last star
     pilot/<set>.parquet             ΔU per (domain, n, seed)                 (pilot)
     select/laws.json                laws per pilot set, budgets, methods     (select)
     select/manifest.parquet         nested selections per method and budget  (select)
-    train/results/<cell>.json       one final training's validation result   (train)
+    train/results/<cell>.json       one final training's test result         (train)
     summary.json, report/           the typed summary and report.md + plots  (report)
     timings.json                    wall seconds per step
 """
 
 from __future__ import annotations
 
-SPLITS = ("validation", "train", "pool")
+from mosaic_ray.data.split import SPLITS  # noqa: F401  (split names are defined once, in data/split.py)
 
 INGEST = "ingest"
 INGEST_SUMMARY = "ingest/summary.json"

@@ -14,7 +14,7 @@ k-means ``k`` against the pool domains, pilot, select, train        once ingest 
 every clip-schema column in    base, score, score_train, domains,   once ingest has run
 every clip shard               pilot, train
 domain column values           domains, pilot, select, train        once ingest has run
-non-empty D_train / validation base (validation also pilot, train)  once ingest has run
+non-empty D_train / calibration / test  base (calibration also pilot, test also train)  once ingest has run
 =============================  ===================================  ============================
 
 The pool size comes from ``ingest/summary.json`` (from the score step's ``ok`` count once the
@@ -34,6 +34,7 @@ import posixpath
 from typing import Iterable
 
 from mosaic_ray import layout
+from mosaic_ray.data.split import CALIBRATION, TEST, TRAIN
 from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.errors import UsageError
 from mosaic_ray.selection.budgets import BudgetError, resolve_budgets
@@ -200,18 +201,21 @@ class Preflight:
         preflight_shards(self.storage, shards, clip_columns())
 
     def check_splits(self, splits: dict) -> None:
-        """D_train and validation are not empty where the steps train or evaluate."""
+        """D_train, calibration and test are not empty where the steps train or evaluate."""
         need = []
         if "base" in self.steps:
-            need += ["train", "validation"]
-        if self.steps & {"pilot", "train"}:
-            need.append("validation")
+            need += [TRAIN, CALIBRATION, TEST]
+        if "pilot" in self.steps:
+            need.append(CALIBRATION)
+        if "train" in self.steps:
+            need.append(TEST)
         for split in dict.fromkeys(need):
             if int(splits.get(split, 0)) == 0:
                 raise PreflightError(
                     f"ingest.split_mode: the {split} split is empty (ingest.split_mode "
                     f"{self.cfg.ingest.split_mode!r}, splits {splits}) but base / pilot / train need it; "
-                    "use split_mode auto with more data, set ingest.validation_segments / train_segments, "
+                    "use split_mode auto with more data, set ingest.calibration_segments / test_segments / "
+                    "train_segments, "
                     "or run only ingest and score (with score.checkpoint)")
 
     def check_domains(self, pool: int) -> None:

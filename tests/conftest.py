@@ -314,7 +314,8 @@ def copy_run(ingested: IngestedRun, output_dir, name: str = "run", shard_size: i
     st = Storage(cfg.run_uri)
     if shard_size is not None and shard_size != ingested.raw["ingest"]["shard_size"]:
         summary = st.read_json("ingest/summary.json")
-        for split in ("validation", "train", "pool"):
+        from mosaic_ray.data.split import SPLITS
+        for split in SPLITS:
             rel = f"ingest/clips/{split}"
             table = st.read_table(rel)
             st.delete(rel)

@@ -12,13 +12,14 @@ from conftest import ngsim_file
 from mosaic_ray.config import validate_config
 from mosaic_ray.data.clip import N_PRE, T0_INDEX, T_ALL, content_key, make_clip_id
 from mosaic_ray.data.commonroad import NO_USABLE_TRACK_REASONS, CutOptions, cut_file
-from mosaic_ray.data.split import content_keys, dedup_clips, duplicated
+from mosaic_ray.data.split import SPLITS, content_keys, dedup_clips, duplicated
 from mosaic_ray.storage import Storage
 
 FILES = {  # name in the test folder -> real file
     "USA_US101-22_1_T-1.xml": "US101/USA_US101-22_1_T-1.xml",  # clips
     "USA_US101-77_1_T-1.xml": "US101/USA_US101-22_1_T-1.xml",  # the same recording, another segment
-    "USA_US101-5_1_T-1.xml": "US101/USA_US101-5_1_T-1.xml",  # clips (validation)
+    "USA_US101-5_1_T-1.xml": "US101/USA_US101-5_1_T-1.xml",  # clips (test)
+    "USA_US101-12_1_T-1.xml": "US101/USA_US101-12_1_T-1.xml",  # clips (calibration)
     "USA_US101-9_1_T-1.xml": "US101/USA_US101-9_1_T-1.xml",  # clips (train)
     "USA_US101-2_2_S-1.xml": "US101/USA_US101-2_2_S-1.xml",  # map only
     "USA_US101-3_5_T-1.xml": "US101/USA_US101-3_5_T-1.xml",  # every track shorter than 5.6 s
@@ -38,7 +39,8 @@ def accounted(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("acct_run")
     cfg = validate_config({"name": "acct", "data_dir": str(d), "output_dir": str(out),
                            "selection": {"budgets": [5]},
-                           "ingest": {"shard_size": 64, "validation_segments": ["USA_US101-5"],
+                           "ingest": {"shard_size": 64, "test_segments": ["USA_US101-5"],
+                                      "calibration_segments": ["USA_US101-12"],
                                       "train_segments": ["USA_US101-9"]}})
     st = Storage(cfg.run_uri)
     return run_ingest(cfg, st), st, d
@@ -48,7 +50,7 @@ def test_every_file_is_accounted_for(accounted):
     s, st, d = accounted
     assert s["files"] == len(FILES) + 1
     assert s["files"] == s["files_with_clips"] + s["files_quarantined"] + s["files_without_usable_track"]
-    assert s["files_with_clips"] == 3  # 22, 5, 9; the copy (77) gives no clip of its own
+    assert s["files_with_clips"] == 4  # 22, 5, 12, 9; the copy (77) gives no clip of its own
     assert s["files_without_usable_track_reasons"] == {"no_trajectories": 1, "no_windows": 1}
     assert s["files_quarantined_reasons"] == {"duplicate": 1, "unreadable_xml": 1}
     assert s["candidates"] == s["clips"] + s["quarantined"]
@@ -60,16 +62,16 @@ def test_every_file_is_accounted_for(accounted):
     assert short["reason"] == "no_windows" and "56 steps" in short["detail"]
     assert file_level[BROKEN]["reason"] == "unreadable_xml"
     # every file appears as a clip source or in the quarantine
-    shards = [st.read_table(f"ingest/clips/{sp}", columns=["source_file"]) for sp in ("validation", "train", "pool")]
+    shards = [st.read_table(f"ingest/clips/{sp}", columns=["source_file"]) for sp in SPLITS]
     sources = {f for t in shards for f in t.column("source_file").to_pylist()} | {r["source_file"] for r in q}
     assert sources == set(FILES) | {BROKEN}
 
 
 def test_same_recording_under_another_segment_is_a_duplicate(accounted):
     s, st, d = accounted
-    tables = {sp: st.read_table(f"ingest/clips/{sp}") for sp in ("validation", "train", "pool")}
+    tables = {sp: st.read_table(f"ingest/clips/{sp}") for sp in SPLITS}
     assert {sp: sorted(set(t.column("segment").to_pylist())) for sp, t in tables.items()} == {
-        "validation": ["USA_US101-5"], "train": ["USA_US101-9"], "pool": ["USA_US101-22"]}
+        "test": ["USA_US101-5"], "calibration": ["USA_US101-12"], "train": ["USA_US101-9"], "pool": ["USA_US101-22"]}
     keys = [k for t in tables.values() for k in content_keys(t)]
     assert len(keys) == len(set(keys)) == s["clips"]  # no recording twice, in one split or two
     ids = [i for t in tables.values() for i in t.column("clip_id").to_pylist()]

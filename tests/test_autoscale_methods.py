@@ -141,13 +141,13 @@ def test_preflight_checks_clusters_and_budgets_against_the_splits(tmp_path):
     cfg = validate_config({"name": "x", "output_dir": str(tmp_path),
                            "autoscale": {"n_clusters": 8, "budgets": [50], "synthesize": {"per_clip": 2}}})
     checks = Preflight(cfg, Storage(cfg.run_uri))
-    checks.check_autoscale({"train": 30, "validation": 5, "pool": 9})  # 8 <= 30 clusters, 50 <= 60 scenes
+    checks.check_autoscale({"train": 30, "calibration": 5, "test": 4, "pool": 9})  # 8 <= 30 clusters, 50 <= 60 scenes
     with pytest.raises(PreflightError, match="autoscale.n_clusters"):
-        checks.check_autoscale({"train": 6, "validation": 5, "pool": 9})
+        checks.check_autoscale({"train": 6, "calibration": 5, "test": 4, "pool": 9})
     with pytest.raises(PreflightError, match="autoscale.budgets"):
-        checks.check_autoscale({"train": 20, "validation": 5, "pool": 9})  # at most 40 synthetic scenes
+        checks.check_autoscale({"train": 20, "calibration": 5, "test": 4, "pool": 9})  # at most 40 synthetic scenes
     with pytest.raises(PreflightError, match="calibration split"):
-        checks.check_autoscale({"train": 30, "validation": 0, "pool": 9})
+        checks.check_autoscale({"train": 30, "calibration": 0, "test": 4, "pool": 9})
 
 
 def test_mosaic_over_clusters_pilots_and_allocation():

@@ -10,7 +10,7 @@ from conftest import ngsim_file
 from mosaic_ray.config import validate_config
 from mosaic_ray.data.clip import FUT_SLICE, N_FUT, N_HIST, T0_INDEX, clips_from_table, clips_to_table, content_key
 from mosaic_ray.data.commonroad import cut_file, extract_tracks, segment_of, site_of, window_starts
-from mosaic_ray.data.split import plan_split
+from mosaic_ray.data.split import SPLITS, plan_split
 from mosaic_ray.stages.ingest import run_ingest
 from mosaic_ray.storage import Storage
 
@@ -65,15 +65,14 @@ def test_traffic_lights_reach_clips():
 
 
 def test_split_never_shares_segments():
-    counts = {"A-1": 30, "A-2": 200, "A-3": 40, "B-1": 10, "B-2": 90, "C-1": 50}
-    sites = {"A-1": "A", "A-2": "A", "A-3": "A", "B-1": "B", "B-2": "B", "C-1": "C"}
-    plan = plan_split(counts, sites, validation_fraction=0.15, train_fraction=0.1, seed=0)
-    val = plan.segments("validation")
-    assert {sites[s] for s in val} == {"A", "B"}  # C has one segment only: noted, left in the pool
-    assert plan.notes and "C" in plan.notes[0]
-    for site in "ABC":  # every site keeps a pool segment
+    counts = {"A-1": 30, "A-2": 200, "A-3": 40, "A-4": 25, "B-1": 10, "B-2": 90, "B-3": 15, "C-1": 50}
+    sites = {s: s[0] for s in counts}
+    plan = plan_split(counts, sites, train_fraction=0.1, calibration_fraction=0.1, test_fraction=0.15, seed=0)
+    assert {sites[s] for s in plan.segments("test")} <= {"A", "B"}  # C has one unit only: noted, in the pool
+    assert any("site C has one unit" in n for n in plan.notes)
+    for site in "ABC":  # every site keeps a pool unit
         assert any(sites[s] == site for s in plan.segments("pool"))
-    assert sum(plan.counts().values()) == sum(counts.values())
+    assert sum(plan.counts().values()) == sum(counts.values()) and all(plan.counts().values())
 
 
 def test_ingest_on_ray_accounts_for_every_candidate(ray_local, small_data_dir, tmp_path):
@@ -98,17 +97,24 @@ def test_ingest_on_ray_accounts_for_every_candidate(ray_local, small_data_dir, t
     assert sorted(raw.values()) == sorted(by_content.values())
     assert s["clips"] == len(raw)
     assert s["duplicates"] == sum(raw.values()) - len(raw) > 0  # US101-22 _1/_3/_4 replay the same vehicles
-    # shards: every clip once, splits disjoint by segment, every site in validation
-    ids, segs = [], {}
-    for split in ("validation", "train", "pool"):
-        t = st.read_table(f"ingest/clips/{split}", columns=["clip_id", "segment", "site"])
+    # shards: every clip once; four non-empty splits disjoint by recording unit (no file's clips in
+    # two splits; the three US101-22 files replay one recording and stay together); every site in the pool
+    ids, files = [], {}
+    for split in SPLITS:
+        t = st.read_table(f"ingest/clips/{split}", columns=["clip_id", "source_file", "site"])
+        assert t.num_rows > 0, split
         ids += t.column("clip_id").to_pylist()
-        segs[split] = set(t.column("segment").to_pylist())
-        if split == "validation":
+        files[split] = set(t.column("source_file").to_pylist())
+        if split == "pool":
             assert set(t.column("site").to_pylist()) == {"US101", "Lankershim", "Peachtree"}
     assert len(ids) == len(set(ids)) == s["clips"]
-    assert not (segs["validation"] & segs["pool"]) and not (segs["train"] & segs["pool"])
-    assert not (segs["validation"] & segs["train"])
+    for a in SPLITS:
+        for b in SPLITS:
+            assert a == b or not (files[a] & files[b])
+    unit_of = {u: sp for sp, us in s["units"].items() for u in us}
+    assert len(unit_of) == sum(len(us) for us in s["units"].values())  # no unit in two splits
+    us101_22 = [u for u in unit_of if u.startswith("USA_US101-22")]
+    assert us101_22 == ["USA_US101-22"]  # one recording unit for its three files
     q = pq.read_table(st.path("ingest/quarantine.parquet"))
     assert q.num_rows == s["quarantined"]
     # a rerun (run_ingest itself; skipping a complete step is the step runner's job) reuses
@@ -124,7 +130,7 @@ def test_interrupted_ingest_resumes_per_file_and_matches(ray_local, small_data_d
                            "selection": {"budgets": [10]}, "ingest": {"shard_size": 16}})
     st = Storage(cfg.run_uri)
     first = run_ingest(cfg, st)
-    shards = {sp: st.read_table(f"ingest/clips/{sp}").sort_by("clip_id") for sp in ("validation", "train", "pool")}
+    shards = {sp: st.read_table(f"ingest/clips/{sp}").sort_by("clip_id") for sp in SPLITS}
     # an interruption after some files were cut: no completion marker, part of the cuts lost
     st.delete("ingest/_SUCCESS.json")
     cuts = st.list("ingest/cut", ".parquet")

@@ -116,4 +116,5 @@ def test_bootstrap_over_pilot_seeds_and_report_shows_status_policy_and_band(tmp_
                                                       "gain_over_base": 0.01}}, tmp_path)
     text = path.read_text()
     assert "Degenerate fits:** B (tau_at_bound)" in text and "Control pilots" in text
+    assert "1 pilot seed(s)" in text  # every pilot point above is seed 0
     assert (tmp_path / "scaling_curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -378,7 +378,7 @@ def test_ray_ingest_and_score_with_another_runs_checkpoint(ray_local, tmp_path):
     assert s["files"] == 2 and s["source"] == "scenarionet"
     assert s["candidates"] == s["clips"] + s["quarantined"]
     assert s["quarantine_reasons"] == {"unreadable_pickle": 1}
-    assert s["splits"] == {"validation": 0, "train": 0, "pool": s["clips"]}
+    assert s["splits"] == {"train": 0, "pool": s["clips"], "calibration": 0, "test": 0}
     expect, _ = cut_scenarionet_file(str(FIXTURE), ScenarioNetOptions(other_egos=True))
     pool = st.read_table("ingest/clips/pool", columns=["clip_id", "site"])
     assert sorted(pool.column("clip_id").to_pylist()) == sorted(c.clip_id for c in expect)

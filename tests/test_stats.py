@@ -120,28 +120,32 @@ def test_summary_statistics_and_report_from_per_clip_scores():
         e = np.clip(mu + clip + rng.normal(0, 0.01, 80), 0, 1)
         order = rng.permutation(80)  # stored in any clip order
         return {"method": m, "budget": b, "seed": seed, "n_train": 10, "wall_time_s": 1.0,
-                "validation": {"epdms": float(e.mean()), "terms": {},
+                "test": {"epdms": float(e.mean()), "terms": {},
                                "per_clip": {"clip_id": [ids[i] for i in order], "epdms": e[order].tolist()}}}
 
     means = {"random": {50: 0.75, 150: 0.78}, "mosaic": {50: 0.79, 150: 0.80}}
     runs = {m: {str(b): [result(m, b, mu, sd) for sd in range(3)] for b, mu in per.items()}
             for m, per in means.items()}
-    base = {"validation": {"per_clip": {"clip_id": ids, "epdms": (0.7 + clip).tolist()}}}
+    base = {"test": {"per_clip": {"clip_id": ids, "epdms": (0.7 + clip).tolist()}}}
     from mosaic_ray.scoring.epdms import TERMS
     for r in (r for per in runs.values() for rs in per.values() for r in rs):
-        r["validation"]["terms"] = {t: 1.0 for t in TERMS}
+        r["test"]["terms"] = {t: 1.0 for t in TERMS}
     results = {m: {b: _cell_stats(rs) for b, rs in per.items()} for m, per in runs.items()}
-    comparisons, brmr, info = _statistics(runs, base, results, n_boot=300)
+    site_of = {c: ("A" if i % 2 else "B") for i, c in enumerate(ids)}
+    comparisons, brmr, info, by_site, cmp_site = _statistics(runs, base, results, n_boot=300, site_of_clip=site_of)
+    assert set(by_site) == {"A", "B"} and cmp_site["A"]["mosaic"]["50"].estimate > 0
     assert info.n_clips == 80 and info.n_boot == 300
     d = comparisons["mosaic"]["50"]
     assert d.lo > 0 and d.estimate == pytest.approx(results["mosaic"]["50"].epdms_mean
                                                     - results["random"]["50"].epdms_mean)
     assert brmr["random"]["150"].estimate == 1.0 and brmr["mosaic"]["150"].estimate < 1.0
     assert results["random"]["50"].epdms_ci.lo < results["random"]["50"].epdms_mean
-    summary = Summary(results=results, comparisons=comparisons, brmr=brmr, statistics=info)
+    summary = Summary(results=results, comparisons=comparisons, brmr=brmr, statistics=info,
+                      comparisons_by_site=cmp_site, results_by_site=by_site)
     text = render_report(Summary.model_validate_json(summary.model_dump_json()))
     assert "Each method − Random" in text and "interval above 0 at 2 of 2 budgets" in text
     assert "1.00 [1.00, 1.00]" in text  # Random's BRMR
+    assert "Per site (test)" in text
 
 
 def test_random_shuffles_config():
@@ -152,3 +156,24 @@ def test_random_shuffles_config():
     assert SelectionConfig(budgets=[10], methods=["mosaic"], random_shuffles=[1]).shuffle_methods() == {}
     with pytest.raises(ValueError):
         SelectionConfig(budgets=[10], random_shuffles=[42])  # that shuffle is Random itself
+
+
+def test_sanity_line_flags_a_dip_and_a_worse_full_pool():
+    from mosaic_ray.report.report import render_report, sanity_checks
+
+    def iv(m, h=0.005):
+        return {"estimate": m, "lo": m - h, "hi": m + h}
+
+    res = {"random": {"50": {"epdms_mean": 0.80, "epdms_ci": iv(0.80)}, "150": {"epdms_mean": 0.82, "epdms_ci": iv(0.82)},
+                      "400": {"epdms_mean": 0.81, "epdms_ci": iv(0.81)}},
+           "mosaic": {"50": {"epdms_mean": 0.83, "epdms_ci": iv(0.83)}},
+           "full": {"900": {"epdms_mean": 0.84, "epdms_ci": iv(0.84)}}}
+    s = {"results": res, "statistics": {"n_boot": 10, "level": 0.95}}
+    checks = sanity_checks(s)
+    assert [c[1] for c in checks] == [True, True]  # 0.81 ± 0.005 overlaps 0.82 ± 0.005: within the band
+    res["random"]["400"] = {"epdms_mean": 0.79, "epdms_ci": iv(0.79)}
+    res["full"]["900"] = {"epdms_mean": 0.80, "epdms_ci": iv(0.80)}
+    checks = sanity_checks(s)
+    assert [c[1] for c in checks] == [False, False]
+    assert "budget 400 is below budget 150" in checks[0][2]
+    assert "**FAILS**" in render_report(s)

@@ -40,7 +40,7 @@ def test_ingest_writes_shards_to_s3(ray_local, small_data_dir, s3_server):
     st = Storage(cfg.run_uri, cfg.storage)
     s = run_ingest(cfg, st)
     assert s["candidates"] == s["clips"] + s["quarantined"]
-    n = sum(st.read_table(f"ingest/clips/{sp}", columns=["clip_id"]).num_rows for sp in ("validation", "train", "pool"))
+    n = sum(st.read_table(f"ingest/clips/{sp}", columns=["clip_id"]).num_rows for sp in ("train", "pool", "calibration", "test"))
     assert n == s["clips"]
     assert st.uri("ingest").startswith("s3://mosaic-test/runs/s3ingest")
 

@@ -154,7 +154,7 @@ class SynthesizeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    split: Literal["train", "pool", "validation"] = Field("train", description="the real clip split the scenes "
+    split: Literal["train", "pool"] = Field("train", description="the real clip split the scenes "
                                                                               "are made from")
     per_clip: int = Field(12, ge=1, description="synthetic scenes kept per real clip (the quota; 12 so that the "
                           "pool holds >= 10 per real clip on NGSIM, where some clips yield few)")

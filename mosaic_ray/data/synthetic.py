@@ -11,7 +11,7 @@ Nothing here is training data: use it to measure throughput and memory at 10^5â€
     python -m mosaic_ray.data.synthetic SOURCE_RUN DEST_RUN --clips 1000000 [--shard-size 256]
 
 writes ``DEST_RUN/ingest/clips/pool/shard-*.parquet`` (copies of SOURCE_RUN's pool) and
-copies the source's train / validation shards and ``planner/`` files, so ``mosaic-ray score``
+copies the source's train / calibration / test shards and ``planner/`` files, so ``mosaic-ray score``
 runs on DEST_RUN. Progress is a tqdm bar (on stderr) and ``logging`` records of this
 module's logger; the command line prints the summary dict as JSON on stdout.
 """
@@ -105,11 +105,14 @@ def _expand_shard(src_root: str, dst_root: str, src_shards: list[str], bounds: l
 
 
 def copy_run_inputs(src, dst) -> None:
-    """Copy the train / validation clip shards and the ``planner/`` files (``.pt``, ``.npy``,
-    ``.json``) of run ``src`` to run ``dst`` (both :class:`~mosaic_ray.storage.Storage`),
+    """Copy the train / calibration / test clip shards and the ``planner/`` files (``.pt``,
+    ``.npy``, ``.json``) of run ``src`` to run ``dst`` (both :class:`~mosaic_ray.storage.Storage`),
     skipping files ``dst`` already has, so stages after ingest can run on ``dst``."""
-    for rel in src.list("ingest/clips/train", ".parquet") + src.list("ingest/clips/validation", ".parquet") + \
-            [p for p in src.list("planner") if p.endswith((".pt", ".npy", ".json"))]:
+    from mosaic_ray.data.split import CALIBRATION, TEST, TRAIN
+
+    shards = [r for sp in (TRAIN, CALIBRATION, TEST) if src.exists(f"ingest/clips/{sp}")
+              for r in src.list(f"ingest/clips/{sp}", ".parquet")]
+    for rel in shards + [p for p in src.list("planner") if p.endswith((".pt", ".npy", ".json"))]:
         if not dst.exists(rel):
             dst.write_bytes(rel, src.read_bytes(rel))
 
@@ -117,7 +120,7 @@ def copy_run_inputs(src, dst) -> None:
 def expand_pool(src_root: str, dst_root: str, n_clips: int, shard_size: int = 256) -> dict:
     """Write ``n_clips`` synthetic pool clips (copies of ``src_root``'s pool) under ``dst_root``
     with Ray tasks, one output shard of ``shard_size`` clips per task (the last one shorter;
-    resumable: existing shards are kept), and copy the train / validation shards and
+    resumable: existing shards are kept), and copy the train / calibration / test shards and
     ``planner/`` files.
 
     Returns:

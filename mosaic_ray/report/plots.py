@@ -252,7 +252,7 @@ def plot_epdms_vs_budget(summary: Mapping[str, Any], path: str | Path) -> Path |
     if pos and max(pos) / min(pos) > 10:
         ax.set_xscale("log")
     ax.set_xlabel("budget (clips selected)")
-    ax.set_ylabel("validation EPDMS ×100")
+    ax.set_ylabel("test EPDMS ×100")
     ax.set_title("EPDMS vs budget (mean ± std over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -281,7 +281,7 @@ def plot_epdms_vs_compute(summary: Mapping[str, Any], path: str | Path) -> Path 
     if base is not None:
         ax.axhline(100 * float(base), color="k", ls="--", lw=1, label="base")
     ax.set_xlabel("compute spent (CPU·s: selection + final training)")
-    ax.set_ylabel("validation EPDMS ×100")
+    ax.set_ylabel("test EPDMS ×100")
     ax.set_title("EPDMS vs compute")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -23,7 +23,7 @@ from mosaic_ray.report.plots import (budget_items, ordered_domains, plot_composi
                                      plot_epdms_vs_budget, plot_epdms_vs_compute, plot_scaling_curves,
                                      plot_selection_order)
 
-__all__ = ["TERMS", "brmr", "render_report", "write_report", "REPORT_NAME", "PLOT_FILES"]
+__all__ = ["TERMS", "brmr", "sanity_checks", "render_report", "write_report", "REPORT_NAME", "PLOT_FILES"]
 
 REPORT_NAME = "report.md"
 #: PNG file names written beside report.md
@@ -199,6 +199,19 @@ def _section_data(s: Mapping[str, Any]) -> list[str]:
             srows.append([k, _int(splits.get(k)), str(len(sl)) if k in segs else "—", shown or "—"])
         lines += ["Splits:", ""]
         lines += _table(["split", "clips", "segments", "segment names"], srows)
+    per_site = data.get("clips_per_site") or {}
+    if per_site and data.get("site_mix"):
+        sites = sorted(set(data["site_mix"]) | {x for v in per_site.values() for x in (v or {})})
+        dev = data.get("mix_deviation") or {}
+        rows = [["declared mix"] + [f"{100 * _f(data['site_mix'].get(x, 0)):.1f}%" for x in sites] + ["", ""]]
+        for sp, c in per_site.items():
+            n = sum((c or {}).values())
+            rows.append([sp] + [f"{100 * (c or {}).get(x, 0) / n:.1f}%" if n else "—" for x in sites]
+                        + [_int(n), f"{100 * _f(dev.get(sp)):.1f}" if sp in dev else "—"])
+        lines += [f"Site mix per split (split unit: {data.get('split_unit') or 'segment'}; no unit is in two "
+                  "splits; train, calibration and test are stratified to the declared mix; pilots are scored on "
+                  "calibration, the final tables on test only):", ""]
+        lines += _table(["split"] + sites + ["clips", "max deviation (points)"], rows)
     pbd = data.get("pool_by_domain") or {}
     if pbd:
         total = sum(_f(v) for v in pbd.values())
@@ -218,7 +231,7 @@ def _section_base(s: Mapping[str, Any]) -> list[str]:
             rows.append([label, _x100(sec.get("epdms"))] + [_x100(terms.get(t)) for t in TERMS])
     if not rows:
         return []
-    lines = ["## Base model (validation)", ""]
+    lines = ["## Base model (test)", ""]
     lines += _table(["", "EPDMS ×100"] + [f"{t} ×100" for t in TERMS], rows)
     return lines
 
@@ -265,6 +278,11 @@ def _section_domains(s: Mapping[str, Any], plot: str | None) -> list[str]:
                      _pilot_text(info.get("pilot_points"))])
     lines += _table(["domain", "pool clips", "a_i (×100)", "τ_i (clips)", "fit RMSE (×100)", "fit status",
                      "used", "pilot ΔEPDMS ×100 per seed"], rows)
+    seeds = {int(_f(p[2])) for info in doms.values() for p in ((info or {}).get("pilot_points") or [])
+             if len(p) >= 3 and math.isfinite(_f(p[2]))}
+    if seeds and len(seeds) < 3:
+        lines += [f"**Warning:** {len(seeds)} pilot seed(s); with fewer than 3 the spread of a pilot point is not "
+                  "measured, the fit cannot weight the points by it and the law bands are missing or meaningless.", ""]
     if degenerate:
         lines += [f"**Degenerate fits:** {', '.join(degenerate)}. Policy: such a law is not used as the "
                   "exponential; the selection uses the concave interpolation of the measured mean gains through "
@@ -357,7 +375,7 @@ def _section_results(s: Mapping[str, Any], plot: str | None) -> list[str]:
             if m != "full":  # the full-pool reference has no budget to compare
                 brmrs[m] = brmr(res, m, "random", base_epdms=base)
     st = s.get("statistics") or {}
-    split = st.get("split") or "validation"
+    split = st.get("split") or "test"
     lines = [f"## Results ({split})", ""]
     if boot:
         lines += [f"EPDMS ×100, mean ± std over seeds, and the mean with its {100 * _f(st.get('level')):.0f} % "
@@ -433,7 +451,7 @@ def _section_comparisons(s: Mapping[str, Any]) -> list[str]:
         rows.append([m] + [_ci_x100(per.get(str(b)), signed=True) for b in budgets])
         ivs = [per[str(b)] for b in budgets if str(b) in per]
         wins[m] = (sum(1 for iv in ivs if _f(iv.get("lo")) > 0), sum(1 for iv in ivs if _f(iv.get("hi")) < 0), len(ivs))
-    lines = [f"## Each method − Random ({st.get('split') or 'validation'})", "",
+    lines = [f"## Each method − Random ({st.get('split') or 'test'})", "",
              f"Difference of mean EPDMS ×100 with its {100 * _f(st.get('level')):.0f} % paired bootstrap interval "
              f"({_int(st.get('n_boot'))} replicates over the {_int(st.get('n_clips'))} common clips and the training "
              "seeds). Columns are budgets.", ""]
@@ -457,9 +475,76 @@ def _section_comparisons(s: Mapping[str, Any]) -> list[str]:
     return lines + [""] + [f"> {n}" for n in notes] + ([""] if notes else [])
 
 
+def sanity_checks(s: Mapping[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """The report's sanity line (issue 12 part 3), from the test results' intervals.
+
+    1. Random's curve is non-decreasing within its confidence band: no budget's 95 % interval
+       lies wholly below a smaller budget's (i.e. a dip larger than both intervals).
+    2. The full pool is not worse than the best subset beyond its band: the full pool's upper
+       interval end is not below the best subset's lower end.
+
+    Returns:
+        ``[(check, passed, detail)]``; ``passed`` None where the numbers are missing.
+    """
+    res = s.get("results") or {}
+    out: list[tuple[str, bool | None, str]] = []
+    rnd = [(b, (e or {}).get("epdms_ci")) for b, e in budget_items(res.get("random"))]
+    rnd = [(b, iv) for b, iv in rnd if iv]
+    if len(rnd) >= 2:
+        bad = [(b1, b2) for i, (b1, iv1) in enumerate(rnd) for b2, iv2 in rnd[i + 1:]
+               if _f(iv2.get("hi")) < _f(iv1.get("lo"))]
+        out.append(("Random's curve on test is non-decreasing within its confidence band", not bad,
+                    "; ".join(f"budget {b2} is below budget {b1} beyond both intervals" for b1, b2 in bad)))
+    else:
+        out.append(("Random's curve on test is non-decreasing within its confidence band", None,
+                    "needs Random at two budgets with intervals"))
+    full = [(b, (e or {}).get("epdms_ci")) for b, e in budget_items(res.get("full"))]
+    subsets = [(m, b, (e or {}).get("epdms_ci")) for m, per in res.items() if m != "full"
+               for b, e in budget_items(per) if (e or {}).get("epdms_ci")]
+    if full and full[0][1] and subsets:
+        m, b, best = max(subsets, key=lambda t: _f(t[2].get("estimate")))
+        ok = _f(full[0][1].get("hi")) >= _f(best.get("lo"))
+        out.append(("the full pool is not worse than the best subset beyond its band", ok,
+                    f"full pool {_ci_x100(full[0][1])} vs best subset {m} at {b} clips {_ci_x100(best)}"))
+    else:
+        out.append(("the full pool is not worse than the best subset beyond its band", None,
+                    "needs the full-pool line (train.full_pool) and intervals"))
+    return out
+
+
+def _section_sanity(s: Mapping[str, Any]) -> list[str]:
+    if not (s.get("results") or {}) or not s.get("statistics"):
+        return []
+    lines = ["## Sanity line", ""]
+    for check, ok, detail in sanity_checks(s):
+        mark = "not checked" if ok is None else ("holds" if ok else "**FAILS**")
+        lines.append(f"- {check}: {mark}" + (f" ({detail})" if detail else ""))
+    if any(ok is False for _, ok, _ in sanity_checks(s)):
+        lines += ["", "A failed check means the training recipe lets budget and amount of training (or "
+                  "composition) confound the comparison at these budgets; read the tables above with that in mind."]
+    return lines + [""]
+
+
+def _section_sites(s: Mapping[str, Any]) -> list[str]:
+    """Per site of the test split: each method's mean and its difference to Random, with intervals."""
+    res, cmp_ = s.get("results_by_site") or {}, s.get("comparisons_by_site") or {}
+    if not res:
+        return []
+    lines = ["## Per site (test)", "",
+             "Mean EPDMS ×100 [95 % CI] on each site's test clips, and each method − Random on them "
+             "(paired bootstrap over that site's clips and the seeds).", ""]
+    for site in sorted(res):
+        rows = []
+        for m, per in res[site].items():
+            for b, iv in budget_items(per):
+                rows.append([m, str(b), _ci_x100(iv), _ci_x100(((cmp_.get(site) or {}).get(m) or {}).get(str(b)), True)])
+        lines += [f"**{site}**", ""] + _table(["method", "budget", "EPDMS ×100 [95 %]", "− Random ×100 [95 %]"], rows)
+    return lines
+
+
 def _section_diff(s: Mapping[str, Any]) -> list[str]:
     if s.get("comparisons"):
-        return _section_comparisons(s)
+        return _section_comparisons(s) + _section_sites(s)
     res = s.get("results") or {}
     mo, ra = dict(budget_items(res.get("mosaic"))), dict(budget_items(res.get("random")))
     common = sorted(set(mo) & set(ra))
@@ -476,7 +561,7 @@ def _section_diff(s: Mapping[str, Any]) -> list[str]:
             se = math.sqrt(sm ** 2 / nm + sr ** 2 / nr)
         rows.append([str(b), _mean_std(em), _mean_std(er), _signed_x100(d), _x100(se)])
     lines = ["## MOSAIC − Random", "",
-             "Difference of mean validation EPDMS ×100; SE = sqrt(s_M²/n_M + s_R²/n_R).", ""]
+             "Difference of mean test EPDMS ×100; SE = sqrt(s_M²/n_M + s_R²/n_R).", ""]
     return lines + _table(["budget", "MOSAIC ×100", "Random ×100", "Δ ×100", "SE ×100"], rows)
 
 
@@ -493,8 +578,8 @@ def _section_estimated(s: Mapping[str, Any]) -> list[str]:
         iv = eci.get(str(b))
         rows.append([str(b), _ci_x100(iv) if iv else _x100(v),
                      _ci_x100(e.get("epdms_ci")) if e.get("epdms_ci") else _x100(a), _signed_x100(a - _f(v))])
-    start = ("the control pilots' EPDMS (the extra training's shared gain, counted once)" if s.get("control")
-             else "base EPDMS")
+    start = ("base EPDMS on test + the control pilots' gain over the base on calibration (the extra "
+             "training's shared gain, counted once)" if s.get("control") else "base EPDMS on test")
     lines = ["## Estimated vs actual (MOSAIC)", "",
              f"Estimated = {start} + Σ_i ΔU_i(n_i) from the fitted laws (paper Table 5), with its 95 % interval "
              "over laws refitted on resampled pilot seeds; actual with its bootstrap interval over clips and "
@@ -595,6 +680,7 @@ def render_report(summary: Summary | Mapping[str, Any],
     lines += _section_domains(summary, plots.get("scaling"))
     lines += _section_selection(summary, plots)
     lines += _section_results(summary, plots.get("epdms"))
+    lines += _section_sanity(summary)
     lines += _section_diff(summary)
     lines += _section_estimated(summary)
     lines += _section_compute(summary, plots.get("compute"))

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.data.split import CALIBRATION, TEST
 from mosaic_ray.scoring.epdms import TERMS
 from mosaic_ray.selection.methods import DEFAULT_PILOT_SET, pilot_sets
 from mosaic_ray.selection.scaling_law import ScalingLaw, bootstrap_laws, pilot_gains
@@ -70,11 +71,15 @@ class DataInfo(_Section):
     segments: dict[str, list[str]] | None = None
     pool_by_domain: dict[str, int] | None = None
     clips_per_site: dict[str, dict[str, int]] | None = None
+    split_unit: str | None = None
+    units: dict[str, list[str]] | None = None
+    site_mix: dict[str, float] | None = None  #: the declared mix train, calibration and test follow
+    mix_deviation: dict[str, float] | None = None  #: per split: largest |share − declared| (0..1)
     notes: list[str] | None = None
 
 
 class Utility(_Section):
-    """Mean validation EPDMS and the nine terms of one planner (or of the logged human)."""
+    """Mean test EPDMS and the nine terms of one planner (or of the logged human)."""
 
     epdms: float
     terms: dict[str, float] = Field(default_factory=dict)
@@ -102,7 +107,8 @@ class DomainLaw(_Section):
 
 
 class ControlInfo(_Section):
-    """The control pilots (n = 0: the pilot recipe on D_train alone), EPDMS 0..1, per seed."""
+    """The control pilots (n = 0: the pilot recipe on D_train alone), calibration EPDMS 0..1 per
+    seed, and their gain over the base model on calibration."""
 
     epdms_per_seed: dict[str, float] = Field(default_factory=dict)
     epdms_mean: float
@@ -182,6 +188,10 @@ class Summary(_Section):
     #: method -> Random's budget -> BRMR on isotonic curves with its bootstrap interval
     brmr: dict[str, dict[str, IntervalStat]] | None = None
     statistics: StatisticsInfo | None = None
+    #: site -> method -> budget -> mean(method) − mean(Random) on that site's test clips, with interval
+    comparisons_by_site: dict[str, dict[str, dict[str, IntervalStat]]] | None = None
+    #: site -> method -> budget -> mean test EPDMS on that site's clips, with interval
+    results_by_site: dict[str, dict[str, dict[str, IntervalStat]]] | None = None
     domain_variants: dict[str, VariantInfo] | None = None
     #: per step: the fingerprint its completion record carries (what made its outputs)
     fingerprints: dict[str, str] | None = None
@@ -204,12 +214,18 @@ class Summary(_Section):
         return self.model_dump(exclude_none=True)
 
 
+def evaluation(result: Mapping[str, Any]) -> dict:
+    """A stored evaluation's utility: its ``test`` entry (``validation`` in runs from before the
+    four splits)."""
+    return result.get(TEST) or result.get("validation") or {}
+
+
 def _cell_stats(runs: list[dict]) -> CellStats:
-    e = np.array([x["validation"]["epdms"] for x in runs])
+    e = np.array([evaluation(x)["epdms"] for x in runs])
     return CellStats(
         epdms_mean=float(e.mean()), epdms_std=float(e.std(ddof=1)) if len(e) > 1 else 0.0,
         n_seeds=len(e), epdms_per_seed=e.tolist(),
-        terms={t: float(np.nanmean([x["validation"]["terms"][t] for x in runs])) for t in TERMS},
+        terms={t: float(np.nanmean([evaluation(x)["terms"][t] for x in runs])) for t in TERMS},
         n_train=int(runs[0]["n_train"]), train_time_s=float(np.mean([x["wall_time_s"] for x in runs])),
         compute_cpu_s=float(np.mean([x.get("compute_cpu_s", np.nan) for x in runs])),
         fingerprints=[x["fingerprint"] for x in runs] if all(x.get("fingerprint") for x in runs) else None)
@@ -217,12 +233,15 @@ def _cell_stats(runs: list[dict]) -> CellStats:
 
 def _statistics(runs: Mapping[str, Mapping[str, list[dict]]], base_eval: Mapping[str, Any],
                 results: dict[str, dict[str, CellStats]], *, n_boot: int, seed: int = 0,
-                split: str = "validation") -> tuple[dict, dict, StatisticsInfo | None]:
+                split: str = "test", site_of_clip: Mapping[str, str] | None = None
+                ) -> tuple[dict, dict, StatisticsInfo | None, dict, dict]:
     """Bootstrap intervals from the stored per-clip scores (fills ``results``' ``epdms_ci``).
 
     Every result with ``per_clip`` scores takes part; the clips are those every such result and
     the base model scored (:func:`~mosaic_ray.evaluate.stats.align_cells`). Returns
-    ``(comparisons, brmr, info)``; empty dicts and None when no result has per-clip scores.
+    ``(comparisons, brmr, info, results_by_site, comparisons_by_site)``; empty dicts and None
+    when no result has per-clip scores. With ``site_of_clip`` ({clip id: site}) the means and
+    the comparisons are also given per site, on that site's clips.
     """
     from mosaic_ray.evaluate import stats
 
@@ -230,13 +249,13 @@ def _statistics(runs: Mapping[str, Mapping[str, list[dict]]], base_eval: Mapping
     for m, per_b in runs.items():
         for b, rs in per_b.items():
             for i, r in enumerate(rs):
-                pc = (r.get("validation") or {}).get("per_clip")
+                pc = evaluation(r).get("per_clip")
                 if pc:
                     keyed.append((m, b, i))
                     per.append(pc)
-    base_pc = (base_eval.get("validation") or {}).get("per_clip")
+    base_pc = evaluation(base_eval).get("per_clip")
     if not per or not base_pc:
-        return {}, {}, None
+        return {}, {}, None, {}, {}
     ids, arrs = stats.align_cells(per + [base_pc])
     notes = []
     n_all = max(len(p["clip_id"]) for p in per + [base_pc])
@@ -244,7 +263,7 @@ def _statistics(runs: Mapping[str, Mapping[str, list[dict]]], base_eval: Mapping
         notes.append(f"{n_all - len(ids)} clips are not scored by every result and are left out of the intervals")
     if not ids:
         return {}, {}, StatisticsInfo(n_boot=n_boot, level=stats.DEFAULT_LEVEL, seed=seed, split=split, n_clips=0,
-                                      notes=notes + ["no clip is scored by every result: no intervals"])
+                                      notes=notes + ["no clip is scored by every result: no intervals"]), {}, {}
     cells: dict[str, dict[int, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     for (m, b, _), a in zip(keyed, arrs[:-1]):
         cells[m][int(b)].append(a)
@@ -270,13 +289,28 @@ def _statistics(runs: Mapping[str, Mapping[str, list[dict]]], base_eval: Mapping
                                                      n_boot=n_boot, seed=seed).items()}
     else:
         notes.append(f"no {REFERENCE_METHOD!r} results with per-clip scores: no comparisons or BRMR")
+    by_site_res: dict = {}
+    by_site_cmp: dict = {}
+    if site_of_clip:
+        sites = np.array([site_of_clip.get(c, "?") for c in ids])
+        for site in sorted(set(sites.tolist())):
+            m_ = sites == site
+            by_site_res[site] = {m: {str(b): IntervalStat(**stats.mean_interval(x[:, m_], n_boot=n_boot, seed=seed)
+                                                          .to_dict()) for b, x in sorted(per_b.items())}
+                                 for m, per_b in cells_np.items()}
+            if ref:
+                cmp_ = {m: {str(b): IntervalStat(**stats.paired_bootstrap_diff(x[:, m_], ref[b][:, m_], n_boot=n_boot,
+                                                                               seed=seed).to_dict())
+                            for b, x in sorted(per_b.items()) if b in ref}
+                        for m, per_b in cells_np.items() if m != REFERENCE_METHOD}
+                by_site_cmp[site] = {m: v for m, v in cmp_.items() if v}
     info = StatisticsInfo(
         n_boot=n_boot, level=stats.DEFAULT_LEVEL, seed=seed, split=split, n_clips=len(ids), notes=notes,
         method="bootstrap over the common test clips (shared by every cell of a replicate: paired) and each "
                "cell's training seeds (paired by seed index when the seed counts match), percentile interval "
                "widened by sqrt(S/(S-1)) and t/z at the Welch-Satterthwaite df of the seed and clip parts; BRMR "
                "on isotonic curves with the base model at budget 0 (Random exactly 1)")
-    return comparisons, brmr, info
+    return comparisons, brmr, info, by_site_res, by_site_cmp
 
 
 def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str, float] | None = None,
@@ -351,18 +385,26 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
             continue
         runs[r["method"]][str(r["budget"])].append(r)
     results = {m: {b: _cell_stats(rs) for b, rs in per_b.items()} for m, per_b in runs.items()}
-    comparisons, brmr, stat_info = _statistics(runs, base, results, n_boot=n_boot)
+    site_of_clip = None
+    if st.exists(layout.clips(TEST)):
+        t = st.read_table(layout.clips(TEST), columns=["clip_id", "site"])
+        site_of_clip = dict(zip(t.column("clip_id").to_pylist(), t.column("site").to_pylist()))
+    comparisons, brmr, stat_info, res_site, cmp_site = _statistics(runs, base, results, n_boot=n_boot,
+                                                                   site_of_clip=site_of_clip)
     laws = {d: ScalingLaw.from_dict(v) for d, v in sel["laws"].items()}
-    # estimated EPDMS = the control pilots' EPDMS (the shared gain of the extra training, counted
-    # once) + Σ_i ΔU_i(n_i); without control pilots the base model's EPDMS stands in for it
-    start = float(np.mean(list(control.values()))) if control else float(base["validation"]["epdms"])
+    # estimated EPDMS = the control pilots' gain (the extra training's shared part, counted once)
+    # + Σ_i ΔU_i(n_i), on top of the base model's test EPDMS (pilots are scored on calibration)
+    base_test = float(evaluation(base)["epdms"])
+    base_cal = float((base.get(CALIBRATION) or evaluation(base))["epdms"])
+    # on test: the base model's test EPDMS + the control's gain over the base on calibration + Σ laws
+    start = base_test + (float(np.mean(list(control.values()))) - base_cal if control else 0.0)
     estimated, estimated_ci = {}, {}
     for b in sel["budgets"]:
         comp = selection.get("mosaic", {}).get(str(b))
         if comp and comp.composition:
             est = float(start + sum(laws[d](n) for d, n in comp.composition.items()))
             estimated[str(b)] = est
-            reps = [c + sum(rl[d](n) for d, n in comp.composition.items() if d in rl) for c, rl in boot
+            reps = [base_test + c - base_cal + sum(rl[d](n) for d, n in comp.composition.items() if d in rl) for c, rl in boot
                     if control and all(d in rl for d in comp.composition)]
             if reps:
                 lo, hi = np.quantile(reps, [0.025, 0.975])
@@ -372,7 +414,7 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
     if control:
         cm = float(np.mean(list(control.values())))
         control_info = ControlInfo(epdms_per_seed={str(k): v for k, v in sorted(control.items())}, epdms_mean=cm,
-                                   gain_over_base=cm - float(base["validation"]["epdms"]))
+                                   gain_over_base=cm - base_cal)
     sets = pilot_sets(cfg.resolved_methods())
     variants = {}
     for v in cfg.domains.all_variants():
@@ -389,10 +431,13 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
         data=DataInfo(candidates=ing["candidates"], clips=ing["clips"], quarantined=ing["quarantined"],
                       quarantine_reasons=ing["quarantine_reasons"], splits=ing["splits"],
                       segments=ing["segments"], pool_by_domain=dict(sorted(sizes.items())),
-                      clips_per_site=ing.get("clips_per_site"), notes=ing.get("notes", [])),
-        base=Utility(epdms=base["validation"]["epdms"], terms=base["validation"]["terms"], n_train=base["n_train"]),
+                      clips_per_site=ing.get("clips_per_site"), notes=ing.get("notes", []),
+                      split_unit=ing.get("split_unit"), units=ing.get("units"), site_mix=ing.get("site_mix"),
+                      mix_deviation=ing.get("mix_deviation")),
+        base=Utility(epdms=evaluation(base)["epdms"], terms=evaluation(base)["terms"], n_train=base["n_train"]),
         human=Utility(**{k: base["human"][k] for k in ("epdms", "terms")}) if base.get("human") else None,
         domains=domains, selection=dict(selection), selection_order=order, results=results,
+        comparisons_by_site=cmp_site or None, results_by_site=res_site or None,
         estimated=estimated, estimated_ci=estimated_ci or None, control=control_info, comparisons=comparisons or None, brmr=brmr or None, statistics=stat_info,
         domain_variants=variants, fingerprints=recorded or None,
         stale_steps=stale_steps, stale_results=stale_results or None)

@@ -52,10 +52,10 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.data.split import CALIBRATION, TEST
 from mosaic_ray.stages.fingerprint import config_value
 from mosaic_ray.stages.shards import Resources, ShardStage, record_actor_pid, run_shard_stage
 from mosaic_ray.stages.step import Context, Step, needs_of
@@ -85,14 +85,12 @@ ROLES = ("real", "calibration", "test", "synthetic")
 # ============================================================================ splits
 def calibration_split(cfg: ExperimentConfig) -> str:
     """The split the rounds are evaluated on (closed-loop feedback; AUTOSCALE.md D_cal)."""
-    return "validation"
+    return CALIBRATION
 
 
 def test_split(cfg: ExperimentConfig) -> str:
-    """The split only the final numbers read: ``test`` once the ingest writes it, else the real
-    ``pool`` (AutoScale trains on no pool clip; the pool is then also left out of Graph-RAE's
-    training, :func:`graph_rae_splits`)."""
-    return "test" if "test" in layout.SPLITS else "pool"
+    """The split only the final numbers read (issue 12's test split; nothing else reads it)."""
+    return TEST
 
 
 def real_split(cfg: ExperimentConfig) -> str:

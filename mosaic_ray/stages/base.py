@@ -1,9 +1,10 @@
-"""The base step: trajectory vocabulary, the base planner on D_train, its validation EPDMS.
+"""The base step: trajectory vocabulary, the base planner on D_train, its calibration and test EPDMS.
 
 The vocabulary is k-means of the logged futures of D_train ∪ pool (mirrored too when the
 recipe augments with mirror images), Hydra-MDP style; the base planner is trained on D_train
 through Ray Train (:func:`mosaic_ray.stages.trainer.train_planner`) and scored on the
-validation clips, next to the logged human driving (the data's own EPDMS ceiling).
+calibration clips (the pilots' reference) and the test clips (budget 0 of the final tables,
+next to the logged human driving: the data's own EPDMS ceiling).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import numpy as np
 
 from mosaic_ray import layout
+from mosaic_ray.data.split import CALIBRATION, TEST
 from mosaic_ray.evaluate.planner_eval import SceneCache, score_human, score_planner
 from mosaic_ray.planner.futures import expert_futures
 from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: SceneCache | None = None) -> dict:
-    """Validation utility of a stored planner checkpoint: ``{"epdms", "terms", "n_clips",
+    """Utility of a stored planner checkpoint on some clips (default: the test split): ``{"epdms", "terms", "n_clips",
     "per_clip"}`` (EPDMS and the nine terms on the 0..1 scale, means over the clips;
     ``per_clip``: ``{"clip_id": [str], "epdms": [float]}`` for the bootstrap intervals of
     :mod:`mosaic_ray.evaluate.stats`).
@@ -37,20 +39,20 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: Sc
 
     Args:
         checkpoint: storage-relative ``planner/*.pt``.
-        clips: the clips to score (default: the validation split).
+        clips: the clips to score (default: the test split: final tables only).
 
     Raises:
         NonFiniteTrainingError: NaN/inf weights or a non-finite mean EPDMS (names the checkpoint).
     """
     model = load_checkpoint(storage.local_copy(checkpoint))
     require_finite_weights(model, f"checkpoint {storage.uri(checkpoint)}")
-    clips = clips if clips is not None else load_clips(storage, "validation")
+    clips = clips if clips is not None else load_clips(storage, TEST)
     scores = score_planner(model, clips, model.spec.features, cache=cache)
     util = scores.utility()
     # per-clip scores, so that the report's bootstrap intervals can be recomputed from the run
     util["per_clip"] = {"clip_id": [str(c) for c in scores.clip_ids], "epdms": [float(v) for v in scores.epdms]}
     if not np.isfinite(util["epdms"]):
-        raise NonFiniteTrainingError(f"checkpoint {storage.uri(checkpoint)}: validation EPDMS is "
+        raise NonFiniteTrainingError(f"checkpoint {storage.uri(checkpoint)}: EPDMS is "
                                      f"{util['epdms']}; no result is reported for it")
     return util
 
@@ -69,10 +71,12 @@ def run_base(ctx: Context) -> dict:
     log.info("[base] vocabulary of %d anchors from %d futures; training on D_train", len(anchors), len(fut))
     info = train_planner(cfg, st, name="base", epochs=cfg.planner.base_epochs, seed=cfg.planner.seed,
                          fresh=ctx.force)
-    clips, cache = load_clips(st, "validation"), SceneCache()
+    # calibration: what the pilots' gains are measured against; test: budget 0 of the final tables
+    util_cal = evaluate_checkpoint(st, info["checkpoint"], load_clips(st, CALIBRATION))
+    clips, cache = load_clips(st, TEST), SceneCache()
     util = evaluate_checkpoint(st, info["checkpoint"], clips, cache)
     human = score_human(clips, cache)
-    payload = {**info, "validation": util, "human": human, "vocab_size": int(len(anchors))}
+    payload = {**info, CALIBRATION: util_cal, TEST: util, "human": human, "vocab_size": int(len(anchors))}
     st.write_json(layout.BASE_EVAL, payload)
     return payload
 
@@ -82,5 +86,6 @@ STEP = Step("base", run_base,
             needs=needs_of({layout.INGEST_SUMMARY: "ingest"}),
             outputs=(layout.VOCABULARY, layout.BASE_CHECKPOINT, layout.BASE_EVAL),
             record=layout.BASE_RECORD, config_keys=("planner", "train.num_workers"), upstream=("ingest",),
-            describe=lambda p: (f"validation EPDMS {100 * p['validation']['epdms']:.2f} "
+            describe=lambda p: (f"test EPDMS {100 * p['test']['epdms']:.2f}, calibration "
+                                f"{100 * p['calibration']['epdms']:.2f} "
                                 f"(logged human {100 * p['human']['epdms']:.2f})"))

@@ -3,7 +3,8 @@
 Each grid cell trains a planner on D_train ∪ D_sel with Ray Train (the ``TorchTrainer`` is
 built inside the Tune function, as Train V2 requires) or, for one-worker cells, with the same
 loop inside the trial (``train.backend``; no worker-group start-up per cell), evaluates it on
-validation and stores ``train/results/<key>.json``. Cells already stored are skipped, so an
+the test split and stores ``train/results/<key>.json`` (its ``test`` entry: the test split's
+EPDMS, terms and per-clip scores). Cells already stored are skipped, so an
 interrupted grid resumes where it stopped; the cells still to run are scheduled
 ``train.concurrency`` at a time within the cluster's resources (a Ray Train cell's trial
 reserves no CPU of its own, its Train workers and Ray Data tasks reserve theirs; an in-trial
@@ -19,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.data.split import TEST
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def cell_is_current(storage: Storage, cell: Cell) -> bool:
 
 def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None = None) -> None:
     """Tune trainable for one grid cell: Ray Train run with the final-training recipe
-    (``recipe_from_config(cfg, "final")``), validation evaluation, stored result.
+    (``recipe_from_config(cfg, "final")``), test-split evaluation, stored result.
     ``cells`` and ``storage`` come through the object store (``tune.with_parameters``)."""
     from ray import tune
 
@@ -77,7 +79,7 @@ def _cell_trial(config: dict, cells: dict | None = None, storage: Storage | None
     eval_s = time.time() - t_eval
     cpus = cfg.train.num_workers * cfg.train.cpus_per_worker
     res = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "fingerprint": cell.fingerprint,
-           **info, "validation": util,
+           **info, TEST: util,
            "eval_time_s": round(eval_s, 1), "cell_time_s": round(time.time() - t0, 1),
            "compute_cpu_s": round(info["wall_time_s"] * cpus + eval_s + cell.compute_extra_s, 1)}
     st.write_json(cell.result_path, res)
@@ -88,7 +90,7 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
     """Run the cells not yet stored (all with ``force``); returns ``{key: result}`` for all cells.
 
     Each result (``train/results/<key>.json``) holds the training info of
-    :func:`~mosaic_ray.stages.trainer.train_planner` (with the recipe used), ``validation``
+    :func:`~mosaic_ray.stages.trainer.train_planner` (with the recipe used), ``test``
     (mean EPDMS in [0, 1] and the nine terms) and timings in seconds.
 
     Raises:
@@ -126,7 +128,7 @@ def run_grid(cfg: ExperimentConfig, storage: Storage, cells: list[Cell], force: 
                 name=f"grid-{digest}-{int(time.time())}", verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[tune_progress_callback(
-                    "train", len(todo), lambda r: f"{r['key']}: validation EPDMS {100 * r['epdms']:.2f}")]),
+                    "train", len(todo), lambda r: f"{r['key']}: test EPDMS {100 * r['epdms']:.2f}")]),
         )
         grid = tuner.fit()
         errors = [str(r.error) for r in grid if r.error is not None]

@@ -1,11 +1,12 @@
-"""``mosaic-ray ingest``: CommonRoad or ScenarioNet files -> deduplicated clip shards split by segment.
+"""``mosaic-ray ingest``: CommonRoad or ScenarioNet files -> deduplicated clip shards in four splits.
 
 ``ingest.source`` picks the reader: ``commonroad`` (CommonRoad XML, :mod:`mosaic_ray.data.commonroad`)
 or ``scenarionet`` (ScenarioNet ``*.pkl`` scenarios of Waymo, nuScenes, nuPlan, Argoverse 2...,
 :mod:`mosaic_ray.data.scenarionet`); both give the same clip schema and quarantine records.
 Ray Data reads the file list and cuts clips file by file in parallel tasks
-(:class:`CutClipsStage`); the driver then deduplicates by content, splits by map segment
-(or, with ``ingest.split_mode`` ``pool`` / ``validation``, puts every clip in that split) and
+(:class:`CutClipsStage`); the driver then deduplicates by content, splits by recording unit
+into train / pool / calibration / test (:mod:`mosaic_ray.data.split`; or, with
+``ingest.split_mode`` ``pool`` / ``calibration`` / ``test``, puts every clip in that split) and
 writes Parquet shards under ``<run>/ingest/clips/<split>/`` plus ``quarantine.parquet``
 (one record per candidate that did not become a clip — unreadable XML, invalid clip,
 duplicate — and one per file without a usable track — map only, every track shorter than a
@@ -31,7 +32,8 @@ from mosaic_ray.config import ExperimentConfig
 from mosaic_ray.data.clip import clips_from_table, clips_to_table, clip_schema
 from mosaic_ray.data.commonroad import NO_USABLE_TRACK_REASONS, CutOptions, cut_file, list_scenario_files
 from mosaic_ray.data.scenarionet import ScenarioNetOptions, cut_scenarionet_file, list_scenarionet_files
-from mosaic_ray.data.split import SplitPlan, content_keys, dedup_clips, dedup_order_key, plan_split
+from mosaic_ray.data.split import (CALIBRATION, SPLITS, TEST, TRAIN, SplitPlan, content_keys, dedup_clips,
+                                   dedup_order_key, plan_split, recording_groups, shared_track_links)
 from mosaic_ray.stages.shards import ProcessingStage, Resources, map_stage
 from mosaic_ray.stages.fingerprint import file_listing
 from mosaic_ray.stages.step import Context, Step
@@ -184,6 +186,9 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
                            "detail": f"{what} {o['source_file']} vehicle {o['ego_id']} (clip {o['clip_id']})",
                            "clip_id": m["clip_id"]})
         rec_file.append(row_file[i])
+    # files that replay one recorded vehicle (content duplicates) are one recording unit
+    dup_file_pairs = sorted({(meta[i]["source_file"], meta[j]["source_file"]) for i, (j, why) in dup.items()
+                             if why == "content"})
     clips_table = clips_table.take(pa.array(keep, pa.int64()))
     meta = [meta[i] for i in keep]
 
@@ -208,22 +213,40 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
     file_outcomes.update({f"quarantined:{r}": n for r, n in quarantined_files.items()})
     file_outcomes.update({f"no_usable_track:{r}": n for r, n in no_track_files.items()})
 
-    # ---- split by map segment
-    per_seg = Counter(m["segment"] for m in meta)
-    site_of = {m["segment"]: m["site"] for m in meta}
+    # ---- split by recording unit (issue 12 part 2): no unit's clips in two splits
     ic = cfg.ingest
+    if ic.split_unit == "recording":
+        links = shared_track_links(clips_table.select(["source_file", "segment", "ego_states", "ego_states__shape"]))
+        links += [(min(a, b), max(a, b)) for a, b in dup_file_pairs if a != b]
+        unit_of_file = recording_groups(sorted({(m["source_file"], m["segment"]) for m in meta}), links)
+        unit_of = [unit_of_file[m["source_file"]] for m in meta]
+    else:
+        unit_of = [m["segment"] for m in meta]
+    per_unit = Counter(unit_of)
+    site_of = {u: m["site"] for u, m in zip(unit_of, meta)}
+    seg_of = {u: m["segment"] for u, m in zip(unit_of, meta)}
     if ic.split_mode == "auto":
-        plan = plan_split(dict(per_seg), site_of, validation_fraction=ic.validation_fraction,
-                          train_fraction=ic.train_fraction, seed=ic.seed,
-                          validation_segments=ic.validation_segments, train_segments=ic.train_segments)
-    else:  # every clip to one split (a dataset too small to split three ways)
-        plan = SplitPlan({s: ic.split_mode for s in per_seg}, dict(per_seg), dict(site_of),
-                         [f"split_mode {ic.split_mode}: all {len(meta)} clips go to {ic.split_mode}"])
-    split_col = pa.array([plan.assignment[m["segment"]] for m in meta], pa.string())
+        def named(given):  # segments or units named in the config -> units
+            if not given:
+                return []
+            unknown = sorted(set(given) - set(per_unit) - set(seg_of.values()))
+            if unknown:
+                raise ValueError(f"ingest: unknown or clip-less segments / units {unknown}")
+            return sorted(u for u in per_unit if u in given or seg_of[u] in given)
+        fixed = {TRAIN: named(ic.train_segments), CALIBRATION: named(ic.calibration_segments),
+                 TEST: named(ic.test_segments)}
+        plan = plan_split(dict(per_unit), site_of, train_fraction=ic.train_fraction,
+                          calibration_fraction=ic.calibration_fraction, test_fraction=ic.test_fraction,
+                          seed=ic.seed, site_mix=ic.site_mix, fixed=fixed, segment_of_unit=seg_of)
+    else:  # every clip to one split (a dataset too small to split four ways)
+        plan = SplitPlan({u: ic.split_mode for u in per_unit}, dict(per_unit), dict(site_of),
+                         [f"split_mode {ic.split_mode}: all {len(meta)} clips go to {ic.split_mode}"],
+                         segment_of_unit=seg_of)
+    split_col = pa.array([plan.assignment[u] for u in unit_of], pa.string())
     if storage.exists(f"{STAGE}/clips"):
         storage.delete(f"{STAGE}/clips")
     shards = {}
-    for split in ("validation", "train", "pool"):
+    for split in SPLITS:
         mask = pc.equal(split_col, split)
         part = clips_table.filter(mask).sort_by("clip_id")
         shards[split] = write_shards(storage, f"{STAGE}/clips/{split}", part, cfg.ingest.shard_size)
@@ -242,11 +265,15 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         "quarantine_reasons": dict(sorted(reasons.items())),
         "raw_clips": n_raw, "duplicates": len(dup),
         "splits": plan.counts(),
-        "segments": {s: plan.segments(s) for s in ("validation", "train", "pool")},
-        "clips_per_segment": dict(sorted(per_seg.items())),
-        "site_of_segment": dict(sorted(site_of.items())),
+        "segments": {s: plan.segments(s) for s in SPLITS},
+        "split_unit": ic.split_unit,
+        "units": {s: plan.units(s) for s in SPLITS},
+        "clips_per_segment": dict(sorted(Counter(m["segment"] for m in meta).items())),
+        "clips_per_unit": dict(sorted(per_unit.items())),
+        "site_of_segment": dict(sorted({m["segment"]: m["site"] for m in meta}.items())),
         "clips_per_site": {sp: dict(Counter(m["site"] for m, s in zip(meta, split_col.to_pylist()) if s == sp))
-                           for sp in ("validation", "train", "pool")},
+                           for sp in SPLITS},
+        "site_mix": plan.mix, "mix_deviation": plan.mix_deviation(),
         "notes": plan.notes,
         "shards": {k: len(v) for k, v in shards.items()},
         "wall_time_s": round(time.time() - t_start, 1), "files_resumed": resumed,
@@ -265,7 +292,7 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
     log.info(f"[ingest] files {summary['files']} = with clips {summary['files_with_clips']} + quarantined "
              f"{summary['files_quarantined']} {summary['files_quarantined_reasons']} + without a usable track "
              f"{summary['files_without_usable_track']} {summary['files_without_usable_track_reasons']}")
-    log.info(f"[ingest] splits by segment: {summary['splits']}  ({summary['wall_time_s']} s)")
+    log.info(f"[ingest] splits by {ic.split_unit}: {summary['splits']}  ({summary['wall_time_s']} s)")
     for note in plan.notes:
         log.info(f"[ingest] note: {note}")
     return summary

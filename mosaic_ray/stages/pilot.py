@@ -2,7 +2,8 @@
 
 Each trial continues the base checkpoint on D_train ∪ (top-n ranked pool clips of its domain)
 for ``pilot.epochs`` epochs and reports its EPDMS U and U − U(base), U being the mean
-validation EPDMS (MOSAIC Algorithm 1, step 2). One control pilot per seed (n = 0, the same
+EPDMS on the calibration split (MOSAIC Algorithm 1, step 2; the test split is for the final
+tables only). One control pilot per seed (n = 0, the same
 recipe on D_train alone) measures what the extra training gives without added clips; the
 select step's laws take ΔU against it (:func:`~mosaic_ray.selection.scaling_law.pilot_gains`). Trials are independent and run concurrently with
 ``tune.with_resources``; scheduling is FIFO (early stopping would bias the fitted laws).
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
+from mosaic_ray.data.split import CALIBRATION
 from mosaic_ray.selection.baselines import unranked_order
 from mosaic_ray.selection.methods import pilot_sets
 from mosaic_ray.stages.domains import ranked_pool
@@ -28,6 +30,8 @@ from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
 STAGE = "pilot"
+#: the split pilot runs are scored on (issue 12 part 2: never the test split)
+PILOT_SPLIT = CALIBRATION
 
 
 def pilot_features(storage: Storage, clip_ids: list[str], targets: pa.Table | None, model) -> dict[str, np.ndarray]:
@@ -87,10 +91,10 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
         raise RuntimeError(f"pilot {trial['domain']}/{trial['n']}: {e}") from e
     train_loop(model, data, TrainRecipe(**config["recipe"]), seed=trial["seed"], name=f"pilot {trial['key']}")
     require_finite_weights(model, f"pilot {trial['key']}")  # a NaN model's ΔU is never reported
-    val = clips_from_table(storage.read_table("ingest/clips/validation"))
-    util = score_planner(model, val, model.spec.features).utility()
+    cal = clips_from_table(storage.read_table(layout.clips(PILOT_SPLIT)))  # never the test split
+    util = score_planner(model, cal, model.spec.features).utility()
     if not np.isfinite(util["epdms"]):
-        raise NonFiniteTrainingError(f"pilot {trial['key']}: validation EPDMS is {util['epdms']}; "
+        raise NonFiniteTrainingError(f"pilot {trial['key']}: calibration EPDMS is {util['epdms']}; "
                                      "no ΔU is reported for it")
     tune.report({"delta_u": util["epdms"] - config["base_epdms"], "epdms": util["epdms"],
                  "domain": trial["domain"], "n": trial["n"], "seed": trial["seed"],
@@ -133,7 +137,7 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
     Args:
         ranked: per domain, pool clip ids in rank order (lowest base EPDMS first).
         base_checkpoint: storage-relative checkpoint the trials continue.
-        base_epdms: validation EPDMS of that checkpoint (ΔU is relative to it), in [0, 1].
+        base_epdms: calibration EPDMS of that checkpoint (ΔU is relative to it), in [0, 1].
 
     Returns:
         table of ``domain`` (str), ``n`` (int), ``seed`` (int), ``delta_u`` and ``epdms``
@@ -236,7 +240,7 @@ def run_pilot_sets(ctx: Context) -> dict:
     for name, order in pilot_orders(cfg, st).items():
         variant, ranked = kinds[name]
         log.info("[pilot] set %s: %s clips, domains of %s", name, "ranked" if ranked else "unranked", variant)
-        table = run_pilots(cfg, st, order, layout.BASE_CHECKPOINT, base["validation"]["epdms"], name=name,
+        table = run_pilots(cfg, st, order, layout.BASE_CHECKPOINT, base[PILOT_SPLIT]["epdms"], name=name,
                            force=ctx.force)
         out[name] = table.num_rows
     return {"sets": out}
