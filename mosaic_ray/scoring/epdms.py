@@ -1104,7 +1104,6 @@ def score_trajectories(clip_or_scene: Clip | Scene, poses: np.ndarray,
     cfg = DEFAULT_SCORER_CONFIG if config is None else config
     scene = clip_or_scene if isinstance(clip_or_scene, Scene) else prepare_scene(clip_or_scene, cfg)
     poses, pp = _check_poses(poses, prev_states, prev_poses)
-    N = poses.shape[0]
     ec_available = prev_states is not None or prev_poses is not None
 
     # 1. simulate: candidates, reference proposals, human future, previous frames
