@@ -5,7 +5,7 @@
 
 Prepares (or reuses) a run of the config up to its base model (``ingest`` and ``base``
 steps), then runs the same ``--cells`` grid cells (Random selections of ``--budget`` pool
-clips, seeds 0..cells-1, ``--epochs`` epochs from scratch, validation EPDMS) through
+clips, seeds 0..cells-1, ``--epochs`` epochs from scratch, test EPDMS) through
 :func:`mosaic_ray.stages.grid.run_grid` under each setting, interleaved over ``--rounds``
 rounds (each round in fresh result folders, so nothing resumes):
 
@@ -101,7 +101,7 @@ def main() -> None:
                     "round": rnd, "wall_s": round(wall, 1), "cells_per_hour": round(3600 * len(cells) / wall, 1),
                     "train_s": [res["wall_time_s"] for res in out.values()],
                     "eval_s": [res["eval_time_s"] for res in out.values()],
-                    "epdms": {k: res["validation"]["epdms"] for k, res in out.items()},
+                    "epdms": {k: (res.get("test") or res.get("validation"))["epdms"] for k, res in out.items()},
                     "_weights": weights})
                 print(f"round {rnd} {name}: {wall:.1f} s for {len(cells)} cells "
                       f"({3600 * len(cells) / wall:.0f} cells/h)", flush=True)
