@@ -35,6 +35,21 @@ KNOWN_METHODS = METHOD_NAMES
 KNOWN_DOMAIN_COLUMNS = ("site", "segment", "scenario_id", "dataset")
 
 
+def _check_budgets(v: list[int | float]) -> list[int | float]:
+    """Validator of a ``budgets`` list (selection and AutoScale): every entry a positive clip
+    count or a pool fraction in (0, 1] (:func:`check_budget_spec`); raises ValueError naming the
+    bad ones."""
+    bad = []
+    for b in v:
+        try:
+            check_budget_spec(b)
+        except BudgetError:
+            bad.append(b)
+    if bad:
+        raise ValueError(f"budgets must be positive integers or fractions in (0, 1]; bad: {bad}")
+    return v
+
+
 class ConfigError(UsageError, ValueError):
     """The configuration is invalid; the message lists every problem found."""
 
@@ -288,15 +303,7 @@ class SelectionConfig(_Strict):
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, v: list[int | float]) -> list[int | float]:
-        bad = []
-        for b in v:
-            try:
-                check_budget_spec(b)
-            except BudgetError:
-                bad.append(b)
-        if bad:
-            raise ValueError(f"budgets must be positive integers or fractions in (0, 1]; bad: {bad}")
-        return v
+        return _check_budgets(v)
 
     @field_validator("methods")
     @classmethod
@@ -494,15 +501,7 @@ class AutoScaleConfig(_Strict):
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, v: list[int | float]) -> list[int | float]:
-        bad = []
-        for b in v:
-            try:
-                check_budget_spec(b)
-            except BudgetError:
-                bad.append(b)
-        if bad:
-            raise ValueError(f"budgets must be positive integers or fractions in (0, 1]; bad: {bad}")
-        return v
+        return _check_budgets(v)
 
     @field_validator("methods")
     @classmethod

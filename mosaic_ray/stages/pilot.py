@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
@@ -48,21 +47,13 @@ def pilot_features(storage: Storage, clip_ids: list[str], targets: pa.Table | No
     Raises:
         RuntimeError: a clip id is not in the pool shards.
     """
-    from mosaic_ray.data.clip import clips_from_table
-    from mosaic_ray.planner.features import featurize_clips
-    from mosaic_ray.planner.training import drop_nonfinite_rows, shard_rows
-    from mosaic_ray.stages.distill import targets_for
+    from mosaic_ray.stages.trainer import training_rows
 
-    train = clips_from_table(storage.read_table("ingest/clips/train"))
-    pool_t = storage.read_table("ingest/clips/pool")
-    sel = clips_from_table(pool_t.filter(pc.is_in(pool_t.column("clip_id"), value_set=pa.array(clip_ids, pa.string()))))
-    if len(sel) != len(set(clip_ids)):
-        raise RuntimeError(f"{len(sel)} of {len(set(clip_ids))} pilot clips found in the pool shards")
-    feats = featurize_clips(train + sel, model.spec.features, with_prev=False)
-    if getattr(model.spec, "distill", False) and targets is not None:
-        feats["distill_targets"] = targets_for(targets, feats["clip_id"], model.vocab_size)
-    feats, _ = drop_nonfinite_rows(feats, "pilot features")
-    return shard_rows(feats)
+    try:  # the same rows, order and drops as the grid's in-trial cells
+        return training_rows(storage, model.spec, pool_ids=list(clip_ids),
+                             targets=targets if getattr(model.spec, "distill", False) else None)
+    except ValueError as e:
+        raise RuntimeError(f"pilot features: {e}") from e
 
 
 def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | None = None,
