@@ -203,6 +203,15 @@ def _train_loop_per_worker(config: dict) -> None:
                resume=state, on_epoch=on_epoch, name=config["name"])
 
 
+def _run_settings(cfg: ExperimentConfig, spec: PlannerSpec, recipe: TrainRecipe, seed: int, n_rows: int,
+                  init_checkpoint: str | None) -> dict:
+    """What a training run depends on (hashed into its run name by :func:`_run_name`; the Ray
+    Train path also hands it to its workers)."""
+    return {"spec": spec.__dict__, "init_checkpoint": init_checkpoint, "recipe": recipe.to_dict(),
+            "seed": seed, "n_rows": n_rows, "torch_threads": cfg.planner.torch_threads,
+            "checkpoint_every": cfg.train.checkpoint_every, "distill": bool(cfg.planner.distill)}
+
+
 def _run_name(name: str, config: dict, pool_ids: list[str] | None, anchors: np.ndarray) -> str:
     """``<name>-<hash of the training settings, the clip ids and the vocabulary>``: the same
     training gets the same name (so it resumes), any change another one."""
@@ -275,11 +284,7 @@ def train_planner_in_process(cfg: ExperimentConfig, storage: Storage, *, name: s
     rows = training_rows(storage, spec, include_train=include_train, pool_ids=pool_ids, targets=targets)
     n = len(rows["clip_id"])
     anchors = np.load(storage.local_copy("planner/vocabulary.npy"))
-    config = {
-        "spec": spec.__dict__, "init_checkpoint": init_checkpoint, "recipe": recipe.to_dict(),
-        "seed": seed, "n_rows": n, "torch_threads": pc_.torch_threads,
-        "checkpoint_every": cfg.train.checkpoint_every, "distill": bool(pc_.distill),
-    }
+    config = _run_settings(cfg, spec, recipe, seed, n, init_checkpoint)
     run_name = _run_name(name, {**config, "backend": "in_trial"}, pool_ids, anchors)
     ckpt = f"train_runs/{run_name}/checkpoint"
     if fresh and storage.exists(f"train_runs/{run_name}"):
@@ -375,11 +380,7 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
     ds, n = training_dataset(storage, spec, include_train=include_train, pool_ids=pool_ids, targets=targets)
     tc = cfg.train
     anchors = np.load(storage.local_copy("planner/vocabulary.npy"))
-    config = {
-        "spec": spec.__dict__, "init_checkpoint": init_checkpoint, "recipe": recipe.to_dict(),
-        "seed": seed, "n_rows": n, "torch_threads": pc_.torch_threads,
-        "checkpoint_every": tc.checkpoint_every, "distill": bool(pc_.distill),
-    }
+    config = _run_settings(cfg, spec, recipe, seed, n, init_checkpoint)
     run_name = _run_name(name, config, pool_ids, anchors)
     config.update({"anchors": anchors.tolist(), "storage": storage, "name": run_name})
     if fresh and storage.exists(f"train_runs/{run_name}"):
