@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mosaic_ray.autoscale.synthesize import SynthesizeConfig
+from mosaic_ray.autoscale.synth_config import SynthesizeConfig
 from mosaic_ray.selection.budgets import BudgetError, check_budget_spec, resolve_budgets
 from mosaic_ray.selection.methods import METHOD_NAMES, ResolvedMethod, check_method, resolve_method, split_method
 

@@ -192,6 +192,16 @@ def test_every_strategy_and_domain_variant_selects_through_the_pipeline(e2e, tmp
     desc = out["domains"]["variants"]
     assert len(desc["captions"]["clusters"]) == 3 and all(c["top_ngrams"] for c in desc["captions"]["clusters"])
     assert set(out["pilot"]["sets"]) == {"pilots", "pilots-site-unranked", "pilots-captions"}
+    # one Tune run for the three sets; the control pilot (planned once per set) trained once
+    done = [run.storage.done_payload(f"pilot/{n}") for n in out["pilot"]["sets"]]
+    assert len({d["tune_run"] for d in done}) == 1 and sum(d["trials"] for d in done) == 12
+    from mosaic_ray.stages.pilot import _trial_key, pilot_orders, plan_trials
+    distinct = {_trial_key(t) for order in pilot_orders(cfg, run.storage).values()
+                for t in plan_trials(order, [6], [0])}
+    assert {d["tune_trials"] for d in done} == {len(distinct)} and len(distinct) <= 10
+    controls = {r["delta_u"] for n in out["pilot"]["sets"]
+                for r in run.storage.read_table(f"pilot/{n}.parquet").to_pylist() if r["n"] == 0}
+    assert len(controls) == 1
     man = run.storage.read_table("select/manifest.parquet").to_pylist()
     pool = set(run.storage.read_table("ingest/clips/pool", columns=["clip_id"]).column("clip_id").to_pylist())
     for m in ALL_METHODS:

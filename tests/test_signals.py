@@ -1,9 +1,11 @@
 """Ctrl-C and SIGTERM stop a real ``mosaic-ray`` command within seconds (exit 130 / 143), leave
 no completion record and no run lock, and a rerun completes.
 
-The score tests run ``python -m mosaic_ray.cli score`` as a subprocess with its own local Ray
-(as a user would), on a private copy of the shared ingested run with an untrained tiny planner
-at ``planner/base.pt`` (only the plumbing matters). The handler tests run small Ray-free
+The score test runs ``python -m mosaic_ray.cli score`` as a subprocess on a private copy of the
+shared ingested run with an untrained tiny planner at ``planner/base.pt`` (only the plumbing
+matters): Ctrl-C hits a command that started its own local Ray (a user at a terminal); SIGTERM
+hits a driver connected to a running cluster (the session's, through ``RAY_ADDRESS``, as under
+``ray job submit`` or a scheduler), and the rerun connects to it too. The handler tests run small Ray-free
 subprocesses around :func:`mosaic_ray.cli.interrupt_handlers`.
 """
 
@@ -25,16 +27,19 @@ from conftest import ROOT, TINY_PLANNER, write_untrained_base
 EXIT_WITHIN_S = 10.0
 
 
-def _env() -> dict:
+def _env(address: str | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), MOSAIC_PROGRESS="0")
-    env.pop("RAY_ADDRESS", None)  # the command starts (and shuts down) its own local Ray
+    env.pop("RAY_ADDRESS", None)  # without an address the command starts (and shuts down) its own local Ray
+    if address:
+        env["RAY_ADDRESS"] = address
     return env
 
 
 @pytest.fixture
 def score_ready(make_run, tmp_path):
     """A run copy in shards of 8 pool clips, an untrained tiny base planner; returns
-    ``(config path, storage)``."""
+    ``(config path, storage, address of the session's Ray)``."""
+    import ray
     from mosaic_ray.stages.ingest import load_clips
 
     cfg, st, raw = make_run("signals", shard_size=8, planner=TINY_PLANNER, ray={"num_cpus": 2},
@@ -43,11 +48,11 @@ def score_ready(make_run, tmp_path):
     path = tmp_path / "signals.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert len(st.list("ingest/clips/pool", ".parquet")) >= 10
-    return path, st
+    return path, st, ray.get_runtime_context().gcs_address
 
 
-def _score(path, log, *extra, new_session=False) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mosaic_ray.cli", "score", str(path), *extra], env=_env(),
+def _score(path, log, *extra, new_session=False, address=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mosaic_ray.cli", "score", str(path), *extra], env=_env(address),
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session)
 
 
@@ -84,19 +89,20 @@ def _interrupted(path, st, tmp_path, name, send, **popen) -> str:
 
 
 def test_ctrl_c_and_sigterm_stop_score_at_once_and_a_rerun_completes(score_ready, tmp_path):
-    """Ctrl-C (SIGINT to the foreground process group: exit 130), then SIGTERM to the command
-    alone (exit 143, no crash dump of Ray's core), then a plain rerun that finishes the step
-    and keeps the shards finished before the interruption."""
-    path, st = score_ready
+    """Ctrl-C (SIGINT to the foreground process group of a command running its own local Ray:
+    exit 130), then SIGTERM to a command connected to a running cluster (exit 143, no crash
+    dump of Ray's core), then a plain rerun on that cluster that finishes the step and keeps
+    the shards finished before the interruption."""
+    path, st, address = score_ready
     out = _interrupted(path, st, tmp_path, "sigint", lambda p: os.killpg(p.pid, signal.SIGINT), new_session=True)
     assert "interrupted (SIGINT)" in out
     n_pool = len(st.list("ingest/clips/pool", ".parquet"))
     assert len(st.list("score/scores", ".parquet")) < n_pool  # it really stopped early
     st.delete("score/scores")  # so that the next signal waits for the next run's first shard
-    out = _interrupted(path, st, tmp_path, "sigterm", lambda p: p.send_signal(signal.SIGTERM))
+    out = _interrupted(path, st, tmp_path, "sigterm", lambda p: p.send_signal(signal.SIGTERM), address=address)
     assert "interrupted (SIGTERM)" in out and "SIGTERM received" not in out
     with open(tmp_path / "rerun.log", "wb") as log:
-        rerun = _score(path, log)
+        rerun = _score(path, log, address=address)
         rc2 = rerun.wait(180)
     out2 = (tmp_path / "rerun.log").read_text()
     assert rc2 == 0, out2[-3000:]

@@ -128,7 +128,7 @@ def test_pilots_run_without_the_test_split(make_run):
     with pytest.raises(Exception):
         load_clips(st, TEST)  # reading the test split now fails
     ranked = {"d": sorted(c.clip_id for c in pool)[:3]}
-    table = run_pilots(cfg, st, ranked, layout.BASE_CHECKPOINT, 0.5, name="no_test")
+    table = run_pilots(cfg, st, {"no_test": ranked}, layout.BASE_CHECKPOINT, 0.5)["no_test"]
     rows = table.to_pylist()
     assert {(r["domain"], r["n"]) for r in rows} == {("_control", 0), ("d", 2)}
     assert all(np.isfinite(r["epdms"]) for r in rows)

@@ -93,15 +93,14 @@ import dataclasses
 import hashlib
 import logging
 import math
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from scipy.signal import savgol_filter
 
 from mosaic_ray.data.clip import (DT, N_PRE, POSE_STEPS, T0_INDEX, T_ALL, Clip, ClipValidationError,
                                   clip_from_row, clip_schema, clip_to_row)
+from mosaic_ray.autoscale.synth_config import EXPERT_KINDS, SynthesizeConfig
 from mosaic_ray.scoring.config import ScorerConfig
 from mosaic_ray.scoring.epdms import Scene, prepare_scene, score_trajectories
 from mosaic_ray.scoring.geometry import boxes_intersect, project_to_polyline, wrap_angle
@@ -115,7 +114,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXPERT_KINDS = ("recovery", "planner")
 N_FUTURE = T_ALL - T0_INDEX  #: 41 future states, t0 included
 _EXTEND_M = 300.0  # straight extension of the logged path at both ends (m)
 PATH_ORDER = 3
@@ -140,87 +138,6 @@ QUARANTINE_SCHEMA = pa.schema([
     ("perturb_dv", pa.float64()), ("synth_seed", pa.int64()), ("reason", pa.string()),
     ("category", pa.string()), ("epdms", pa.float64()), ("detail", pa.string()),
 ])
-
-
-# ====================================================================================== config
-class SynthesizeConfig(BaseModel):
-    """Settings of the synthetic scene pool (SimScale-style pseudo-experts; see the module
-    docstring). Units: m, s, m/s, rad.
-
-    Raises (on construction / assignment):
-        pydantic.ValidationError: a range with ``lo > hi``, an unknown expert kind, a mix
-            without a positive weight, a horizon outside (0, 4] s, a non-positive limit.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    split: Literal["train", "pool"] = Field("train", description="the real clip split the scenes "
-                                                                              "are made from")
-    per_clip: int = Field(12, ge=1, description="synthetic scenes kept per real clip (the quota; 12 so that the "
-                          "pool holds >= 10 per real clip on NGSIM, where some clips yield few)")
-    max_attempts_per_clip: int | None = Field(
-        40, ge=1, description="attempts per real clip at most (stop earlier at per_clip kept); None = per_clip")
-    dy_range: tuple[float, float] = Field((-1.0, 1.0), description="lateral offset at t0, m (left +)")
-    dpsi_range: tuple[float, float] = Field((-0.08, 0.08), description="heading offset at t0, rad")
-    dv_range: tuple[float, float] = Field((-2.0, 2.0), description="speed offset at t0, m/s")
-    experts: dict[str, float] = Field(default_factory=lambda: {"recovery": 0.5, "planner": 0.5},
-                                      description="expert kind -> share of the attempts")
-    min_epdms: float = Field(0.5, ge=0.0, le=1.0, description="keep a pseudo-expert with EPDMS >= this")
-    seed: int = Field(0, ge=0)
-    # recovery
-    recovery_horizon_s: float = Field(3.5, gt=0.0, le=4.0, description="latest return to the logged path")
-    recovery_min_s: float = Field(1.0, gt=0.0, description="earliest return considered")
-    speed_blend_s: float = Field(3.0, gt=0.0, description="speed blends back to the logged speed over this")
-    recovery_max_lat_accel: float = Field(2.0, gt=0.0, description="m/s^2, lateral accel. of d(t) vs the path")
-    recovery_max_lat_jerk: float = Field(4.0, gt=0.0, description="m/s^3, lateral jerk of d(t) vs the path")
-    recovery_max_curvature: float = Field(0.1, gt=0.0, description="1/m, |d''(s)| of the lateral profile")
-    path_smoothing_s: float = Field(2.5, gt=0.0, description="Savitzky-Golay window of the logged path, s of "
-                                    "travel at the clip's mean logged speed ...")
-    path_smoothing_min_m: float = Field(8.0, gt=0.0, description="... but at least this (m) ...")
-    path_smoothing_max_m: float = Field(30.0, gt=0.0, description="... and at most this (m)")
-    speed_smoothing_s: float = Field(1.5, gt=0.0, description="Savitzky-Golay window of the logged speed, s")
-    # feasibility of every future (finite differences at 0.1 s)
-    max_speed: float = Field(40.0, gt=0.0, description="m/s")
-    max_accel: float = Field(4.0, gt=0.0, description="m/s^2")
-    max_decel: float = Field(6.0, gt=0.0, description="m/s^2 (magnitude)")
-    max_lon_jerk: float = Field(15.0, gt=0.0, description="m/s^3")
-    max_lat_accel: float = Field(6.0, gt=0.0, description="m/s^2, speed x yaw rate")
-    max_yaw_rate: float = Field(1.0, gt=0.0, description="rad/s")
-    max_yaw_accel: float = Field(3.0, gt=0.0, description="rad/s^2")
-    max_curvature: float = Field(0.3, gt=0.0, description="1/m, yaw rate / speed where speed > 1 m/s")
-    check_history_overlap: bool = Field(True, description="quarantine a perturbed history that overlaps an agent")
-    # the Ray stage
-    num_cpus_per_actor: float = Field(1.0, gt=0.0)
-    num_actors: int | None = Field(None, ge=1, description="None = fit to the CPUs Ray sees")
-
-    @field_validator("dy_range", "dpsi_range", "dv_range")
-    @classmethod
-    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = float(v[0]), float(v[1])
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-            raise ValueError(f"expected a finite (lo, hi) with lo <= hi, got {v}")
-        return lo, hi
-
-    @field_validator("experts")
-    @classmethod
-    def _experts(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = sorted(set(v) - set(EXPERT_KINDS))
-        if bad:
-            raise ValueError(f"unknown expert kinds {bad}; known: {list(EXPERT_KINDS)}")
-        if any((not math.isfinite(w)) or w < 0 for w in v.values()) or sum(v.values()) <= 0:
-            raise ValueError(f"expert shares must be finite, >= 0, with a positive sum, got {v}")
-        return {k: float(v[k]) for k in EXPERT_KINDS if k in v}
-
-    @model_validator(mode="after")
-    def _horizon(self) -> "SynthesizeConfig":
-        if self.recovery_min_s > self.recovery_horizon_s:
-            raise ValueError(f"recovery_min_s {self.recovery_min_s} > recovery_horizon_s {self.recovery_horizon_s}")
-        return self
-
-    @property
-    def attempts_per_clip(self) -> int:
-        """Attempts per real clip at most (``max_attempts_per_clip``, at least ``per_clip``)."""
-        return max(self.per_clip, self.max_attempts_per_clip or self.per_clip)
 
 
 class InfeasibleExpert(ValueError):
@@ -424,6 +341,8 @@ def logged_path(clip: Clip, cfg: SynthesizeConfig | None = None, ds: float = 0.5
                              cfg.path_smoothing_min_m, cfg.path_smoothing_max_m))
     win = min(_odd(window_m / step), n if n % 2 == 1 else n - 1)
     if win > 3:
+        from scipy.signal import savgol_filter  # 0.7 s of import: not at module level (config imports this module)
+
         xu = savgol_filter(xu, win, PATH_ORDER, mode="interp")
         yu = savgol_filter(yu, win, PATH_ORDER, mode="interp")
     dx, dy = np.gradient(xu, step), np.gradient(yu, step)
@@ -483,6 +402,8 @@ def _smoothed_log_speed(clip: Clip, cfg: SynthesizeConfig) -> np.ndarray:
     ``speed_smoothing_s``, over history and future), clipped at 0."""
     v = np.asarray(clip.ego_states[N_PRE:, 3], dtype=np.float64)
     win = min(_odd(cfg.speed_smoothing_s / DT), len(v) if len(v) % 2 == 1 else len(v) - 1)
+    from scipy.signal import savgol_filter
+
     vs = savgol_filter(v, win, 2, mode="interp") if win > 2 else v
     return np.maximum(vs[T0_INDEX - N_PRE:], 0.0)
 

@@ -112,7 +112,6 @@ from types import MappingProxyType
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.signal import savgol_filter
 
 from ..data.clip import (AGENT_STATIC, FUT_SLICE, N_PRE, POSE_STEPS, T0_INDEX, TL_RED, Clip)
 from .geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect, boxes_intersect_ring,
@@ -445,6 +444,8 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
 @lru_cache(maxsize=64)
 def _savgol_matrix(T: int, window: int, order: int, deriv: int) -> np.ndarray:
     """(T, T) linear operator equal to ``savgol_filter(..., delta=0.1, mode="interp")`` on rows."""
+    from scipy.signal import savgol_filter  # 0.7 s of import, once per process and only where comfort is scored
+
     w = min(window, T)
     m = savgol_filter(np.eye(T), window_length=w, polyorder=order, deriv=deriv,
                       delta=DT, axis=0, mode="interp")

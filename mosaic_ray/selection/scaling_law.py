@@ -46,7 +46,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from scipy.optimize import least_squares
 
 __all__ = ["ScalingLaw", "fit_scaling_law", "fit_domain_laws", "fit_pilot_law", "pilot_gains",
            "concave_interpolation", "bootstrap_laws", "CONTROL_DOMAIN", "FIT_STATUSES", "POLICY_INTERP"]
@@ -321,6 +320,7 @@ def fit_scaling_law(
             a0 = min(a0, a_hi - eps_a)
         lt0 = float(np.clip(lt0, log_lo + 1e-9, log_hi - 1e-9))
         try:
+            from scipy.optimize import least_squares  # lazy: the config imports this package
             res = least_squares(resid, x0=[a0, lt0], jac=jac, bounds=([a_lo, log_lo], [a_hi, log_hi]),
                                 method="trf", x_scale=[span_a, 1.0], xtol=1e-12, ftol=1e-12,
                                 gtol=1e-12, max_nfev=2000)
@@ -453,6 +453,7 @@ def fit_pilot_law(n: Any, delta_u: Any, *, a_bounds: tuple[float, float] = (-1.0
         a0 = float(np.clip(a_for(t0), a_lo + 1e-9 * span, a_hi - 1e-9 * span))
         lt0 = float(np.clip(math.log(t0), math.log(lo) + 1e-9, math.log(hi) - 1e-9))
         try:
+            from scipy.optimize import least_squares  # lazy: the config imports this package
             res = least_squares(lambda p: sw * (p[0] * -np.expm1(-sizes / math.exp(p[1])) - means), x0=[a0, lt0],
                                 bounds=([a_lo, math.log(lo)], [a_hi, math.log(hi)]), method="trf",
                                 x_scale=[span, 1.0], xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=500)

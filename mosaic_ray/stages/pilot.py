@@ -7,11 +7,13 @@ tables only). One control pilot per seed (n = 0, the same
 recipe on D_train alone) measures what the extra training gives without added clips; the
 select step's laws take ΔU against it (:func:`~mosaic_ray.selection.scaling_law.pilot_gains`). Trials are independent and run concurrently with
 ``tune.with_resources``; scheduling is FIFO (early stopping would bias the fitted laws).
-An interrupted pilot stage resumes with ``Tuner.restore``.
+All pilot sets' trials run in one Tune run, a training two sets share once (the control pilots
+among them). An interrupted pilot stage resumes with ``Tuner.restore``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -88,7 +90,8 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
         raise NonFiniteTrainingError(f"pilot {trial['key']}: calibration EPDMS is {util['epdms']}; "
                                      "no ΔU is reported for it")
     tune.report({"delta_u": util["epdms"] - config["base_epdms"], "epdms": util["epdms"],
-                 "domain": trial["domain"], "n": trial["n"], "seed": trial["seed"],
+                 "domain": trial["domain"], "label": trial.get("label", trial["domain"]), "n": trial["n"],
+                 "seed": trial["seed"],
                  "terms": util["terms"], "trial_time_s": time.time() - t0})
 
 
@@ -116,41 +119,61 @@ def plan_trials(ranked: dict[str, list[str]], sizes: list[int], seeds: list[int]
     return trials
 
 
-def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[str]], base_checkpoint: str,
-               base_epdms: float, name: str = "pilots", force: bool = False) -> pa.Table:
-    """Run (or resume) the pilot trials; returns a table (domain, n, seed, delta_u, epdms, …).
+def _trial_key(trial: dict) -> str:
+    """A key naming what a trial trains (its size, seed and clip set), so that a training two
+    pilot sets share (every control pilot; a whole domain taken in another order) runs once."""
+    digest = hashlib.sha1("\n".join(sorted(trial["clip_ids"])).encode()).hexdigest()[:10]
+    return f"n{trial['n']}-s{trial['seed']}-{digest}"
 
-    Each trial trains with the pilot recipe (``recipe_from_config(cfg, "pilot")``: the planner's
-    recipe with ``pilot.*`` overrides) for ``pilot.epochs`` epochs; with ``planner.distill`` on
-    the distillation targets too (computed first when missing). Two calls with the same
-    inputs on the same machine give identical ``delta_u``.
+
+def run_pilots(cfg: ExperimentConfig, storage: Storage, sets: dict[str, dict[str, list[str]]],
+               base_checkpoint: str, base_epdms: float, force: bool = False) -> dict[str, pa.Table]:
+    """Run (or resume) the pilot trials of several pilot sets in one Tune run; returns one table
+    per set (domain, n, seed, delta_u, epdms, …).
+
+    Every set plans its trials with :func:`plan_trials`; a training that two sets share (the
+    control pilots, and a domain taken whole in another order: the training rows are sorted by
+    clip id) runs once and counts for both. A set finished earlier is read back unless
+    ``force``. Each trial trains with the pilot recipe (``recipe_from_config(cfg, "pilot")``: the
+    planner's recipe with ``pilot.*`` overrides) for ``pilot.epochs`` epochs; with
+    ``planner.distill`` on the distillation targets too (computed first when missing). Two calls
+    with the same inputs on the same machine give identical ``delta_u``.
 
     Args:
-        ranked: per domain, pool clip ids in rank order (lowest base EPDMS first).
+        sets: per pilot set name, per domain, pool clip ids in the order its pilots take them
+            (rank order for ranked sets: lowest base EPDMS first).
         base_checkpoint: storage-relative checkpoint the trials continue.
         base_epdms: calibration EPDMS of that checkpoint (ΔU is relative to it), in [0, 1].
 
     Returns:
-        table of ``domain`` (str), ``n`` (int), ``seed`` (int), ``delta_u`` and ``epdms``
-        (float, EPDMS units in [0, 1]), ``trial_time_s``, sorted by (domain, n, seed).
+        per set, a table of ``domain`` (str), ``n`` (int), ``seed`` (int), ``delta_u`` and
+        ``epdms`` (float, EPDMS units in [0, 1]), ``trial_time_s``, sorted by (domain, n, seed).
 
     Raises:
-        ValueError: no trials (every domain empty).
+        ValueError: a set has no trials (every domain empty).
         RuntimeError: a trial failed after its retries.
     """
     from ray import tune
 
-    out_rel = f"{STAGE}/{name}.parquet"
-    if storage.is_done(f"{STAGE}/{name}") and not force:
-        return storage.read_table(out_rel)
+    out = {name: storage.read_table(layout.pilot_table(name)) for name in sets
+           if storage.is_done(f"{STAGE}/{name}") and not force}
+    todo = {name: ranked for name, ranked in sets.items() if name not in out}
+    if not todo:
+        return out
     from mosaic_ray.planner.training import recipe_from_config
     from mosaic_ray.stages.distill import ensure_targets
     from mosaic_ray.stages.runtime import cluster_cpus, tune_progress_callback
 
     t0 = time.time()
-    trials = plan_trials(ranked, cfg.pilot.sizes, cfg.pilot.seeds, control=cfg.pilot.control)
-    if not trials:
-        raise ValueError("no pilot trials: every domain is empty")
+    planned = {name: plan_trials(ranked, cfg.pilot.sizes, cfg.pilot.seeds, control=cfg.pilot.control)
+               for name, ranked in todo.items()}
+    by_key: dict[str, dict] = {}
+    for name, trials in planned.items():
+        if not trials:
+            raise ValueError(f"no pilot trials in set {name}: every domain is empty")
+        for t in trials:
+            t["label"] = f"{name}/{t['domain']}" if len(todo) > 1 else t["domain"]
+            by_key.setdefault(_trial_key(t), t)
     recipe = recipe_from_config(cfg, "pilot")
     common = {"base_checkpoint": base_checkpoint, "base_epdms": float(base_epdms), "recipe": recipe.to_dict(),
               "torch_threads": cfg.planner.torch_threads}
@@ -158,47 +181,53 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, ranked: dict[str, list[s
 
     max_conc = cfg.pilot.max_concurrent_trials or max(1, int(cluster_cpus() // cfg.pilot.cpus_per_trial))
     storage_path = storage.path("tune")  # with storage_filesystem: the in-filesystem path
-    exp_name = f"{name}"
-    by_key = {t["key"]: t for t in trials}
+    # named by what it runs: a restore only ever resumes the same trials
+    exp_name = "pilots-" + hashlib.sha1("\n".join(sorted(by_key)).encode()).hexdigest()[:10]
     trainable = tune.with_resources(tune.with_parameters(_pilot_trial, trials=by_key, storage=storage,
                                                          targets=targets),
                                     {"cpu": cfg.pilot.cpus_per_trial})
     exp_uri = f"{storage_path}/{exp_name}"
-    log.info("[pilot] %d trials (domains × sizes × seeds), up to %d at a time; recipe %s",
-             len(trials), max_conc, recipe.to_dict())
-    if not force and tune.Tuner.can_restore(exp_uri, storage_filesystem=None if storage.is_local else storage.fs):
-        tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_errored=True,
-                                   storage_filesystem=None if storage.is_local else storage.fs)
+    n_planned = sum(len(t) for t in planned.values())
+    log.info("[pilot] %d trials for %s (domains × sizes × seeds; %d shared between sets), up to %d at a "
+             "time; recipe %s", len(by_key), ", ".join(todo), n_planned - len(by_key), max_conc, recipe.to_dict())
+    fs = None if storage.is_local else storage.fs
+    if not force and tune.Tuner.can_restore(exp_uri, storage_filesystem=fs):
+        tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space={**common, "trial": tune.grid_search(sorted(by_key))},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(storage_path=storage_path, name=exp_name,
-                                      storage_filesystem=None if storage.is_local else storage.fs,
+            run_config=tune.RunConfig(storage_path=storage_path, name=exp_name, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=1),
                                       verbose=0,
                                       callbacks=[tune_progress_callback(
-                                          "pilot", len(trials),
-                                          lambda r: f"{r['domain']} n={r['n']} seed {r['seed']}: "
+                                          "pilot", len(by_key),
+                                          lambda r: f"{r['label']} n={r['n']} seed {r['seed']}: "
                                                     f"ΔU = {100 * r['delta_u']:+.2f} ({r['trial_time_s']:.0f} s)")]),
         )
     grid = tuner.fit()
-    rows = []
+    metrics = {}
     for r in grid:
         if r.error is not None or not r.metrics or "delta_u" not in r.metrics:
             raise RuntimeError(f"pilot trial failed: {r.error}")
-        m = r.metrics
-        rows.append({"domain": m["domain"], "n": int(m["n"]), "seed": int(m["seed"]),
-                     "delta_u": float(m["delta_u"]), "epdms": float(m["epdms"]),
-                     "trial_time_s": float(m.get("trial_time_s", np.nan))})
-    rows.sort(key=lambda r: (r["domain"], r["n"], r["seed"]))
-    table = pa.Table.from_pylist(rows)
-    storage.write_table(out_rel, table)
-    storage.mark_done(f"{STAGE}/{name}", {"trials": len(rows), "wall_time_s": round(time.time() - t0, 1)})
-    log.info("[pilot] %d trials done in %.0f s", len(rows), time.time() - t0)
-    return table
+        metrics[r.config["trial"]] = r.metrics
+    wall = round(time.time() - t0, 1)
+    for name, trials in planned.items():
+        rows = []
+        for t in trials:
+            m = metrics[_trial_key(t)]
+            rows.append({"domain": t["domain"], "n": int(t["n"]), "seed": int(t["seed"]),
+                         "delta_u": float(m["delta_u"]), "epdms": float(m["epdms"]),
+                         "trial_time_s": float(m.get("trial_time_s", np.nan))})
+        rows.sort(key=lambda r: (r["domain"], r["n"], r["seed"]))
+        out[name] = pa.Table.from_pylist(rows)
+        storage.write_table(layout.pilot_table(name), out[name])
+        storage.mark_done(f"{STAGE}/{name}", {"trials": len(rows), "wall_time_s": wall, "tune_run": exp_name,
+                                                "tune_trials": len(by_key)})
+    log.info("[pilot] %d trials done in %.0f s", len(by_key), time.time() - t0)
+    return {name: out[name] for name in sets}
 
 
 def pilot_orders(cfg: ExperimentConfig, storage: Storage) -> dict[str, dict[str, list[str]]]:
@@ -218,8 +247,9 @@ def pilot_orders(cfg: ExperimentConfig, storage: Storage) -> dict[str, dict[str,
 
 
 def run_pilot_sets(ctx: Context) -> dict:
-    """Pilot runs for every pilot set the methods need (:func:`pilot_orders`). A set finished
-    earlier is kept unless forced.
+    """Pilot runs for every pilot set the methods need (:func:`pilot_orders`), all in one Tune
+    run (:func:`run_pilots`: shared trainings such as the control pilots run once). A set
+    finished earlier is kept unless forced.
 
     Returns:
         ``{"sets": {name: trials}}``.
@@ -227,14 +257,12 @@ def run_pilot_sets(ctx: Context) -> dict:
     st, cfg = ctx.storage, ctx.cfg
     base = st.read_json(layout.BASE_EVAL)
     kinds = {name: (variant, ranked) for name, variant, ranked in pilot_sets(cfg.resolved_methods())}
-    out = {}
-    for name, order in pilot_orders(cfg, st).items():
+    orders = pilot_orders(cfg, st)
+    for name in orders:
         variant, ranked = kinds[name]
         log.info("[pilot] set %s: %s clips, domains of %s", name, "ranked" if ranked else "unranked", variant)
-        table = run_pilots(cfg, st, order, layout.BASE_CHECKPOINT, base[PILOT_SPLIT]["epdms"], name=name,
-                           force=ctx.force)
-        out[name] = table.num_rows
-    return {"sets": out}
+    tables = run_pilots(cfg, st, orders, layout.BASE_CHECKPOINT, base[PILOT_SPLIT]["epdms"], force=ctx.force)
+    return {"sets": {name: t.num_rows for name, t in tables.items()}}
 
 
 #: the pilot step; only configs with a MOSAIC-style method have pilot sets

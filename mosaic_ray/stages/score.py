@@ -30,7 +30,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from mosaic_ray import layout
 from mosaic_ray.config import ExperimentConfig
@@ -210,6 +209,8 @@ class PlanStage(ProcessingStage):
         self.torch_threads = torch_threads
 
     def setup(self) -> None:
+        import torch  # here, not at module level: the EPDMS actors of this module never load it
+
         from mosaic_ray.planner.model import load_checkpoint
 
         torch.set_num_threads(self.torch_threads)
@@ -525,6 +526,8 @@ def import_checkpoint(storage: Storage, uri: str) -> str:
         data = Storage(parent or ".", storage.config).read_bytes(name)
     except (StorageError, OSError) as e:
         raise FileNotFoundError(f"score.checkpoint {uri!r}: cannot read it ({e})") from e
+    import torch
+
     try:
         ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if not isinstance(ck, dict) or "spec" not in ck or "anchors" not in ck.get("state_dict", {}):

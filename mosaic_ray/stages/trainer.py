@@ -39,6 +39,8 @@ from mosaic_ray.storage import Storage
 log = logging.getLogger(__name__)
 FEATURE_KEYS = INPUT_KEYS + ("target",)
 FINITE_KEY = "finite"  #: (B,) bool per featurised row: every feature and the target finite
+#: written into a Ray Train run's folder once it finished (its result and final checkpoint folder)
+FINISHED_RECORD = "_FINISHED.json"
 
 
 def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = None,
@@ -151,7 +153,7 @@ def _train_loop_per_worker(config: dict) -> None:
     from mosaic_ray.stages.shards import record_actor_pid
 
     torch.set_num_threads(config["torch_threads"])
-    record_actor_pid("train")
+    record_actor_pid(f"train-{config['name']}")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     recipe = TrainRecipe(**config["recipe"])
@@ -356,6 +358,8 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
     the same training after an interruption resumes from its latest checkpoint (saved every
     ``train.checkpoint_every`` epochs with the optimizer state); a worker failure within a
     run restarts the worker group from that checkpoint (``FailureConfig(max_failures=1)``).
+    A finished run leaves ``train_runs/<run name>/_FINISHED.json``; rerunning it copies its final
+    weights back without starting Ray Train (``resumed_from_epoch`` = the epochs).
     Two runs of the same settings on the same machine and worker count give bit-identical
     weights (see :mod:`mosaic_ray.planner.training`).
 
@@ -385,6 +389,14 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
     config.update({"anchors": anchors.tolist(), "storage": storage, "name": run_name})
     if fresh and storage.exists(f"train_runs/{run_name}"):
         storage.delete(f"train_runs/{run_name}")
+    finished = f"train_runs/{run_name}/{FINISHED_RECORD}"
+    if storage.exists(finished):  # this run finished earlier: hand back its result, start no workers
+        out = storage.read_json(finished)
+        weights = storage.read_bytes(f"{out.pop('final_checkpoint_dir')}/planner.pt")
+        if not storage.exists(f"planner/{name}.pt") or storage.read_bytes(f"planner/{name}.pt") != weights:
+            storage.write_bytes(f"planner/{name}.pt", weights)
+        return {**out, "checkpoint": f"planner/{name}.pt", "resumed_from_epoch": int(recipe.epochs),
+                "wall_time_s": round(time.time() - t0, 1)}
     use_gpu = tc.gpus_per_worker > 0
     resources = {"CPU": tc.cpus_per_worker}
     if use_gpu:
@@ -425,5 +437,10 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
         out["n_distill_targets"] = sum(1 for c, s_ in zip(targets.column("clip_id").to_pylist(),
                                                           targets.column("status").to_pylist())
                                        if c in ids and s_ == "ok")
+    runs_dir = storage.path("train_runs").rstrip("/")
+    if result.checkpoint.path.startswith(runs_dir + "/"):  # where the final weights lie, for a rerun
+        final_dir = "train_runs" + result.checkpoint.path[len(runs_dir):]
+        storage.write_json(finished, {**{k: v for k, v in out.items() if k not in ("checkpoint", "wall_time_s")},
+                                      "final_checkpoint_dir": final_dir})
     return out
 
