@@ -51,6 +51,7 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing-key")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # one local node: as ray_env_defaults sets it
 # scoring actors record their PIDs here so fault tests can kill a real one (see test_faults.py)
 ACTOR_PID_DIR = Path(tempfile.mkdtemp(prefix="mosaic-actor-pids-"))
 os.environ["MOSAIC_ACTOR_PID_DIR"] = str(ACTOR_PID_DIR)

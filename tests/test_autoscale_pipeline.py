@@ -17,13 +17,13 @@ SMALL = {
     "planner": {**TINY_PLANNER, "base_epochs": 1},
     "train": {"num_workers": 1, "cpus_per_worker": 0.5},
     "autoscale": {
-        "synthesize": {"per_clip": 2, "max_attempts_per_clip": 6, "num_cpus_per_actor": 0.5},
+        "synthesize": {"per_clip": 2, "max_attempts_per_clip": 6, "num_cpus_per_actor": 0.5, "num_actors": 1},
         "graph_rae": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "max_agents": 4, "max_map": 6,
                       "steps": 12, "batch_size": 8},
         "n_clusters": 3, "pca_dims": 4, "budgets": [8], "methods": ["autoscale", "uniform", "iwr", "mosaic_clusters"],
         "mosaic_pilot_sizes": [4],
         "rounds": 2, "seeds": [0], "epochs": 1, "cpus_per_trial": 0.5, "iwr_pca_dims": 2,
-        "test_max_clips": 40, "embed_cpus_per_actor": 0.5},
+        "test_max_clips": 40, "embed_cpus_per_actor": 0.5, "embed_num_actors": 1},
 }
 
 

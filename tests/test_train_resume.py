@@ -21,14 +21,14 @@ from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
 from mosaic_ray.stages.ingest import load_clips
 from mosaic_ray.stages.trainer import train_planner
 
-EPOCHS = 40  # long enough to kill a worker mid-run (checkpoints every 4 epochs)
+EPOCHS = 24  # long enough to kill a worker mid-run (checkpoints every 3 epochs)
 
 
 @pytest.fixture(scope="module")
 def setup(ingested_run, tmp_path_factory):
     cfg, st, _ = copy_run(ingested_run, tmp_path_factory.mktemp("tr"), "resume",
                           planner={**TINY_PLANNER, "batch_size": 16},
-                          train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 4})
+                          train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 3})
     buf = io.BytesIO()
     np.save(buf, build_vocabulary(expert_futures(load_clips(st, "train")), 16))
     st.write_bytes("planner/vocabulary.npy", buf.getvalue())

@@ -20,6 +20,10 @@ def ray_env_defaults(cfg: ExperimentConfig) -> None:
     if cfg.ray.no_progress_timeout_s:
         os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", str(int(cfg.ray.no_progress_timeout_s)))
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.ray.train_health_check_interval_s))
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        # a local instance is one node that nobody drains: no preemption-watcher actor (one
+        # process less per Ray Train run); clusters keep Ray's default
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
