@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from mosaic_ray.evaluate import stats
 from mosaic_ray.evaluate.stats import (align_cells, brmr_bootstrap, brmr_point, isotonic_curve,
                                        mean_interval, paired_bootstrap_diff, pava)
 
@@ -57,6 +58,20 @@ def test_mean_interval_contains_mean():
     a = np.random.default_rng(2).normal(0.8, 0.1, (4, 80))
     iv = mean_interval(a, n_boot=300)
     assert iv.lo < a.mean() < iv.hi and iv.level == 0.95
+
+
+def test_intervals_of_a_few_clips_stay_within_what_a_mean_can_be():
+    """Seven clips near 0 and 1 (one site's test clips): the few-seed widening alone would reach
+    past 1 (seen in the demo's per-site table); the intervals are cut to [0, 1] and [-1, 1]."""
+    a = np.array([[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.1], [1.0, 0.9, 1.0, 0.0, 1.0, 1.0, 0.0],
+                  [1.0, 1.0, 0.95, 0.05, 1.0, 1.0, 0.0]])
+    iv = stats.mean_interval(a, n_boot=2000)
+    assert 0.0 <= iv.lo < iv.estimate < iv.hi <= 1.0
+    wide = stats.percentile_interval(iv.estimate, stats.cell_means(a, *(stats.bootstrap_weights(
+        np.random.default_rng(0), n, 2000) for n in a.shape)), n_seeds=3, scale=stats.t_widening(a))
+    assert wide.hi > 1.0  # what the cut prevents
+    d = stats.paired_bootstrap_diff(a, 1.0 - a, n_boot=2000)
+    assert -1.0 <= d.lo <= d.hi <= 1.0
 
 
 def test_isotonic_curve_monotone_with_base_at_zero():

@@ -104,7 +104,8 @@ def cell_means(x: np.ndarray, w_seed: np.ndarray, w_clip: np.ndarray) -> np.ndar
 
 
 def percentile_interval(estimate: float, reps: np.ndarray, level: float = DEFAULT_LEVEL,
-                        n_seeds: int | None = None, scale: float = 1.0) -> Interval:
+                        n_seeds: int | None = None, scale: float = 1.0,
+                        bounds: tuple[float, float] | None = None) -> Interval:
     """Percentile interval of bootstrap replicates, widened for few seeds (module docstring).
 
     Args:
@@ -113,6 +114,8 @@ def percentile_interval(estimate: float, reps: np.ndarray, level: float = DEFAUL
         n_seeds: the smallest seed count involved; > 1 scales the replicates' deviation from
             ``estimate`` by sqrt(S/(S−1)).
         scale: a further factor on the deviations (:func:`t_widening`).
+        bounds: the range the statistic cannot leave (a mean EPDMS: (0, 1); a difference of
+            two: (−1, 1)); the widened interval is cut to it.
 
     Raises:
         ValueError: ``level`` not in (0, 1).
@@ -132,6 +135,8 @@ def percentile_interval(estimate: float, reps: np.ndarray, level: float = DEFAUL
     big = 1e300  # +inf replicates (never reached) sort last without inf − inf in the interpolation
     lo, hi = (float("inf") if q >= 1e299 else float(q)
               for q in np.quantile(np.minimum(r, big), [alpha, 1.0 - alpha], method="linear"))
+    if bounds is not None:  # widening a few clips' spread can reach past what a mean can be
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     se = float(np.std(r, ddof=1)) if np.all(np.isfinite(r)) and r.size > 1 else float("nan")
     return Interval(float(estimate), float(lo), float(hi), se, level, int(np.asarray(reps).size))
 
@@ -206,17 +211,19 @@ def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int = DEFAULT
     wb = wa if b.shape[0] == a.shape[0] else bootstrap_weights(rng, b.shape[0], n_boot)
     reps = cell_means(a, wa, wc) - cell_means(b, wb, wc)
     return percentile_interval(float(a.mean() - b.mean()), reps, level, min(a.shape[0], b.shape[0]),
-                               t_widening(a, b, level))
+                               t_widening(a, b, level), bounds=(-1.0, 1.0))
 
 
 def mean_interval(a: np.ndarray, *, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
                   seed: int = 0) -> Interval:
-    """Mean EPDMS of one cell (S, C) with a bootstrap interval over its clips and seeds."""
+    """Mean EPDMS of one cell (S, C), per-clip EPDMS in [0, 1], with a bootstrap interval over its
+    clips and seeds (cut to [0, 1]; a difference's interval to [−1, 1])."""
     (a,) = _check_cells(a)
     rng = np.random.default_rng(seed)
     wc = bootstrap_weights(rng, a.shape[1], n_boot)
     ws = bootstrap_weights(rng, a.shape[0], n_boot)
-    return percentile_interval(float(a.mean()), cell_means(a, ws, wc), level, a.shape[0], t_widening(a, None, level))
+    return percentile_interval(float(a.mean()), cell_means(a, ws, wc), level, a.shape[0], t_widening(a, None, level),
+                               bounds=(0.0, 1.0))
 
 
 # ---------------------------------------------------------------------- BRMR
