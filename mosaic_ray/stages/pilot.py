@@ -90,7 +90,7 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
         raise NonFiniteTrainingError(f"pilot {trial['key']}: calibration EPDMS is {util['epdms']}; "
                                      "no ΔU is reported for it")
     tune.report({"delta_u": util["epdms"] - config["base_epdms"], "epdms": util["epdms"],
-                 "domain": trial["domain"], "label": trial.get("label", trial["domain"]), "n": trial["n"],
+                 "domain": trial["domain"], "label": trial["label"], "n": trial["n"],
                  "seed": trial["seed"],
                  "terms": util["terms"], "trial_time_s": time.time() - t0})
 

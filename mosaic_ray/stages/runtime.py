@@ -15,12 +15,18 @@ from mosaic_ray.config import ExperimentConfig
 log = logging.getLogger(__name__)
 
 
+def cluster_address(cfg: ExperimentConfig) -> str | None:
+    """The Ray cluster to connect to: ``ray.address``, else ``$RAY_ADDRESS`` (set inside ``ray job
+    submit``); None = start a local instance."""
+    return cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def ray_env_defaults(cfg: ExperimentConfig) -> None:
     """Environment settings Ray reads at start-up (set only where the user has not)."""
     if cfg.ray.no_progress_timeout_s:
         os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", str(int(cfg.ray.no_progress_timeout_s)))
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.ray.train_health_check_interval_s))
-    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+    if cluster_address(cfg) is None:
         # a local instance is one node that nobody drains: no preemption-watcher actor (one
         # process less per Ray Train run); clusters keep Ray's default
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -47,7 +53,7 @@ def ray_session(cfg: ExperimentConfig):
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}
         kwargs = {"include_dashboard": cfg.ray.include_dashboard, "log_to_driver": True,
                   "runtime_env": {"env_vars": env}}
-        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        address = cluster_address(cfg)
         if address:  # a cluster (also inside `ray job submit`, which sets RAY_ADDRESS)
             ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
         else:

@@ -392,9 +392,7 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
     finished = f"train_runs/{run_name}/{FINISHED_RECORD}"
     if storage.exists(finished):  # this run finished earlier: hand back its result, start no workers
         out = storage.read_json(finished)
-        weights = storage.read_bytes(f"{out.pop('final_checkpoint_dir')}/planner.pt")
-        if not storage.exists(f"planner/{name}.pt") or storage.read_bytes(f"planner/{name}.pt") != weights:
-            storage.write_bytes(f"planner/{name}.pt", weights)
+        storage.write_bytes(f"planner/{name}.pt", storage.read_bytes(f"{out.pop('final_checkpoint_dir')}/planner.pt"))
         return {**out, "checkpoint": f"planner/{name}.pt", "resumed_from_epoch": int(recipe.epochs),
                 "wall_time_s": round(time.time() - t0, 1)}
     use_gpu = tc.gpus_per_worker > 0
