@@ -276,6 +276,10 @@ class PilotConfig(_Strict):
     epochs: int = Field(8, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    base_backend: Literal["ray_train", "in_process"] = Field(
+        "ray_train", description="how the base model trains: ray_train (a TorchTrainer of num_workers workers), "
+        "in_process (the same loop in the driver: one worker, no worker-group start-up, the same weights as a "
+        "one-worker Ray Train run; needs num_workers 1 and no GPU; small runs and tests)")
     lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
     weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
     batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")
@@ -366,6 +370,9 @@ class TrainConfig(_Strict):
         if self.backend == "in_trial" and (self.num_workers != 1 or self.gpus_per_worker > 0):
             raise ValueError("train.backend: in_trial trains one CPU worker per cell: set train.num_workers: 1 "
                              "and train.gpus_per_worker: 0, or use backend ray_train")
+        if self.base_backend == "in_process" and (self.num_workers != 1 or self.gpus_per_worker > 0):
+            raise ValueError("train.base_backend: in_process trains the base model in one CPU process: set "
+                             "train.num_workers: 1 and train.gpus_per_worker: 0, or use base_backend ray_train")
         return self
 
     @property
@@ -389,6 +396,10 @@ class TrainConfig(_Strict):
         "auto", description="how a grid cell trains: ray_train (a TorchTrainer of num_workers workers), "
         "in_trial (the same loop inside the cell's Tune trial, one worker, no worker-group start-up; "
         "needs num_workers 1 and no GPU), auto (in_trial where num_workers is 1 and gpus_per_worker 0)")
+    base_backend: Literal["ray_train", "in_process"] = Field(
+        "ray_train", description="how the base model trains: ray_train (a TorchTrainer of num_workers workers), "
+        "in_process (the same loop in the driver: one worker, no worker-group start-up, the same weights as a "
+        "one-worker Ray Train run; needs num_workers 1 and no GPU; small runs and tests)")
     lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
     weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
     batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")

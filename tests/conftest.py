@@ -52,6 +52,10 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # one local node: as ray_env_defaults sets it
+# keep idle task workers for reuse instead of killing them after 1 s beyond the CPU count: each
+# Ray Data run fans out tasks, and a new worker process costs ~2 CPU-s on this 2-core machine
+os.environ.setdefault("RAY_num_workers_soft_limit", "8")
+os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "600000")
 # scoring actors record their PIDs here so fault tests can kill a real one (see test_faults.py)
 ACTOR_PID_DIR = Path(tempfile.mkdtemp(prefix="mosaic-actor-pids-"))
 os.environ["MOSAIC_ACTOR_PID_DIR"] = str(ACTOR_PID_DIR)
@@ -282,8 +286,11 @@ def ingested_run(ray_local, small_data_dir, tmp_path_factory) -> IngestedRun:
     from mosaic_ray.storage import Storage
 
     out = tmp_path_factory.mktemp("ingested")
+    # one EPDMS actor per score run unless a test asks for more (each actor is a process that
+    # imports the scorer: ~3 CPU-s on this 2-core machine; the pools' sizing is tested on its own)
     raw = {"name": "ingested", "data_dir": str(small_data_dir), "output_dir": str(out),
-           "selection": {"budgets": [5]}, "ingest": {"shard_size": INGEST_SHARD_SIZE}}
+           "selection": {"budgets": [5]}, "ingest": {"shard_size": INGEST_SHARD_SIZE},
+           "score": {"epdms": {"max_actors": 1}}}
     cfg = validate_config(raw)
     st = Storage(cfg.run_uri)
     from mosaic_ray.pipeline import STEPS

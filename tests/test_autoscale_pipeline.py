@@ -22,7 +22,7 @@ SMALL = {
                       "steps": 12, "batch_size": 8},
         "n_clusters": 3, "pca_dims": 4, "budgets": [8], "methods": ["autoscale", "uniform", "iwr", "mosaic_clusters"],
         "mosaic_pilot_sizes": [4],
-        "rounds": 2, "seeds": [0], "epochs": 1, "cpus_per_trial": 0.5, "iwr_pca_dims": 2,
+        "rounds": 2, "seeds": [0], "epochs": 1, "cpus_per_trial": 1.0, "iwr_pca_dims": 2,
         "test_max_clips": 40, "embed_cpus_per_actor": 0.5, "embed_num_actors": 1},
 }
 

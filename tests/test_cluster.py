@@ -59,15 +59,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_cluster(temp: Path) -> None:
-    """Stop only the cluster started with ``--temp-dir=temp`` (``ray stop`` would stop every
-    Ray instance on the machine, the test session's included)."""
+def _stop_cluster(*temps: Path, grace_s: float = 3.0) -> None:
+    """Stop only the clusters started with ``--temp-dir`` one of ``temps`` (``ray stop`` would
+    stop every Ray instance on the machine, the test session's included): SIGTERM to all of
+    their processes at once, SIGKILL to what still runs after ``grace_s`` (a raylet waits up to
+    10 s for its workers; nothing of a test cluster needs a clean exit)."""
     import psutil
 
     mine = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(temp) in a for a in (p.info["cmdline"] or [])):
+            if any(str(t) in a for t in temps for a in (p.info["cmdline"] or [])):
                 mine.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -76,7 +78,12 @@ def _stop_cluster(temp: Path) -> None:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(mine, timeout=10)
+    _, alive = psutil.wait_procs(mine, timeout=grace_s)
     for p in alive:
-        p.kill()
-    shutil.rmtree(temp, ignore_errors=True)
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    for temp in temps:
+        shutil.rmtree(temp, ignore_errors=True)

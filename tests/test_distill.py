@@ -92,8 +92,11 @@ def test_distill_stage_writes_exactly_one_row_per_clip(ray_local, small_run, anc
         targets_for(t, [train[0].clip_id], 32)
 
 
-def test_ray_train_uses_distillation_targets(ray_local, small_run):
-    from mosaic_ray.stages.trainer import train_planner
+def test_ray_train_uses_distillation_targets_and_matches_the_in_process_loop(ray_local, small_run):
+    """A one-worker Ray Train run trains on the distillation targets; the in-process loop (the
+    base model's ``train.base_backend: in_process``, the grid's in-trial cells) on the same
+    settings gives the same weights bit for bit, and a rerun of it hands the finished run back."""
+    from mosaic_ray.stages.trainer import train_planner, train_planner_in_process
 
     cfg, st, _, _ = small_run
     info = train_planner(cfg, st, name="distilled", epochs=3, seed=0)
@@ -101,6 +104,15 @@ def test_ray_train_uses_distillation_targets(ray_local, small_run):
     assert model.spec.distill and hasattr(model, "distill_head")
     assert np.isfinite(info["loss"])
     assert info["n_train"] == 5 and info["n_distill_targets"] == 5  # every D_train row had targets
+    local = train_planner_in_process(cfg, st, name="distilled_local", epochs=3, seed=0, label="in_process")
+    assert local["backend"] == "in_process" and local["resumed_from_epoch"] == 0
+    assert local["n_distill_targets"] == 5
+    a, b = model.state_dict(), load_checkpoint(st.path(local["checkpoint"])).state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between Ray Train and the in-process loop"
+    again = train_planner_in_process(cfg, st, name="distilled_local", epochs=3, seed=0)
+    assert again["run_name"] == local["run_name"] and again["resumed_from_epoch"] == 3
 
 
 def test_distillation_heads_train_and_choose(clips, anchors):

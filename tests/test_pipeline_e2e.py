@@ -19,10 +19,13 @@ SMALL = {
     "planner": {"vocab_size": 16, "embed_dim": 32, "hidden_dim": 32, "max_agents": 8,
                 "max_lanes": 16, "base_epochs": 2},
     "score": {"batch_size": 16},
-    "pilot": {"sizes": [5, 10], "seeds": [0], "epochs": 1, "cpus_per_trial": 0.5},
+    "pilot": {"sizes": [5, 10], "seeds": [0], "epochs": 1, "cpus_per_trial": 1.0},
     # one budget: two grid cells (nested selections across budgets: the strategies test below)
     "selection": {"budgets": [15], "methods": ["mosaic", "random"]},
-    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": 1, "seeds": [0], "concurrency": 2},
+    # the base model trains in the driver (the same loop and weights as a one-worker Ray Train run,
+    # tested below and in test_train_resume.py / test_distill.py): no worker-group start-up here
+    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": 1, "seeds": [0], "concurrency": 1,
+              "base_backend": "in_process"},
 }
 
 
@@ -92,10 +95,11 @@ def test_pilots_cover_domains_and_mosaic_takes_clips_in_rank_order(e2e):
         assert [r["rank"] for r in mos if r["domain"] == d] == list(range(sum(r["domain"] == d for r in mos)))
 
 
-def test_in_trial_training_matches_the_one_worker_ray_train_run(e2e, tmp_path):
-    """The grid's in-trial backend runs the same loop as Ray Train: retraining the e2e base
-    model (Ray Train, one worker) in-process gives the same weights bit for bit; a rerun hands
-    the finished run back without training."""
+def test_base_and_cells_train_in_process_and_a_rerun_hands_the_base_back(e2e, tmp_path):
+    """The small config trains its base model in the driver and its grid cells inside their Tune
+    trials (the same loop as a one-worker Ray Train run, bit for bit:
+    tests/test_distill.py::test_ray_train_uses_distillation_targets_and_matches_the_in_process_loop);
+    training the base again on a copy of the run hands the finished run back with its weights."""
     import shutil
 
     import torch
@@ -104,24 +108,21 @@ def test_in_trial_training_matches_the_one_worker_ray_train_run(e2e, tmp_path):
     from mosaic_ray.stages.trainer import train_planner_in_process
 
     cfg, run0, _, _ = e2e
-    assert cfg.train.in_trial  # the e2e grid cells trained this way too
-    shutil.copytree(run0.storage.path("ingest"), tmp_path / cfg.name / "ingest")
-    shutil.copytree(run0.storage.path("planner"), tmp_path / cfg.name / "planner")
+    assert cfg.train.in_trial and cfg.train.base_backend == "in_process"
+    base = run0.storage.read_json("planner/base_eval.json")
+    assert base["backend"] == "in_process" and base["resumed_from_epoch"] == 0
+    for folder in ("ingest", "planner", "train_runs"):
+        shutil.copytree(run0.storage.path(folder), tmp_path / cfg.name / folder)
     raw = cfg.model_dump(mode="json")
     raw["output_dir"] = str(tmp_path)
-    cfg2 = validate_config(raw)
-    st = Context.for_config(cfg2).storage
-    info = train_planner_in_process(cfg2, st, name="base_again", epochs=cfg.planner.base_epochs,
-                                    seed=cfg.planner.seed)
-    assert info["backend"] == "in_trial" and info["resumed_from_epoch"] == 0
-    a = load_checkpoint(run0.storage.path("planner/base.pt")).state_dict()
-    b = load_checkpoint(st.path("planner/base_again.pt")).state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs between Ray Train and the in-trial loop"
-    again = train_planner_in_process(cfg2, st, name="base_again", epochs=cfg.planner.base_epochs,
+    st = Context.for_config(validate_config(raw)).storage
+    st.delete("planner/base.pt")
+    again = train_planner_in_process(validate_config(raw), st, name="base", epochs=cfg.planner.base_epochs,
                                      seed=cfg.planner.seed)
-    assert again["run_name"] == info["run_name"] and again["resumed_from_epoch"] == cfg.planner.base_epochs
+    assert again["run_name"] == base["run_name"] and again["resumed_from_epoch"] == cfg.planner.base_epochs
+    a = load_checkpoint(run0.storage.path("planner/base.pt")).state_dict()
+    b = load_checkpoint(st.path("planner/base.pt")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     cells = [json.loads(Path(run0.storage.path(f"train/results/{m}-b15-s0.json")).read_text())
              for m in ("mosaic", "random")]
     assert {c["backend"] for c in cells} == {"in_trial"}
@@ -179,7 +180,7 @@ def test_every_strategy_and_domain_variant_selects_through_the_pipeline(e2e, tmp
     raw.update(output_dir=str(tmp_path), name="methods")
     raw["domains"] = {"variants": [{"name": "site"}, {"name": "captions", "kind": "captions", "k": 3},
                                    {"name": "emb", "kind": "embedding", "k": 3}]}
-    raw["pilot"] = {"sizes": [6], "seeds": [0], "epochs": 1, "cpus_per_trial": 0.5}
+    raw["pilot"] = {"sizes": [6], "seeds": [0], "epochs": 1, "cpus_per_trial": 1.0}
     raw["selection"] = {"budgets": [5, 15], "methods": ALL_METHODS}
     cfg = validate_config(raw)
     for part in ("ingest", "planner", "score"):

@@ -92,8 +92,7 @@ def test_score_job_on_two_nodes_with_s3_storage(ingested_run, s3_server, tmp_pat
                                 "--format", "json"], env=env, capture_output=True, text=True, timeout=120)
         alive = {n["node_id"] for n in json.loads(nodes.stdout) if n["state"] == "ALIVE"}
     finally:
-        _stop_cluster(temp2)
-        _stop_cluster(temp)
+        _stop_cluster(temp2, temp)
     assert len(alive) == 2
     by_stage: dict[str, set] = {}
     for a in actors:

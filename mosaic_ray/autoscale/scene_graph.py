@@ -424,11 +424,20 @@ def build_scene_graph(clip: Clip, spec: GraphSpec | None = None) -> SceneGraph:
     if spec.include_stop_lines:
         polylines += [(NODE_STOP_LINE, clip.num_lanes + j, np.asarray(sl, float))
                       for j, sl in enumerate(clip.stop_lines)]
+    lo, hi = path.min(axis=0) - spec.map_radius_m, path.max(axis=0) + spec.map_radius_m
+    near: list[tuple[int, int, np.ndarray]] = []
     for typ, ref, poly in polylines:
-        dense = _densify(np.asarray(poly, np.float64), spec.map_densify_m)
-        if len(dense) < 2:
-            continue
-        dd = _points_to_path(dense, path)
+        poly = np.asarray(poly, np.float64)
+        if len(poly) and ((poly.max(axis=0) < lo) | (poly.min(axis=0) > hi)).any():
+            continue  # its bounding box lies beyond map_radius_m of the path's: no point is in range
+        dense = _densify(poly, spec.map_densify_m)
+        if len(dense) >= 2:
+            near.append((typ, ref, dense))
+    # one distance computation for every candidate's points (the hot loop of graph building)
+    dd_all = _points_to_path(np.concatenate([d for _, _, d in near]), path) if near else np.zeros(0)
+    ends = np.cumsum([len(d) for _, _, d in near])
+    for (typ, ref, dense), stop in zip(near, ends):
+        dd = dd_all[stop - len(dense):stop]
         inside = np.flatnonzero(dd <= spec.map_radius_m)
         if len(inside) == 0:
             continue

@@ -2,7 +2,8 @@
 
 The vocabulary is k-means of the logged futures of D_train ∪ pool (mirrored too when the
 recipe augments with mirror images), Hydra-MDP style; the base planner is trained on D_train
-through Ray Train (:func:`mosaic_ray.stages.trainer.train_planner`) and scored on the
+through Ray Train (:func:`mosaic_ray.stages.trainer.train_planner`; or the same loop in the
+driver, ``train.base_backend: in_process``) and scored on the
 calibration clips (the pilots' reference) and the test clips (budget 0 of the final tables,
 next to the logged human driving: the data's own EPDMS ceiling).
 """
@@ -22,7 +23,7 @@ from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
 from mosaic_ray.planner.training import NonFiniteTrainingError, require_finite_weights
 from mosaic_ray.stages.ingest import load_clips
 from mosaic_ray.stages.step import Context, Step, needs_of
-from mosaic_ray.stages.trainer import train_planner
+from mosaic_ray.stages.trainer import train_planner, train_planner_in_process
 from mosaic_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,12 @@ def run_base(ctx: Context) -> dict:
     np.save(buf, anchors)
     st.write_bytes(layout.VOCABULARY, buf.getvalue())
     log.info("[base] vocabulary of %d anchors from %d futures; training on D_train", len(anchors), len(fut))
-    info = train_planner(cfg, st, name="base", epochs=cfg.planner.base_epochs, seed=cfg.planner.seed,
-                         fresh=ctx.force)
+    if cfg.train.base_backend == "in_process":
+        info = train_planner_in_process(cfg, st, name="base", epochs=cfg.planner.base_epochs,
+                                        seed=cfg.planner.seed, fresh=ctx.force, label="in_process")
+    else:
+        info = train_planner(cfg, st, name="base", epochs=cfg.planner.base_epochs, seed=cfg.planner.seed,
+                             fresh=ctx.force)
     # calibration: what the pilots' gains are measured against; test: budget 0 of the final tables
     util_cal = evaluate_checkpoint(st, info["checkpoint"], load_clips(st, CALIBRATION))
     clips, cache = load_clips(st, TEST), SceneCache()

@@ -19,7 +19,8 @@ result's cell fingerprint.
 Not in a fingerprint (changing them reuses results): where the run lies (``name``,
 ``output_dir``, ``storage``), how Ray is reached and sized (``ray``), actor / worker / trial
 CPU and GPU shares, concurrency, score and evaluation batch sizes, clip shard size, checkpoint
-interval. ``train.num_workers`` *is* in (the DDP world size changes the numbers), and so is
+interval, where the base model trains (``train.base_backend``: a one-worker Ray Train run and the
+in-process loop give the same weights, tested). ``train.num_workers`` *is* in (the DDP world size changes the numbers), and so is
 ``planner.torch_threads`` (see :mod:`mosaic_ray.planner.training`).
 """
 
@@ -41,7 +42,7 @@ NOT_RESULTS = frozenset({
     "score.pipeline", "score.plan", "score.epdms",
     "pilot.cpus_per_trial", "pilot.max_concurrent_trials",
     "train.cpus_per_worker", "train.gpus_per_worker", "train.concurrency", "train.checkpoint_every",
-    "train.cache_shard", "eval_batch_size",
+    "train.cache_shard", "train.base_backend", "eval_batch_size",
     "autoscale.embed_batch_size", "autoscale.embed_num_actors", "autoscale.embed_cpus_per_actor",
     "autoscale.embed_gpus_per_actor", "autoscale.cpus_per_trial",
     "autoscale.max_concurrent_trials", "autoscale.graph_rae.train_num_cpus", "autoscale.graph_rae.train_num_gpus",

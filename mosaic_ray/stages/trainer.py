@@ -261,11 +261,12 @@ def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = Tru
 def train_planner_in_process(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs: int, seed: int,
                              pool_ids: list[str] | None = None, init_checkpoint: str | None = None,
                              include_train: bool = True, fresh: bool = False,
-                             recipe: TrainRecipe | None = None) -> dict:
+                             recipe: TrainRecipe | None = None, label: str = "in_trial") -> dict:
     """:func:`train_planner` without Ray Train: the same loop, recipe, seeding, row order and
     run name in the calling process (one worker, no DDP), for small trainings such as the grid
     cells inside their Tune trials (``train.backend``). A one-worker Ray Train run of the same
     settings gives bit-identical weights (tested), without the worker group's start-up.
+    ``label`` is the ``backend`` the returned payload names (``in_process`` for the base model).
 
     Resumption: every ``train.checkpoint_every`` epochs the model and optimizer state go to
     ``train_runs/<run name>/checkpoint/`` (``planner.pt``, ``train_state.pt``); a rerun of the
@@ -329,7 +330,7 @@ def train_planner_in_process(cfg: ExperimentConfig, storage: Storage, *, name: s
         storage.write_bytes(f"planner/{name}.pt", storage.read_bytes(f"{ckpt}/planner.pt"))
     out = {"checkpoint": f"planner/{name}.pt", "n_train": int(n), "loss": float(losses[-1]) if losses else float("nan"),
            "wall_time_s": round(time.time() - t0, 1), "run_name": run_name, "resumed_from_epoch": start_epoch,
-           "recipe": recipe.to_dict(), "backend": "in_trial"}
+           "recipe": recipe.to_dict(), "backend": label}
     if targets is not None:
         ok = {c for c, s_ in zip(targets.column("clip_id").to_pylist(), targets.column("status").to_pylist())
               if s_ == "ok"}
