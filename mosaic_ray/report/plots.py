@@ -10,11 +10,12 @@ worker processes and threads). EPDMS and ΔU are drawn ×100 (the paper's conven
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_scaling_curves", "plot_selection_order", "plot_composition",
            "plot_epdms_vs_budget", "budget_items", "ordered_domains"]
@@ -61,6 +62,9 @@ def _colors(domains: list[str]) -> dict[str, Any]:
 
 
 def _new_figure(w: float, h: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here: the report helpers load without it
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(w, h), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig

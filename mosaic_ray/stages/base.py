@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mosaic_ray import layout
 from mosaic_ray.data.split import CALIBRATION, TEST
-from mosaic_ray.evaluate.planner_eval import SceneCache, score_human, score_planner
 from mosaic_ray.planner.futures import expert_futures
-from mosaic_ray.planner.model import build_vocabulary, load_checkpoint
-from mosaic_ray.planner.training import NonFiniteTrainingError, require_finite_weights
 from mosaic_ray.stages.ingest import load_clips
 from mosaic_ray.stages.step import Context, Step, needs_of
-from mosaic_ray.stages.trainer import train_planner, train_planner_in_process
 from mosaic_ray.storage import Storage
+
+if TYPE_CHECKING:
+    from mosaic_ray.evaluate.planner_eval import SceneCache
+
+# torch (the planner, its training and evaluation) is imported where a step runs, not with the
+# step list: a `mosaic-ray` command starts without it
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,10 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: Sc
     Raises:
         NonFiniteTrainingError: NaN/inf weights or a non-finite mean EPDMS (names the checkpoint).
     """
+    from mosaic_ray.evaluate.planner_eval import score_planner
+    from mosaic_ray.planner.model import load_checkpoint
+    from mosaic_ray.planner.training import NonFiniteTrainingError, require_finite_weights
+
     model = load_checkpoint(storage.local_copy(checkpoint))
     require_finite_weights(model, f"checkpoint {storage.uri(checkpoint)}")
     clips = clips if clips is not None else load_clips(storage, TEST)
@@ -61,6 +68,10 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: Sc
 def run_base(ctx: Context) -> dict:
     """Build the vocabulary, train and evaluate the base planner; returns the base payload
     (also written to ``planner/base_eval.json``)."""
+    from mosaic_ray.evaluate.planner_eval import SceneCache, score_human
+    from mosaic_ray.planner.model import build_vocabulary
+    from mosaic_ray.stages.trainer import train_planner, train_planner_in_process
+
     st, cfg = ctx.storage, ctx.cfg
     fut = np.concatenate([expert_futures(load_clips(st, "train")), expert_futures(load_clips(st, "pool"))])
     if cfg.planner.augment_mirror:
