@@ -56,6 +56,11 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # one local n
 # Ray Data run fans out tasks, and a new worker process costs ~2 CPU-s on this 2-core machine
 os.environ.setdefault("RAY_num_workers_soft_limit", "8")
 os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "600000")
+# Ray's background processes poll less: the log monitor rescans its log folder every 5 s (not
+# every 0.1 s), the dashboard agent collects process metrics every 60 s (not every 5 s)
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "5")
+os.environ.setdefault("REPORTER_UPDATE_INTERVAL_MS", "60000")
 # scoring actors record their PIDs here so fault tests can kill a real one (see test_faults.py)
 ACTOR_PID_DIR = Path(tempfile.mkdtemp(prefix="mosaic-actor-pids-"))
 os.environ["MOSAIC_ACTOR_PID_DIR"] = str(ACTOR_PID_DIR)

@@ -59,20 +59,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_cluster(*temps: Path, grace_s: float = 3.0) -> None:
+def _stop_cluster(*temps: Path, gcs_port: int | None = None, grace_s: float = 3.0) -> None:
     """Stop only the clusters started with ``--temp-dir`` one of ``temps`` (``ray stop`` would
-    stop every Ray instance on the machine, the test session's included): SIGTERM to all of
-    their processes at once, SIGKILL to what still runs after ``grace_s`` (a raylet waits up to
-    10 s for its workers; nothing of a test cluster needs a clean exit)."""
+    stop every Ray instance on the machine, the test session's included), and the processes
+    given the head's GCS address (``gcs_port``: the Ray Client server names no temp dir): SIGTERM
+    to all of them and their children at once, SIGKILL to what still runs after ``grace_s`` (a
+    raylet waits up to 10 s for its workers; nothing of a test cluster needs a clean exit)."""
     import psutil
 
-    mine = []
+    mine: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(t) in a for t in temps for a in (p.info["cmdline"] or [])):
-                mine.append(p)
+            args = p.info["cmdline"] or []
+            if any(str(t) in a for t in temps for a in args) or (
+                    gcs_port is not None and any(a.startswith("--address=") and a.endswith(f":{gcs_port}")
+                                                 for a in args)):
+                # with their children: agents rename themselves (ray::DashboardAgent) and would
+                # outlive a raylet that is killed before it stops them
+                for q in [p, *p.children(recursive=True)]:
+                    mine[q.pid] = q
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    mine = list(mine.values())
     for p in mine:
         try:
             p.terminate()
