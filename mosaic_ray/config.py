@@ -276,10 +276,6 @@ class PilotConfig(_Strict):
     epochs: int = Field(8, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
-    base_backend: Literal["ray_train", "in_process"] = Field(
-        "ray_train", description="how the base model trains: ray_train (a TorchTrainer of num_workers workers), "
-        "in_process (the same loop in the driver: one worker, no worker-group start-up, the same weights as a "
-        "one-worker Ray Train run; needs num_workers 1 and no GPU; small runs and tests)")
     lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")
     weight_decay: float | None = Field(None, ge=0, description="None = planner.weight_decay")
     batch_size: int | None = Field(None, ge=1, description="None = planner.batch_size")
@@ -367,19 +363,23 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _backend(self) -> "TrainConfig":
-        if self.backend == "in_trial" and (self.num_workers != 1 or self.gpus_per_worker > 0):
+        if self.backend == "in_trial" and not self.one_cpu_worker:
             raise ValueError("train.backend: in_trial trains one CPU worker per cell: set train.num_workers: 1 "
                              "and train.gpus_per_worker: 0, or use backend ray_train")
-        if self.base_backend == "in_process" and (self.num_workers != 1 or self.gpus_per_worker > 0):
+        if self.base_backend == "in_process" and not self.one_cpu_worker:
             raise ValueError("train.base_backend: in_process trains the base model in one CPU process: set "
                              "train.num_workers: 1 and train.gpus_per_worker: 0, or use base_backend ray_train")
         return self
 
     @property
+    def one_cpu_worker(self) -> bool:
+        """One worker without a GPU: what training in a single process (in-trial, in-process) needs."""
+        return self.num_workers == 1 and self.gpus_per_worker == 0
+
+    @property
     def in_trial(self) -> bool:
         """Whether grid cells train inside their Tune trial (see ``backend``)."""
-        return self.backend == "in_trial" or (self.backend == "auto" and self.num_workers == 1
-                                               and self.gpus_per_worker == 0)
+        return self.backend == "in_trial" or (self.backend == "auto" and self.one_cpu_worker)
 
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)

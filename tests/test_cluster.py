@@ -67,7 +67,7 @@ def _stop_cluster(*temps: Path, gcs_port: int | None = None, grace_s: float = 3.
     raylet waits up to 10 s for its workers; nothing of a test cluster needs a clean exit)."""
     import psutil
 
-    mine: dict[int, psutil.Process] = {}
+    found: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
             args = p.info["cmdline"] or []
@@ -77,10 +77,10 @@ def _stop_cluster(*temps: Path, gcs_port: int | None = None, grace_s: float = 3.
                 # with their children: agents rename themselves (ray::DashboardAgent) and would
                 # outlive a raylet that is killed before it stops them
                 for q in [p, *p.children(recursive=True)]:
-                    mine[q.pid] = q
+                    found[q.pid] = q
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    mine = list(mine.values())
+    mine = list(found.values())
     for p in mine:
         try:
             p.terminate()

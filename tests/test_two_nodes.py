@@ -54,7 +54,7 @@ def test_score_job_on_two_nodes_with_s3_storage(ingested_run, s3_server, tmp_pat
     pool = sorted(local.read_table("ingest/clips/pool", columns=["clip_id"]).column("clip_id").to_pylist())
     job_cfg = {**raw, "output_dir": "s3://mosaic-test/twonode-runs", "ray": {"num_cpus": None},
                "storage": {"endpoint_url": s3_server, "region": "us-east-1"},
-               "score": {"checkpoint": "s3://mosaic-test/twonode-ckpt/base.pt", "pipeline": "two_stage",
+               "score": {"checkpoint": "s3://mosaic-test/twonode-ckpt/base.pt",
                          "plan": {"min_actors": 1, "max_actors": 1},
                          "epdms": {"min_actors": 2, "max_actors": 2, "batch_size": 8}}}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job_cfg))
