@@ -291,14 +291,16 @@ def test_a_threshold_of_one_quarantines_what_does_not_score_one(clips):
 @pytest.fixture(scope="module")
 def synth_run(ingested_run, tmp_path_factory):
     """The shared ingested run copied (shards of 8 clips) and synthesized with the default
-    config through the step runner."""
+    generation settings through the step runner, in two actors of 0.75 CPU (the default fits one
+    1-CPU actor on 2 CPUs; resources do not change the outputs)."""
     from conftest import copy_run
 
     from mosaic_ray.stages.step import Context, run_step
     from mosaic_ray.stages.synthesize import STEP
 
     # the autoscale: section (defaults) enables the step and holds its settings
-    cfg, st, _ = copy_run(ingested_run, tmp_path_factory.mktemp("synth"), "synth", shard_size=8, autoscale={})
+    cfg, st, _ = copy_run(ingested_run, tmp_path_factory.mktemp("synth"), "synth", shard_size=8,
+                          autoscale={"synthesize": {"num_cpus_per_actor": 0.75, "num_actors": 2}})
     payload = run_step(STEP, Context(cfg, st))
     return cfg, st, payload
 

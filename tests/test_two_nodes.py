@@ -9,8 +9,8 @@ Ray's State API tells where each ran."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,6 +37,9 @@ def _start(bin_dir: Path, env: dict, *args: str) -> None:
 
 
 def test_score_job_on_two_nodes_with_s3_storage(ingested_run, s3_server, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors, list_nodes
+
     from mosaic_ray.stages.ingest import load_clips
     from mosaic_ray.config import StorageConfig
     from mosaic_ray.storage import Storage
@@ -68,11 +71,12 @@ def test_score_job_on_two_nodes_with_s3_storage(ingested_run, s3_server, tmp_pat
     temp = Path(tempfile.mkdtemp(prefix="r2n-", dir="/tmp"))
     temp2 = Path(tempfile.mkdtemp(prefix="r2w-", dir="/tmp"))
     port, dash = _free_port(), _free_port()
+    api = f"http://127.0.0.1:{dash}"
     try:
         _start(bin_dir, env, "--head", f"--port={port}", f"--dashboard-port={dash}", "--include-dashboard=true",
                f"--temp-dir={temp}")
         _start(bin_dir, env, f"--address=127.0.0.1:{port}", f"--temp-dir={temp2}")
-        submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+        submit = [str(bin_dir / "ray"), "job", "submit", "--address", api, "--no-wait",
                   "--working-dir", str(ROOT), "--",
                   sys.executable, "jobs/run_experiment.py", "--command", "score", str(tmp_path / "job.yaml"), "--log-level", "debug"]
         t0 = time.time()
@@ -82,23 +86,24 @@ def test_score_job_on_two_nodes_with_s3_storage(ingested_run, s3_server, tmp_pat
                 break
             time.sleep(2)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "succeeded" in out.stdout
-        listed = subprocess.run([str(bin_dir / "ray"), "list", "actors", "--address", f"http://127.0.0.1:{dash}",
-                                 "--detail", "--format", "json", "--limit", "1000"],
-                                env=env, capture_output=True, text=True, timeout=120)
-        assert listed.returncode == 0, listed.stderr[-2000:]
-        actors = json.loads(listed.stdout)
-        nodes = subprocess.run([str(bin_dir / "ray"), "list", "nodes", "--address", f"http://127.0.0.1:{dash}",
-                                "--format", "json"], env=env, capture_output=True, text=True, timeout=120)
-        alive = {n["node_id"] for n in json.loads(nodes.stdout) if n["state"] == "ALIVE"}
+        job_id = re.search(r"Job '([^']+)' submitted successfully", out.stdout + out.stderr).group(1)
+        # the job's status through the SDK (`ray job submit` without --no-wait reports it ~5 s
+        # late: its log tail sleeps 1 s at a time on both ends)
+        client = JobSubmissionClient(api)
+        while not (status := client.get_job_status(job_id)).is_terminal():
+            assert time.time() - t0 < 400, f"job {job_id} still {status} after 400 s"
+            time.sleep(0.2)
+        assert status == JobStatus.SUCCEEDED, client.get_job_logs(job_id)[-3000:]
+        actors = list_actors(address=api, detail=True, limit=1000)
+        alive = {n.node_id for n in list_nodes(address=api) if n.state == "ALIVE"}
     finally:
-        _stop_cluster(temp2, temp, gcs_port=port)
+        _stop_cluster(temp2, temp, gcs_port=port, grace_s=0.0)  # nothing of it needs a clean exit
     assert len(alive) == 2
     by_stage: dict[str, set] = {}
     for a in actors:
         for stage in ("score_plan", "score_epdms"):
-            if f"MapBatches({stage})" in a["class_name"]:
-                by_stage.setdefault(stage, set()).add(a["node_id"])
+            if f"MapBatches({stage})" in a.class_name:
+                by_stage.setdefault(stage, set()).add(a.node_id)
     assert by_stage.get("score_plan") and len(by_stage.get("score_epdms", ())) >= 1, actors
     assert set().union(*by_stage.values()) == alive  # the actors ran on both nodes
     # every pool clip scored exactly once, all of it on S3
