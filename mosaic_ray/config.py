@@ -485,6 +485,10 @@ class AutoScaleConfig(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     test_max_clips: int | None = Field(None, ge=1, description="evaluate on a fixed seeded subset of this many "
                                        "test clips (the same for every training); None = all")
+    synthetic_calibration: int | float = Field(
+        0, ge=0, description="held-out synthetic calibration split (the paper's D_cal, drawn cluster-stratified "
+        "from the synthetic pool): scenes kept out of every selection and scored by every training next to "
+        "calibration and test; an int counts scenes, a float in (0, 1) is a fraction of the pool; 0 = none")
     # Cluster-GA (Eq. 3-7)
     ridge_alpha: float = Field(1e-3, ge=0, description="λ of the weighted ridge (Eq. 4)")
     recency_decay: float = Field(1.0, gt=0, le=1, description="pair weight decay per round (Eq. 4's W)")
@@ -513,6 +517,26 @@ class AutoScaleConfig(_Strict):
     @classmethod
     def _budgets(cls, v: list[int | float]) -> list[int | float]:
         return _check_budgets(v)
+
+    @field_validator("synthetic_calibration")
+    @classmethod
+    def _synthetic_calibration(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not (0.0 <= v < 1.0):
+            raise ValueError(f"autoscale.synthetic_calibration: a fraction must lie in [0, 1), got {v}")
+        return v
+
+    def synthetic_calibration_size(self, pool_size: int) -> int:
+        """Scenes held out of a synthetic pool of ``pool_size`` (at most all but one).
+
+        Raises:
+            ValueError: the count leaves no selectable scene.
+        """
+        v = self.synthetic_calibration
+        n = int(round(v * pool_size)) if isinstance(v, float) else int(v)
+        if n and n >= pool_size:
+            raise ValueError(f"autoscale.synthetic_calibration={v} holds out {n} of {pool_size} synthetic scenes: "
+                             "none would be left to select")
+        return n
 
     @field_validator("methods")
     @classmethod

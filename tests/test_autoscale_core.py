@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import gaussian_kde
 
-from mosaic_ray.autoscale.clusters import SceneClusters, cluster_mixture, rbf_similarity
+from mosaic_ray.autoscale.clusters import SceneClusters, cluster_mixture, rbf_similarity, stratified_holdout
 from mosaic_ray.autoscale.iwr import ImportanceWeightedRetrieval
 from mosaic_ray.autoscale.mixture import (MixtureOptimizer, eg_step, feasible_bounds, half_cosine_step,
                                           is_feasible, normalize_gains, project_feasible,
@@ -346,3 +346,20 @@ def test_one_closed_loop_round_composes():
                        candidate_clusters=pool_lab, quotas=prop.allocation)
     assert r2.indices.size == budget
     np.testing.assert_array_equal(np.bincount(pool_lab[r2.indices], minlength=3), prop.allocation)
+
+
+def test_stratified_holdout_keeps_the_pool_mixture_and_is_seeded():
+    lab = np.repeat(np.arange(4), [50, 30, 15, 5])
+    idx = stratified_holdout(lab, 20, 4, seed=3)
+    assert idx.dtype == np.int64 and len(idx) == len(set(idx.tolist())) == 20 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(np.bincount(lab[idx], minlength=4), [10, 6, 3, 1])  # 20 x the pool's shares
+    odd = stratified_holdout(lab, 7, 4, seed=0)  # quotas 3.5, 2.1, 1.05, 0.35: largest remainders win
+    np.testing.assert_array_equal(np.bincount(lab[odd], minlength=4), [4, 2, 1, 0])
+    np.testing.assert_array_equal(stratified_holdout(lab, 20, 4, seed=3), idx)
+    assert not np.array_equal(stratified_holdout(lab, 20, 4, seed=4), idx)
+    assert stratified_holdout(lab, 0, 4, seed=0).size == 0
+    assert len(stratified_holdout(lab, 100, 4, seed=0)) == 100
+    with pytest.raises(ValueError):
+        stratified_holdout(lab, 101, 4, seed=0)
+    with pytest.raises(ValueError):
+        stratified_holdout(np.array([0, 4]), 1, 4, seed=0)

@@ -23,7 +23,7 @@ SMALL = {
         "n_clusters": 3, "pca_dims": 4, "budgets": [8], "methods": ["autoscale", "uniform", "iwr", "mosaic_clusters"],
         "mosaic_pilot_sizes": [4],
         "rounds": 2, "seeds": [0], "epochs": 1, "cpus_per_trial": 1.0, "iwr_pca_dims": 2,
-        "test_max_clips": 40, "embed_cpus_per_actor": 0.5, "embed_num_actors": 1},
+        "test_max_clips": 40, "embed_cpus_per_actor": 0.5, "embed_num_actors": 1, "synthetic_calibration": 6},
 }
 
 
@@ -71,7 +71,7 @@ def test_autoscale_pipeline_runs_end_to_end(as_run):
     g = st.read_json("autoscale/graph_rae.json")
     assert g["steps"] == 12 and np.isfinite(g["last_step"]["total"])
     clusters = st.read_json("autoscale/clusters.json")
-    assert sum(clusters["real_counts"]) == real and sum(clusters["capacity"]) == syn["kept"]
+    assert sum(clusters["real_counts"]) == real and sum(clusters["capacity"]) == syn["kept"] - 6  # 6 held out
     A = np.asarray(clusters["similarity"])
     assert A.shape == (3, 3) and np.allclose(np.diag(A), 1.0) and np.allclose(A, A.T)
     summary = json.loads(Path(st.path("autoscale/summary.json")).read_text())
@@ -91,6 +91,30 @@ def test_autoscale_pipeline_runs_end_to_end(as_run):
     assert comp[("iwr", 8)]["mean"] == pytest.approx(rows[("autoscale", 8)]["test_epdms_mean"]
                                                      - rows[("iwr", 8)]["test_epdms_mean"])
     assert "autoscale" in Path(report).read_text() and report.endswith("report/autoscale.md")
+
+
+def test_held_out_synthetic_scenes_are_never_selectable_and_score_every_training(as_run):
+    """The held-out synthetic calibration split (the paper's D_cal): 6 scenes drawn
+    cluster-stratified out of the synthetic pool, out of every selection, scored by every training."""
+    from mosaic_ray.stages.autoscale import cluster_space
+
+    cfg, run, report = as_run
+    st = run.storage
+    clusters = st.read_json("autoscale/clusters.json")
+    held = clusters["synthetic_calibration_ids"]
+    kept = st.done_payload("synthesize")["kept"]
+    assert len(held) == len(set(held)) == 6 and sum(clusters["synthetic_calibration_counts"]) == 6
+    assert sum(clusters["capacity"]) == kept - 6  # capacity counts only selectable scenes
+    labels = st.read_table("autoscale/cluster_labels.parquet").to_pylist()
+    assert sorted(r["clip_id"] for r in labels if r["role"] == "synthetic_calibration") == sorted(held)
+    _, syn_ids, _ = cluster_space(st)
+    assert len(syn_ids) == kept - 6 and not set(syn_ids) & set(held)  # what every method selects from
+    for key in st.done_payload("autoscale/rounds_step")["keys"]:
+        r = st.read_json(f"autoscale/rounds/{key}.json")
+        assert r["synthetic_calibration"]["n_clips"] == 6 and 0.0 <= r["synthetic_calibration"]["epdms"] <= 1.0
+    summary = json.loads(Path(st.path("autoscale/summary.json")).read_text())
+    assert all(r["n_synthetic_calibration"] == 6 for r in summary["results"])
+    assert "Held-out synthetic calibration split (6 synthetic scenes" in Path(st.path("report/autoscale.md")).read_text()
 
 
 def test_rounds_select_budget_scenes_and_round2_uses_cluster_ga(as_run):

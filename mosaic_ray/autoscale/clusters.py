@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
-__all__ = ["SceneClusters", "rbf_similarity", "as_embeddings", "l2_normalize", "cluster_mixture"]
+__all__ = ["SceneClusters", "rbf_similarity", "as_embeddings", "l2_normalize", "cluster_mixture", "stratified_holdout"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,46 @@ def cluster_mixture(labels: Any, n_clusters: int) -> np.ndarray:
     if not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0 or lab.max() >= n_clusters:
         raise ValueError(f"labels must be integers in [0, {n_clusters})")
     return np.bincount(lab, minlength=n_clusters).astype(np.float64) / lab.size
+
+
+def stratified_holdout(labels: Any, n: int, n_clusters: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` scenes drawn cluster-stratified from ``labels``: the paper's held-out
+    calibration set D_cal, "drawn cluster-stratified from the synthetic pool" (AutoScale §3;
+    ``../shared/docs/AUTOSCALE.md`` "Setting").
+
+    Each cluster k gets ``n * count_k / N`` scenes rounded by largest remainder (ties to the
+    lower cluster index), so the held-out mixture is the pool's to within one scene per cluster;
+    within a cluster the scenes are a uniform draw of ``numpy.random.default_rng(seed)``.
+
+    Args:
+        labels: (N,) int cluster of every scene, values in [0, n_clusters).
+        n: scenes to hold out, 0 <= n <= N.
+        n_clusters: K.
+        seed: the draw's seed (same inputs -> same indices).
+
+    Returns:
+        (n,) int64 sorted indices into ``labels``.
+
+    Raises:
+        ValueError: labels not 1-D integers in [0, K), or n outside [0, N].
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or (lab.size and (not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0
+                                       or lab.max() >= n_clusters)):
+        raise ValueError(f"labels must be a 1-D array of integers in [0, {n_clusters})")
+    if not 0 <= n <= lab.size:
+        raise ValueError(f"cannot hold out {n} of {lab.size} scenes")
+    counts = np.bincount(lab, minlength=n_clusters).astype(np.int64)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    quota = n * counts / lab.size
+    take = np.floor(quota).astype(np.int64)
+    rest = n - int(take.sum())
+    order = np.lexsort((np.arange(n_clusters), -(quota - take)))  # largest remainder first
+    take[order[:rest]] += 1
+    rng = np.random.default_rng(seed)
+    out = [rng.choice(np.flatnonzero(lab == k), int(take[k]), replace=False) for k in range(n_clusters) if take[k]]
+    return np.sort(np.concatenate(out).astype(np.int64))
 
 
 class SceneClusters:

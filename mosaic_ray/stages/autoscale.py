@@ -80,6 +80,7 @@ SYNTH_SCENES = "synthesize/scenes"
 SYNTH_RECORD = "synthesize"
 
 ROLES = ("real", "calibration", "test", "synthetic")
+SYNTH_CAL = "synthetic_calibration"  #: role (cluster labels) and result key of the held-out synthetic scenes
 
 
 # ============================================================================ splits
@@ -323,7 +324,7 @@ def load_embeddings(storage: Storage) -> dict[str, tuple[np.ndarray, np.ndarray]
 # ============================================================================ cluster
 def run_cluster(ctx: Context) -> dict:
     """PCA + GMM on the real scenes; labels for every role; the RBF matrix."""
-    from mosaic_ray.autoscale.clusters import SceneClusters
+    from mosaic_ray.autoscale.clusters import SceneClusters, stratified_holdout
 
     cfg, st = ctx.cfg, ctx.storage
     a = cfg.autoscale
@@ -336,13 +337,26 @@ def run_cluster(ctx: Context) -> dict:
                        bandwidth=a.rbf_bandwidth, random_state=a.cluster_seed).fit(real_z)
     labels = {"clip_id": [], "role": [], "cluster": []}
     per_role = {}
+    held: list[str] = []
     for role in ROLES:
         ids, z = emb[role]
         lab = sc.labels_ if role == "real" else (sc.predict(z) if len(ids) else np.zeros(0, np.int64))
+        roles = [role] * len(ids)
+        if role == "synthetic":  # the held-out synthetic calibration split: out of every selection
+            out = stratified_holdout(lab, a.synthetic_calibration_size(len(ids)), a.n_clusters, a.selection_seed)
+            for i in out:
+                roles[i] = SYNTH_CAL
+            held = [str(ids[i]) for i in out]
+            keep = np.ones(len(ids), bool)
+            keep[out] = False
+            per_role[SYNTH_CAL] = np.bincount(lab[out], minlength=a.n_clusters).astype(int).tolist()
+            lab_sel = lab[keep]
+        else:
+            lab_sel = lab
         labels["clip_id"] += list(ids)
-        labels["role"] += [role] * len(ids)
+        labels["role"] += roles
         labels["cluster"] += [int(x) for x in lab]
-        per_role[role] = np.bincount(lab, minlength=a.n_clusters).astype(int).tolist()
+        per_role[role] = np.bincount(lab_sel, minlength=a.n_clusters).astype(int).tolist()
     st.write_table(CLUSTER_LABELS, pa.table({"clip_id": pa.array(labels["clip_id"], pa.string()),
                                              "role": pa.array(labels["role"], pa.string()),
                                              "cluster": pa.array(labels["cluster"], pa.int64())}))
@@ -352,10 +366,11 @@ def run_cluster(ctx: Context) -> dict:
             "real_counts": per_role["real"], "calibration_counts": per_role["calibration"],
             "test_counts": per_role["test"], "capacity": per_role["synthetic"],
             "calibration_mixture": (cal / cal.sum()).tolist() if cal.sum() > 0 else None,
-            "empty_real_clusters": int(sum(1 for c in per_role["real"] if c == 0))}
+            "empty_real_clusters": int(sum(1 for c in per_role["real"] if c == 0)),
+            "synthetic_calibration_counts": per_role[SYNTH_CAL], "synthetic_calibration_ids": sorted(held)}
     st.write_json(CLUSTERS, info)
     return {k: info[k] for k in ("n_clusters", "pca_dims", "bandwidth", "real_counts", "calibration_counts",
-                                 "capacity", "empty_real_clusters")}
+                                 "capacity", "empty_real_clusters", "synthetic_calibration_counts")}
 
 
 def cluster_space(storage: Storage):
@@ -367,7 +382,11 @@ def cluster_space(storage: Storage):
     info = storage.read_json(CLUSTERS)
     lab = storage.read_table(CLUSTER_LABELS).to_pylist()
     by = {(r["role"], r["clip_id"]): r["cluster"] for r in lab}
+    held = set(info.get("synthetic_calibration_ids", ()))
     syn_ids, syn_z = emb["synthetic"]
+    if held:  # the held-out synthetic calibration split is not selectable
+        keep = np.array([i not in held for i in syn_ids], bool)
+        syn_ids, syn_z = [i for i, k in zip(syn_ids, keep) if k], syn_z[keep]
     cal_ids, cal_z = emb["calibration"]
     pi = info["calibration_mixture"]
     space = ClusterSpace(synthetic_emb=syn_z, calibration_emb=cal_z,
@@ -407,7 +426,8 @@ def _t_interval(x: np.ndarray) -> tuple[float, float]:
 def _round_trial(config: dict, trials: dict | None = None, shared: dict | None = None,
                  storage: Storage | None = None) -> None:
     """Tune trainable: train one planner from scratch on real + the trial's synthetic scenes with
-    the project's training loop, evaluate it on calibration and test, store the result."""
+    the project's training loop, evaluate it on calibration and test (and on the held-out
+    synthetic calibration split where there is one), store the result."""
     import torch
     from ray import tune
 
@@ -435,20 +455,24 @@ def _round_trial(config: dict, trials: dict | None = None, shared: dict | None =
     t_train = time.time() - t0
     cal = score_planner(model, data["cal_clips"], spec.features, feats=data["cal_feats"])
     test = score_planner(model, data["test_clips"], spec.features, feats=data["test_feats"])
+    syncal = (score_planner(model, data["syncal_clips"], spec.features, feats=data["syncal_feats"])
+              if data.get("syncal_clips") else None)
     res = {**{k: trial[k] for k in ("key", "method", "budget", "seed", "round", "fingerprint", "selection")},
            "n_real": len(data["real_ids"]), "n_synthetic": len(trial["synthetic_ids"]),
            "synthetic_counts": trial["synthetic_counts"], "loss": float(losses[-1]) if losses else None,
            "calibration": {**cal.utility(), "clip_ids": [str(c) for c in cal.clip_ids],
                            "clip_epdms": cal.epdms.round(6).tolist()},
            "test": {**test.utility(), "clip_epdms": test.epdms.round(6).tolist()},
+           **({SYNTH_CAL: {**syncal.utility(), "clip_epdms": syncal.epdms.round(6).tolist()}} if syncal else {}),
            "train_time_s": round(t_train, 1), "trial_time_s": round(time.time() - t0, 1)}
     storage.write_json(f"{ROUNDS}/{trial['key']}.json", res)
     tune.report({"epdms": res["calibration"]["epdms"], "key": trial["key"]})
 
 
 def _shared_data(cfg: ExperimentConfig, st: Storage, syn_ids: list[str], cal_ids: list[str]) -> dict:
-    """Features of the real split and the whole synthetic pool (computed once), the calibration
-    and test clips with their features, the vocabulary and the planner spec."""
+    """Features of the real split and the selectable synthetic pool (computed once), the
+    calibration, test and held-out synthetic calibration clips with their features, the
+    vocabulary and the planner spec."""
     from mosaic_ray.data.clip import clips_from_table
     from mosaic_ray.planner.features import featurize_clips
     from mosaic_ray.planner.model import PlannerSpec
@@ -459,6 +483,12 @@ def _shared_data(cfg: ExperimentConfig, st: Storage, syn_ids: list[str], cal_ids
     real = clips_from_table(st.read_table(layout.clips(real_split(cfg))))
     syn_t = st.read_table(SYNTH_SCENES)
     syn = clips_from_table(syn_t.select([c for c in syn_t.column_names if c in _clip_columns()]))
+    held = set(st.read_json(CLUSTERS).get("synthetic_calibration_ids", ()))
+    syn_cal = sorted((c for c in syn if c.clip_id in held), key=lambda c: c.clip_id)
+    if len(syn_cal) != len(held):
+        raise RuntimeError(f"{len(held) - len(syn_cal)} held-out synthetic calibration scenes are missing from "
+                           f"{SYNTH_SCENES}: run `mosaic-ray cluster` again")
+    syn = [c for c in syn if c.clip_id not in held]
     feats = featurize_clips(real + syn, spec.features, with_prev=False)
     feats, dropped = drop_nonfinite_rows(feats, "autoscale training features")
     cal = clips_from_table(st.read_table(layout.clips(calibration_split(cfg))))
@@ -475,6 +505,8 @@ def _shared_data(cfg: ExperimentConfig, st: Storage, syn_ids: list[str], cal_ids
             "anchors": np.load(st.local_copy(layout.VOCABULARY)),
             "cal_clips": cal, "cal_feats": featurize_clips(cal, spec.features, with_prev=True),
             "test_clips": test, "test_feats": featurize_clips(test, spec.features, with_prev=True),
+            "syncal_clips": syn_cal,
+            "syncal_feats": featurize_clips(syn_cal, spec.features, with_prev=True) if syn_cal else None,
             "dropped": dropped}
 
 
@@ -637,6 +669,16 @@ def _rounds_complete(ctx: Context, payload: dict) -> bool:
 
 
 # ============================================================================ report
+def _syncal_stats(final: list[dict]) -> dict:
+    """Mean and 95% t-interval over seeds of the held-out synthetic calibration EPDMS (the
+    paper's second evaluation), or nothing where the run holds no such split."""
+    if not final or any(SYNTH_CAL not in r for r in final):
+        return {}
+    mean, hw = _t_interval(np.array([r[SYNTH_CAL]["epdms"] for r in final]))
+    return {"synthetic_calibration_epdms_mean": mean, "synthetic_calibration_epdms_ci95": hw,
+            "n_synthetic_calibration": final[0][SYNTH_CAL]["n_clips"]}
+
+
 def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
     """Every number of the AutoScale report from the stored round results (EPDMS on 0..1).
 
@@ -644,7 +686,8 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
     round 1 of a one-shot one) on the test split: mean EPDMS and 95% t-interval over seeds, the
     mean of the per-seed 95% intervals over test clips, the nine terms, the paired difference
     against ``uniform`` at the same budget and seed (mean, 95% interval, wins); the calibration
-    EPDMS of every round of the loop methods; round 0 (real only)."""
+    EPDMS of every round of the loop methods; round 0 (real only); where the run holds a
+    held-out synthetic calibration split, each line's EPDMS on it (mean and 95% t-interval)."""
     from mosaic_ray.scoring.epdms import TERMS
 
     a = cfg.autoscale
@@ -680,6 +723,7 @@ def build_autoscale_summary(cfg: ExperimentConfig, st: Storage) -> dict:
                "test_epdms_mean": mean, "test_epdms_ci95": hw, "test_epdms_per_seed": test.tolist(),
                "test_clip_ci95_mean": float(np.mean([clip_ci(per_seed[s]) for s in seeds])),
                "calibration_epdms_mean": float(cal.mean()),
+               **_syncal_stats([per_seed[s_] for s_ in seeds]),
                "terms": {t: float(np.nanmean([per_seed[s]["test"]["terms"][t] for s in seeds])) for t in TERMS},
                "n_test_clips": per_seed[seeds[0]]["test"]["n_clips"],
                "n_synthetic": per_seed[seeds[0]]["n_synthetic"]}
@@ -746,6 +790,14 @@ def render_autoscale_report(s: dict) -> str:
         lines.append(f"| {r['method']} | {r['budget']} | {r['rounds']} | {len(r['seeds'])} | {f(r['test_epdms_mean'])} | "
                      f"{f(r['test_epdms_ci95'])} | {f(r['test_clip_ci95_mean'])} | {diff} | {wins} | "
                      f"{f(r['calibration_epdms_mean'])} |")
+    held = [r for r in s["results"] if "synthetic_calibration_epdms_mean" in r]
+    if held:
+        lines += ["", f"## Held-out synthetic calibration split ({held[0]['n_synthetic_calibration']} synthetic "
+                  "scenes, cluster-stratified, never selected; the paper's second evaluation)", "",
+                  "| method | budget | EPDMS | ±95% (seeds) |", "| --- | ---: | ---: | ---: |"]
+        for r in held:
+            lines.append(f"| {r['method']} | {r['budget']} | {f(r['synthetic_calibration_epdms_mean'])} | "
+                         f"{f(r['synthetic_calibration_epdms_ci95'])} |")
     lines += ["", "## Test EPDMS terms (means over seeds)", "", "| method | budget | " + " | ".join(TERMS) + " |",
               "| --- | ---: |" + " ---: |" * len(TERMS)]
     for r in s["results"]:
@@ -787,7 +839,8 @@ EMBED_STEP = Step("embed", run_embed, needs=needs_of({f"{SYNTH_RECORD}/_SUCCESS.
 CLUSTER_STEP = Step("cluster", run_cluster, needs=needs_of({EMBEDDINGS: "embed"}),
                     outputs=(CLUSTERS, CLUSTER_LABELS), record=CLUSTER_RECORD, enabled=enabled,
                     config_keys=("autoscale.n_clusters", "autoscale.pca_dims", "autoscale.covariance_type",
-                                 "autoscale.rbf_bandwidth", "autoscale.cluster_seed"), upstream=("embed",),
+                                 "autoscale.rbf_bandwidth", "autoscale.cluster_seed",
+                                 "autoscale.synthetic_calibration", "autoscale.selection_seed"), upstream=("embed",),
                     describe=lambda p: f"K = {p['n_clusters']}, {p['empty_real_clusters']} empty")
 ROUNDS_STEP = Step("rounds", run_rounds, needs=needs_of({CLUSTERS: "cluster", layout.VOCABULARY: "base"}),
                    outputs=(ROUNDS,), record=ROUNDS_RECORD, enabled=enabled, complete=_rounds_complete,
