@@ -274,6 +274,9 @@ class PilotConfig(_Strict):
     control: bool = Field(True, description="one control pilot per seed (n = 0: the same recipe on D_train "
                           "alone); ΔU is measured against it")
     epochs: int = Field(8, ge=1)
+    init: Literal["base", "scratch"] = Field(
+        "base", description="continue planner/base.pt or train from scratch (as train.init: set both alike for "
+        "one recipe); ΔU is measured against the control pilot, which trains with the same recipe")
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0, description="None = planner.lr (the shared recipe)")

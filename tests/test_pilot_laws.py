@@ -118,3 +118,29 @@ def test_bootstrap_over_pilot_seeds_and_report_shows_status_policy_and_band(tmp_
     assert "Degenerate fits:** B (tau_at_bound)" in text and "Control pilots" in text
     assert "1 pilot seed(s)" in text  # every pilot point above is seed 0
     assert (tmp_path / "scaling_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_scratch_pilot_starts_where_a_scratch_final_training_starts(tmp_path):
+    """pilot.init: scratch gives the base model's spec and vocabulary with fresh weights, seeded as
+    train_planner_in_process seeds a from-scratch final training; base gives the checkpoint."""
+    import torch
+
+    from mosaic_ray.planner.model import PlannerSpec, VocabularyPlanner, save_checkpoint
+    from mosaic_ray.planner.training import seed_torch
+    from mosaic_ray.stages.pilot import initial_model
+
+    spec = PlannerSpec(vocab_size=8, embed_dim=16, hidden_dim=16, max_agents=4, max_lanes=8)
+    anchors = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32))
+    torch.manual_seed(123)
+    base = VocabularyPlanner(spec, anchors)
+    save_checkpoint(base, str(tmp_path / "base.pt"))
+    again = initial_model(str(tmp_path / "base.pt"), "base", seed=3).state_dict()
+    assert all(torch.equal(again[k], v) for k, v in base.state_dict().items())
+    fresh = initial_model(str(tmp_path / "base.pt"), "scratch", seed=3)
+    seed_torch(3)
+    final = VocabularyPlanner(spec, anchors).state_dict()  # what a scratch final training of seed 3 starts from
+    assert fresh.spec == spec and torch.equal(fresh.anchors, base.anchors)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in final.items())
+    assert not all(torch.equal(fresh.state_dict()[k], v) for k, v in base.state_dict().items())
+    with pytest.raises(ValueError, match="pilot.init"):
+        initial_model(str(tmp_path / "base.pt"), "warm", seed=3)

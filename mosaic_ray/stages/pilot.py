@@ -58,9 +58,36 @@ def pilot_features(storage: Storage, clip_ids: list[str], targets: pa.Table | No
         raise RuntimeError(f"pilot features: {e}") from e
 
 
+def initial_model(base_checkpoint: str, init: str, seed: int):
+    """The planner a pilot trains: the base checkpoint (``init="base"``), or a fresh
+    :class:`~mosaic_ray.planner.model.VocabularyPlanner` of the base model's spec and vocabulary
+    seeded as the final trainings seed theirs (``init="scratch"``: ``seed_torch(seed)``, then the
+    constructor, as :func:`~mosaic_ray.stages.trainer.train_planner_in_process` does).
+
+    Args:
+        base_checkpoint: local path of ``planner/base.pt``.
+        init: ``"base"`` or ``"scratch"`` (``pilot.init``).
+        seed: the trial's training seed.
+
+    Raises:
+        ValueError: unknown ``init``.
+    """
+    from mosaic_ray.planner.model import VocabularyPlanner, load_checkpoint
+    from mosaic_ray.planner.training import seed_torch
+
+    if init not in ("base", "scratch"):
+        raise ValueError(f"pilot.init must be 'base' or 'scratch', got {init!r}")
+    model = load_checkpoint(base_checkpoint)
+    if init == "scratch":
+        seed_torch(seed)
+        model = VocabularyPlanner(model.spec, model.anchors.detach().clone())
+    return model
+
+
 def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | None = None,
                  targets: pa.Table | None = None) -> None:
-    """Tune trainable: fine-tune the base planner on D_train ∪ top-n and report ΔU.
+    """Tune trainable: train a planner on D_train ∪ top-n and report its calibration EPDMS
+    (continuing the base planner, or from scratch with ``pilot.init: scratch``).
 
     ``config["trial"]`` is the trial key; ``trials`` (passed through the object store by
     ``tune.with_parameters``, as are ``storage`` and the distillation ``targets``) maps it to
@@ -71,13 +98,13 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
 
     from mosaic_ray.data.clip import clips_from_table
     from mosaic_ray.evaluate.planner_eval import score_planner
-    from mosaic_ray.planner.model import load_checkpoint
     from mosaic_ray.planner.training import NonFiniteTrainingError, TrainRecipe, require_finite_weights, train_loop
 
     t0 = time.time()
     torch.set_num_threads(config["torch_threads"])
     trial = trials[config["trial"]]
-    model = load_checkpoint(storage.local_copy(config["base_checkpoint"]))
+    model = initial_model(storage.local_copy(config["base_checkpoint"]), config.get("init", "base"),
+                          int(trial["seed"]))
     try:
         data = pilot_features(storage, trial["clip_ids"], targets, model)
     except RuntimeError as e:
@@ -135,14 +162,16 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, sets: dict[str, dict[str
     control pilots, and a domain taken whole in another order: the training rows are sorted by
     clip id) runs once and counts for both. A set finished earlier is read back unless
     ``force``. Each trial trains with the pilot recipe (``recipe_from_config(cfg, "pilot")``: the
-    planner's recipe with ``pilot.*`` overrides) for ``pilot.epochs`` epochs; with
+    planner's recipe with ``pilot.*`` overrides) for ``pilot.epochs`` epochs, continuing the base
+    checkpoint or (``pilot.init: scratch``) from fresh weights seeded by the trial's seed; with
     ``planner.distill`` on the distillation targets too (computed first when missing). Two calls
     with the same inputs on the same machine give identical ``delta_u``.
 
     Args:
         sets: per pilot set name, per domain, pool clip ids in the order its pilots take them
             (rank order for ranked sets: lowest base EPDMS first).
-        base_checkpoint: storage-relative checkpoint the trials continue.
+        base_checkpoint: storage-relative checkpoint the trials continue (with ``pilot.init:
+            scratch`` only its spec and vocabulary are used).
         base_epdms: calibration EPDMS of that checkpoint (ΔU is relative to it), in [0, 1].
 
     Returns:
@@ -176,7 +205,7 @@ def run_pilots(cfg: ExperimentConfig, storage: Storage, sets: dict[str, dict[str
             by_key.setdefault(_trial_key(t), t)
     recipe = recipe_from_config(cfg, "pilot")
     common = {"base_checkpoint": base_checkpoint, "base_epdms": float(base_epdms), "recipe": recipe.to_dict(),
-              "torch_threads": cfg.planner.torch_threads}
+              "init": cfg.pilot.init, "torch_threads": cfg.planner.torch_threads}
     targets = ensure_targets(cfg, storage) if cfg.planner.distill else None
 
     max_conc = cfg.pilot.max_concurrent_trials or max(1, int(cluster_cpus() // cfg.pilot.cpus_per_trial))
