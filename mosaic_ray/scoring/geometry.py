@@ -594,7 +594,8 @@ class PolygonGrid:
 
     Attributes:
         M (rings), W (uint64 words per mask), grid (the :class:`SegmentGrid` of ring edges),
-        edge_ring ``(E,)`` int64, centre_mask ``(gx*gy, W)`` uint64.
+        edge_ring ``(E,)`` int64, centre_mask ``(gy*(gx+1), W)`` uint64 (the membership of the
+        centre of cell (ix, iy) is row ``iy * (gx + 1) + ix``; column ``gx`` is unused).
     """
 
     def __init__(self, rings: list[np.ndarray], cell: float = 1.0, _edges=None):
@@ -636,7 +637,9 @@ class PolygonGrid:
             col = np.floor((xi - g.x0) / cell - 0.5).astype(np.int64) + 1
             col = np.clip(col, 0, g.gx)
             np.bitwise_xor.at(tog, (row, col, self.edge_word[e]), self.edge_bit[e])
-        self.centre_mask = np.bitwise_xor.accumulate(tog, axis=1)[:, :g.gx].reshape(-1, self.W)
+        # in place (10x faster than a new array here), kept (gy, gx + 1, W): no copy of the slice
+        np.bitwise_xor.accumulate(tog, axis=1, out=tog)
+        self.centre_mask = tog.reshape(-1, self.W)  # row iy * (gx + 1) + ix; column gx unused
 
     @classmethod
     def from_lanes(cls, left: np.ndarray, right: np.ndarray, offsets: np.ndarray,
@@ -697,7 +700,8 @@ class PolygonGrid:
         cell = iy * g.gx + ix
         if not inside.all():
             cell[~inside] = 0
-        out = self.centre_mask[cell]
+            iy = np.where(inside, iy, 0)
+        out = self.centre_mask[cell + iy]  # centre_mask rows are gx + 1 long
         start = g.ptr[cell]
         cnt = g.ptr[cell + 1] - start
         if not inside.all():
