@@ -323,7 +323,12 @@ def load_embeddings(storage: Storage) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 # ============================================================================ cluster
 def run_cluster(ctx: Context) -> dict:
-    """PCA + GMM on the real scenes; labels for every role; the RBF matrix."""
+    """PCA + GMM on the real scenes; labels for every role; the RBF matrix; with
+    ``autoscale.synthetic_calibration``, the held-out synthetic calibration split drawn
+    cluster-stratified from the synthetic scenes (role ``synthetic_calibration`` in the labels,
+    ``synthetic_calibration_ids`` in ``clusters.json``; ``capacity`` counts only the rest). Like
+    the paper's D_cal, a held-out scene shares its source real clip with other synthetic scenes and
+    with D_real: it measures the fit to the synthetic distribution, not to new roads."""
     from mosaic_ray.autoscale.clusters import SceneClusters, stratified_holdout
 
     cfg, st = ctx.cfg, ctx.storage
