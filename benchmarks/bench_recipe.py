@@ -63,6 +63,7 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
     import torch
 
     torch.set_num_threads(1)
+    from mosaic_ray import layout
     from mosaic_ray.config import load_config
     from mosaic_ray.data.split import CALIBRATION
     from mosaic_ray.planner.training import recipe_from_config
@@ -79,7 +80,7 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
         return st.read_json(out)
     pool_ids = None
     if budget > 0:
-        t = st.read_table("select/manifest.parquet", columns=["method", "budget", "clip_id"])
+        t = st.read_table(layout.MANIFEST, columns=["method", "budget", "clip_id"])
         m = np.asarray(t.column("method").to_pylist())
         b = np.asarray(t.column("budget").to_pylist())
         pool_ids = [c for c, keep in zip(t.column("clip_id").to_pylist(), (m == "random") & (b == budget)) if keep]

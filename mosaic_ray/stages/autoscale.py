@@ -378,6 +378,12 @@ def run_cluster(ctx: Context) -> dict:
                                  "capacity", "empty_real_clusters", "synthetic_calibration_counts")}
 
 
+def held_out_synthetic_ids(storage: Storage) -> set[str]:
+    """Clip ids of the held-out synthetic calibration split recorded by the cluster step (empty
+    without one)."""
+    return set(storage.read_json(CLUSTERS).get("synthetic_calibration_ids", ()))
+
+
 def cluster_space(storage: Storage):
     """The :class:`~mosaic_ray.autoscale.methods.ClusterSpace` of the stored embed / cluster
     outputs, and the synthetic and calibration clip ids (row order of the space)."""
@@ -387,7 +393,7 @@ def cluster_space(storage: Storage):
     info = storage.read_json(CLUSTERS)
     lab = storage.read_table(CLUSTER_LABELS).to_pylist()
     by = {(r["role"], r["clip_id"]): r["cluster"] for r in lab}
-    held = set(info.get("synthetic_calibration_ids", ()))
+    held = held_out_synthetic_ids(storage)
     syn_ids, syn_z = emb["synthetic"]
     if held:  # the held-out synthetic calibration split is not selectable
         keep = np.array([i not in held for i in syn_ids], bool)
@@ -488,7 +494,7 @@ def _shared_data(cfg: ExperimentConfig, st: Storage, syn_ids: list[str], cal_ids
     real = clips_from_table(st.read_table(layout.clips(real_split(cfg))))
     syn_t = st.read_table(SYNTH_SCENES)
     syn = clips_from_table(syn_t.select([c for c in syn_t.column_names if c in _clip_columns()]))
-    held = set(st.read_json(CLUSTERS).get("synthetic_calibration_ids", ()))
+    held = held_out_synthetic_ids(st)
     syn_cal = sorted((c for c in syn if c.clip_id in held), key=lambda c: c.clip_id)
     if len(syn_cal) != len(held):
         raise RuntimeError(f"{len(held) - len(syn_cal)} held-out synthetic calibration scenes are missing from "
