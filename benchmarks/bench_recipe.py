@@ -17,7 +17,11 @@ config's ``planner.*`` recipe: AdamW, lr, warm-up then cosine decay, batch, mirr
 * ``continue_steps``: continue ``planner/base.pt`` for a fixed number of optimizer steps
   (``--steps``, rounded up to whole epochs), whatever the data size.
 * ``scratch_60ep``: train from scratch for 60 epochs (the demo's finals; steps grow with the
-  data, as the paper's trainings do).
+  data, as the paper's trainings do), with the original ``mlp`` scoring head.
+* ``scratch_60ep_additive``: the same with the ``additive`` scoring head (``planner.head``,
+  half the training step's cost).
+
+The ``continue_*`` recipes continue ``planner/base.pt`` and so keep its head.
 
 Cells run ``--workers`` at a time in separate processes (one torch thread each), each result is
 stored as it finishes under ``<run>/recipe_bench/`` (a rerun skips finished cells). The summary
@@ -49,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 RECIPES = {
     "continue_8ep": {"init": "base", "epochs": 8},
     "continue_steps": {"init": "base", "steps": None},  # --steps
-    "scratch_60ep": {"init": "scratch", "epochs": 60},
+    "scratch_60ep": {"init": "scratch", "epochs": 60, "head": "mlp"},
+    "scratch_60ep_additive": {"init": "scratch", "epochs": 60, "head": "additive"},
 }
 
 
@@ -74,6 +79,9 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
 
     cfg = load_config(config_path)
     st = Context.for_config(cfg).storage
+    spec = RECIPES[recipe]
+    if "head" in spec:  # a scratch recipe builds the model from cfg.planner
+        cfg = cfg.model_copy(update={"planner": cfg.planner.model_copy(update={"head": spec["head"]})})
     key = _cell_key(recipe, budget, seed)
     out = f"recipe_bench/{key}.json"
     if st.exists(out):
@@ -86,7 +94,6 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
         pool_ids = [c for c, keep in zip(t.column("clip_id").to_pylist(), (m == "random") & (b == budget)) if keep]
         if len(pool_ids) != budget:
             raise ValueError(f"Random's selection at budget {budget}: {len(pool_ids)} clips in the manifest")
-    spec = RECIPES[recipe]
     base_recipe = recipe_from_config(cfg, "base")
     n_rows = st.read_table("ingest/clips/train", columns=["clip_id"]).num_rows + budget
     per_epoch = math.ceil(n_rows / base_recipe.batch_size)

@@ -61,7 +61,7 @@ def _cpu_worker(variant: str, run: str, reps: int) -> dict:
     st = Storage(run)
     shards = st.list("ingest/clips/pool", ".parquet")
     out = f"bench_cpu_{variant}_{os.getpid()}"
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     if variant in ("baseline_single", "single"):
         from mosaic_ray.stages.score import ScoreStage
 

@@ -137,6 +137,9 @@ class PlannerConfig(_Strict):
     lane_points: int = Field(10, ge=2)
     route_points: int = Field(16, ge=2)
     temperature_m: float = Field(1.0, gt=0, description="soft imitation target: softmax(-dist/T)")
+    head: Literal["additive", "mlp"] = Field("additive", description="vocabulary scoring head: additive = "
+                                             "w·relu(q + a_k) (the default); mlp adds a Linear(H, H) per "
+                                             "(clip, anchor) pair, ~2x the training step's cost")
     # the training recipe (mosaic_ray.planner.training.TrainRecipe) of the base model; pilot runs
     # and final trainings use it too, except where pilot.* / train.* set a value explicitly
     lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate")

@@ -68,6 +68,30 @@ def test_training_improves_imitation_and_checkpoints_round_trip(clips, tmp_path)
     np.testing.assert_array_equal(again["choice"], out["choice"])
 
 
+@pytest.mark.parametrize("head", ["mlp", "additive"])
+def test_both_scoring_heads_learn_and_a_checkpoint_keeps_its_head(clips, tmp_path, head):
+    spec = PlannerSpec(**{**SPEC.__dict__, "head": head})
+    f = featurize_clips(clips, spec.features)
+    model = VocabularyPlanner(spec, torch.from_numpy(build_vocabulary(f["target"], spec.vocab_size)))
+    n_head = sum(p.numel() for p in model.head.parameters())
+    H = spec.hidden_dim
+    assert n_head == ((H * H + H) + (H + 1) if head == "mlp" else H + 1)
+    hist = fit(model, f, epochs=8, lr=3e-3, weight_decay=0.0, batch_size=32, seed=0)
+    assert hist[-1] < 0.9 * hist[0]  # (8 epochs: about 0.8x for either head)
+    save_checkpoint(model, str(tmp_path / "p.pt"))
+    again = load_checkpoint(str(tmp_path / "p.pt"))
+    assert again.spec.head == head
+    np.testing.assert_array_equal(plan_batches(again, f)["logits"], plan_batches(model, f)["logits"])
+
+
+def test_a_spec_stored_before_the_head_field_is_the_mlp_head():
+    stored = {k: v for k, v in SPEC.__dict__.items() if k != "head"}
+    assert PlannerSpec.from_dict(stored).head == "mlp"
+    assert PlannerSpec().head == "additive"
+    with pytest.raises(ValueError, match="unknown planner head"):
+        PlannerSpec(head="transformer")
+
+
 def test_bad_anchor_shape():
     with pytest.raises(ValueError, match="anchors"):
         VocabularyPlanner(SPEC, torch.zeros(4, 6, 3))

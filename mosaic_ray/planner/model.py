@@ -57,6 +57,14 @@ class PlannerSpec:
     distill_im_weight: float = 1.0
     distill_penalty_weight: float = 1.0
     distill_weighted_weight: float = 1.0
+    #: vocabulary scoring head: "additive" = w·relu(q + a_k) + b (one hidden layer, Bahdanau-style
+    #: additive scoring); "mlp" = an extra Linear(H, H) + ReLU on every (clip, anchor) pair
+    #: (checkpoints stored before this field existed have "mlp"; see :meth:`from_dict`)
+    head: str = "additive"
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown planner head {self.head!r}: one of {HEADS}")
 
     @property
     def features(self) -> FeatureSpec:
@@ -68,15 +76,18 @@ class PlannerSpec:
                    pc.lane_points, pc.route_points, pc.temperature_m,
                    bool(getattr(pc, "distill", False)), float(getattr(pc, "distill_im_weight", 1.0)),
                    float(getattr(pc, "distill_penalty_weight", 1.0)),
-                   float(getattr(pc, "distill_weighted_weight", 1.0)))
+                   float(getattr(pc, "distill_weighted_weight", 1.0)), str(getattr(pc, "head", "additive")))
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlannerSpec":
-        """From a stored spec dict; keys a newer version added take their defaults."""
+        """From a stored spec dict; keys a newer version added take their defaults, except
+        ``head``: a spec stored without it is from before the additive head, i.e. ``"mlp"``."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"head": "mlp", **{k: v for k, v in d.items() if k in known}})
 
 
+#: vocabulary scoring heads (PlannerSpec.head)
+HEADS = ("additive", "mlp")
 #: sub-scores predicted by the distillation head, in this order (EPDMS terms without EC)
 DISTILL_TERMS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC")
 _WEIGHTED = {"EP": 5.0, "TTC": 5.0, "LK": 2.0, "HC": 2.0}
@@ -114,10 +125,22 @@ class VocabularyPlanner(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(4 * H, H), nn.LayerNorm(H), nn.ReLU(), nn.Linear(H, E))
         self.anchor_enc = _mlp(8 * 4, H, H)
         self.query = nn.Linear(E, H)
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(), nn.Linear(H, 1))
+        self.head = self._pair_head(spec, 1)
         if spec.distill:
-            self.distill_head = nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
-                                              nn.Linear(H, len(DISTILL_TERMS)))
+            self.distill_head = self._pair_head(spec, len(DISTILL_TERMS))
+
+    @staticmethod
+    def _pair_head(spec: PlannerSpec, out: int) -> nn.Sequential:
+        """The head applied to every (clip, anchor) pair ``q_b + a_k`` (B, K, H) -> (B, K, out).
+
+        ``additive``: ReLU, Linear(H, out) -- one hidden layer over the pair (q and a are already
+        learned projections), B·K·H·out multiply-adds. ``mlp``: ReLU, Linear(H, H), ReLU,
+        Linear(H, out) -- B·K·H² more, about 4x the training step's cost at K = 256, H = 128
+        (BENCHMARKS.md, "The planner's scoring head")."""
+        H = spec.hidden_dim
+        if spec.head == "mlp":
+            return nn.Sequential(nn.ReLU(), nn.Linear(H, H), nn.ReLU(), nn.Linear(H, out))
+        return nn.Sequential(nn.ReLU(), nn.Linear(H, out))
 
     @property
     def vocab_size(self) -> int:

@@ -458,7 +458,7 @@ def _round_trial(config: dict, trials: dict | None = None, shared: dict | None =
         raise RuntimeError(f"{trial['key']}: {len(missing)} training scenes without features, e.g. {missing[:3]}")
     idx = np.array([row[c] for c in want], np.int64)
     rows = shard_rows({k: np.asarray(v)[idx] for k, v in feats.items()})
-    spec = PlannerSpec(**data["spec"])
+    spec = PlannerSpec.from_dict(data["spec"])
     seed_torch(int(trial["seed"]))
     model = VocabularyPlanner(spec, torch.from_numpy(np.asarray(data["anchors"], np.float32)))
     losses = train_loop(model, rows, TrainRecipe(**config["recipe"]), seed=int(trial["seed"]), name=trial["key"])

@@ -162,7 +162,7 @@ def _train_loop_per_worker(config: dict) -> None:
     if config["init_checkpoint"]:
         model = load_checkpoint(st.local_copy(config["init_checkpoint"]))
     else:
-        spec = PlannerSpec(**config["spec"])
+        spec = PlannerSpec.from_dict(config["spec"])
         model = VocabularyPlanner(spec, torch.from_numpy(np.asarray(config["anchors"], np.float32)))
     core = model
     # resume: Ray Train hands back the latest checkpoint of this run (same name and storage)
