@@ -54,8 +54,15 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: Sc
 
     model = load_checkpoint(storage.local_copy(checkpoint))
     require_finite_weights(model, f"checkpoint {storage.uri(checkpoint)}")
+    feats = None
+    if clips is None and cache is None:  # the test split: read, featurised and prepared once per process
+        from mosaic_ray.stages import split_memo
+
+        memo = split_memo.eval_inputs(storage, TEST, model.spec.features)
+        if memo is not None:
+            clips, feats, cache = memo
     clips = clips if clips is not None else load_clips(storage, TEST)
-    scores = score_planner(model, clips, model.spec.features, cache=cache)
+    scores = score_planner(model, clips, model.spec.features, cache=cache, feats=feats)
     util = scores.utility()
     # per-clip scores, so that the report's bootstrap intervals can be recomputed from the run
     util["per_clip"] = {"clip_id": [str(c) for c in scores.clip_ids], "epdms": [float(v) for v in scores.epdms]}

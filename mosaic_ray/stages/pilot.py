@@ -99,6 +99,7 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
     from mosaic_ray.data.clip import clips_from_table
     from mosaic_ray.evaluate.planner_eval import score_planner
     from mosaic_ray.planner.training import NonFiniteTrainingError, TrainRecipe, require_finite_weights, train_loop
+    from mosaic_ray.stages import split_memo
 
     t0 = time.time()
     torch.set_num_threads(config["torch_threads"])
@@ -111,8 +112,14 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
         raise RuntimeError(f"pilot {trial['domain']}/{trial['n']}: {e}") from e
     train_loop(model, data, TrainRecipe(**config["recipe"]), seed=trial["seed"], name=f"pilot {trial['key']}")
     require_finite_weights(model, f"pilot {trial['key']}")  # a NaN model's ΔU is never reported
-    cal = clips_from_table(storage.read_table(layout.clips(PILOT_SPLIT)))  # never the test split
-    util = score_planner(model, cal, model.spec.features).utility()
+    # never the test split; read, featurised and prepared once per trial process (split_memo)
+    memo = split_memo.eval_inputs(storage, PILOT_SPLIT, model.spec.features)
+    if memo is None:
+        util = score_planner(model, clips_from_table(storage.read_table(layout.clips(PILOT_SPLIT))),
+                             model.spec.features).utility()
+    else:
+        cal, feats, cache = memo
+        util = score_planner(model, cal, model.spec.features, cache=cache, feats=feats).utility()
     if not np.isfinite(util["epdms"]):
         raise NonFiniteTrainingError(f"pilot {trial['key']}: calibration EPDMS is {util['epdms']}; "
                                      "no ΔU is reported for it")

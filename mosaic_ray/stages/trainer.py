@@ -225,7 +225,8 @@ def _run_name(name: str, config: dict, pool_ids: list[str] | None, anchors: np.n
 def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = True,
                   pool_ids: list[str] | None = None, targets: pa.Table | None = None) -> dict[str, np.ndarray]:
     """In-process twin of :func:`training_dataset`: D_train ∪ the given pool clips featurised
-    (:func:`featurize_batch`) without Ray Data, rows with a NaN/inf feature or target dropped
+    (:func:`featurize_batch`; each split once per process through :mod:`~mosaic_ray.stages.split_memo`,
+    without distillation targets) without Ray Data, rows with a NaN/inf feature or target dropped
     with a logged count, sorted by ``clip_id`` (:func:`~mosaic_ray.planner.training.shard_rows`),
     so a one-worker Ray Train run and :func:`train_planner_in_process` see the same rows in the
     same order.
@@ -239,15 +240,26 @@ def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = Tru
     """
     from mosaic_ray.planner.training import drop_nonfinite_rows, shard_rows
 
+    from mosaic_ray.stages import split_memo
+
+    def split_rows(split: str, keep: pa.Array | None) -> dict[str, np.ndarray]:
+        # the split featurised once per process (split_memo), or only the wanted rows
+        full = split_memo.training_features(storage, spec, split) if targets is None else None
+        if full is None:
+            return featurize_batch(storage.read_table(f"ingest/clips/{split}"), spec, keep=keep, targets=targets)
+        if keep is None:
+            return full
+        sel = np.isin(full["clip_id"], np.asarray(keep.to_pylist(), dtype=str))
+        return {k: v[sel] for k, v in full.items()}
+
     parts, keep = [], None
     if pool_ids:
         keep = pa.array(sorted(set(pool_ids)), pa.string())
-        pool = storage.read_table("ingest/clips/pool")
-        parts.append(featurize_batch(pool, spec, keep=keep, targets=targets))
+        parts.append(split_rows("pool", keep))
         if len(parts[-1]["clip_id"]) != len(keep):
             raise ValueError(f"{len(parts[-1]['clip_id'])} of {len(keep)} selected clips found in the pool shards")
     if include_train:
-        parts.append(featurize_batch(storage.read_table("ingest/clips/train"), spec, targets=targets))
+        parts.append(split_rows("train", None))
     if not parts or sum(len(p["clip_id"]) for p in parts) == 0:
         raise ValueError("empty training set: no D_train and no selected clips")
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
