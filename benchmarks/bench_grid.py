@@ -118,6 +118,7 @@ def main() -> None:
                     "round": rnd, "wall_s": round(wall, 1), "cells_per_hour": round(3600 * len(cells) / wall, 1),
                     "train_s": [res["wall_time_s"] for res in out.values()],
                     "eval_s": [res["eval_time_s"] for res in out.values()],
+                    "cell_s": [res["cell_time_s"] for res in out.values()],
                     "epdms": {k: (res.get("test") or res.get("validation"))["epdms"] for k, res in out.items()},
                     "_weights": weights})
                 print(f"round {rnd} {name}: {wall:.1f} s for {len(cells)} cells "
@@ -136,6 +137,7 @@ def main() -> None:
                          "median_cells_per_hour": statistics.median(r["cells_per_hour"] for r in rs),
                          "median_train_s_per_cell": statistics.median(x for r in rs for x in r["train_s"]),
                          "median_eval_s_per_cell": statistics.median(x for r in rs for x in r["eval_s"]),
+                         "median_cell_s_in_trial": statistics.median(x for r in rs for x in r["cell_s"]),
                          "runs": rs}
     base = summary.get(BASELINE, {}).get("median_cells_per_hour")
     for name in summary:

@@ -221,6 +221,43 @@ def part_scaling(source: str, n: int, shard_size: int) -> dict:
     return res
 
 
+def _role(p, driver_pid: int) -> str:
+    """A process's role in the scale run: the measured driver, a Ray system process by name, or a
+    Ray worker by the actor / task it runs (``ray::MapWorker(...)``: its process title)."""
+    if p.pid == driver_pid:
+        return "driver"
+    try:
+        name = p.name()
+        cmd = " ".join(p.cmdline()[:3])
+    except Exception:
+        return "gone"
+    for key in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "agent"):
+        if key in name or key in cmd:
+            return key.replace(".py", "")
+    if cmd.startswith("ray::") or name.startswith("ray::"):
+        title = cmd if cmd.startswith("ray::") else name
+        return title.split(" ")[0][:60]
+    return name[:40]
+
+
+def _memory_by_role(me, driver_pid: int) -> dict[str, dict[str, int]]:
+    """``{role: {"n", "rss_mb", "uss_mb"}}`` over this process's descendants (USS: pages only that
+    process maps, so the object store's shared pages are not counted once per mapper)."""
+    import psutil
+
+    out: dict[str, dict[str, int]] = {}
+    for p in me.children(recursive=True):
+        try:
+            mi = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        r = out.setdefault(_role(p, driver_pid), {"n": 0, "rss_mb": 0, "uss_mb": 0})
+        r["n"] += 1
+        r["rss_mb"] += round(mi.rss / 2**20)
+        r["uss_mb"] += round(mi.uss / 2**20)
+    return dict(sorted(out.items()))
+
+
 def part_scale(source: str, n: int, shard_size: int, budget_s: float) -> dict:
     import psutil
 
@@ -247,7 +284,8 @@ def part_scale(source: str, n: int, shard_size: int, budget_s: float) -> dict:
         el = time.perf_counter() - t0
         if el - last >= 30:
             done = len(st.list("bench_scale/scores", ".parquet")) if st.exists("bench_scale/scores") else 0
-            course.append({"t_s": round(el), "rss_mb": round(total / 2**20), "shards_done": done})
+            course.append({"t_s": round(el), "rss_mb": round(total / 2**20), "shards_done": done,
+                           "by_role": _memory_by_role(me, proc.pid)})
             print(f"[scale] {course[-1]}", flush=True)
             last = el
         if proc.poll() is not None:
