@@ -18,8 +18,39 @@ from mosaic_ray.storage import Storage
 def test_names():
     assert segment_of("USA_US101-22_1_T-1.xml") == "USA_US101-22"
     assert site_of("USA_Lanker-2_3_T-1.xml") == "Lankershim"
+    assert site_of("USA_Peach-3_1_T-1.xml") == "Peachtree"
+    assert (site_of("DEU_Flensburg-1_1_T-1.xml"), segment_of("DEU_Flensburg-1_1_T-1.xml")) == \
+        ("DEU_Flensburg", "DEU_Flensburg-1")
+    assert site_of("ZAM_Over-1_1") == "ZAM_Over"  # a scenario id, not a file name
     with pytest.raises(ValueError):
         segment_of("random.xml")
+    with pytest.raises(ValueError, match="benchmark id"):
+        site_of("USA_US101.xml")
+
+
+def _relabelled(tmp_path, file_name: str, benchmark_id: str):
+    """A real NGSIM file saved under another name with its benchmarkID attribute rewritten."""
+    src = ngsim_file("US101/USA_US101-22_1_T-1.xml").read_text()
+    assert 'benchmarkID="USA_US101-22_1_T-1"' in src
+    out = tmp_path / file_name
+    out.write_text(src.replace('benchmarkID="USA_US101-22_1_T-1"', f'benchmarkID="{benchmark_id}"'))
+    return out
+
+
+def test_a_commonroad_file_of_any_location_is_read_with_its_country_and_map_as_site(tmp_path):
+    named = _relabelled(tmp_path, "DEU_Flensburg-1_1_T-1.xml", "DEU_Flensburg-1_1_T-1")
+    clips, bad = cut_file(str(named))
+    assert bad == [] and len(clips) > 0
+    assert {(c.site, c.segment) for c in clips} == {("DEU_Flensburg", "DEU_Flensburg-1")}
+    # a file not named after its id: the id inside the XML decides
+    unnamed = _relabelled(tmp_path, "recording.xml", "ESP_Ceuta-2_1_T-1")
+    clips2, bad2 = cut_file(str(unnamed))
+    assert bad2 == [] and {(c.site, c.segment) for c in clips2} == {("ESP_Ceuta", "ESP_Ceuta-2")}
+    assert len(clips2) == len(clips)
+    # neither the name nor the id is a benchmark id: one quarantine record saying so
+    bogus = _relabelled(tmp_path, "recording2.xml", "not-an-id")
+    clips3, bad3 = cut_file(str(bogus))
+    assert clips3 == [] and [r.reason for r in bad3] == ["unknown_scenario_id"]
 
 
 def test_windows_non_overlapping():

@@ -1,4 +1,5 @@
-"""Cut NAVSIM-style clips from CommonRoad scenario files (NGSIM recordings).
+"""Cut NAVSIM-style clips from CommonRoad scenario files (the NGSIM recordings, or any location:
+the site is the benchmark id's country and map, :func:`site_of`).
 
 Every recorded vehicle whose track covers 1.5 s of history and 4 s of future is a
 pseudo-ego (NAVSIM's scene layout at the recordings' 0.1 s step); its windows are
@@ -102,28 +103,53 @@ class CutOptions:
     agent_radius_m: float = 120.0
 
 
-def site_of(file_name: str) -> str:
-    """Recording site of a CommonRoad NGSIM file name, e.g. ``USA_Lanker-2_3_T-1`` -> Lankershim.
+def site_of(name: str) -> str:
+    """Recording site of a CommonRoad benchmark id or file name: the country and map of the id,
+    e.g. ``DEU_Flensburg-1_1_T-1`` -> ``DEU_Flensburg``; the three NGSIM maps keep their site
+    names (``USA_Lanker-2_3_T-1`` -> ``Lankershim``, ``USA_US101-22_1_T-1`` -> ``US101``,
+    ``USA_Peach-1_1_T-1`` -> ``Peachtree``).
 
     Raises:
-        ValueError: the name matches no known site.
+        ValueError: ``name`` is not a CommonRoad benchmark id (``CCC_Map-N_M...``).
     """
+    segment = segment_of(name)
+    country_map = segment.rsplit("-", 1)[0]
     for key, site in SITES:
-        if key in file_name:
+        if country_map == f"USA_{key}":
             return site
-    raise ValueError(f"cannot tell the site of {file_name!r} (expected US101, Lanker or Peach)")
+    return country_map
 
 
-def segment_of(file_name: str) -> str:
-    """Map segment, the ``USA_US101-22`` part of ``USA_US101-22_1_T-1.xml``.
+def segment_of(name: str) -> str:
+    """Map segment of a CommonRoad benchmark id or file name: its country, map and map id, the
+    ``USA_US101-22`` part of ``USA_US101-22_1_T-1.xml``.
 
     Raises:
-        ValueError: the name does not follow the CommonRoad benchmark-id pattern.
+        ValueError: ``name`` does not follow the CommonRoad benchmark-id pattern.
     """
-    m = _SEGMENT_RE.match(os.path.basename(file_name))
+    m = _SEGMENT_RE.match(os.path.basename(name))
     if not m:
-        raise ValueError(f"cannot tell the map segment of {file_name!r}")
+        raise ValueError(f"cannot tell the map segment of {name!r} (expected a CommonRoad benchmark id "
+                         "such as DEU_Flensburg-1_1_T-1)")
     return m.group(1)
+
+
+def site_and_segment(name: str, scenario_id: str | None = None) -> tuple[str, str]:
+    """``(site, segment)`` from the file name, else from the scenario id the XML declares.
+
+    Raises:
+        ValueError: neither is a CommonRoad benchmark id.
+    """
+    try:
+        return site_of(name), segment_of(name)
+    except ValueError:
+        if scenario_id is None:
+            raise
+    try:
+        return site_of(scenario_id), segment_of(scenario_id)
+    except ValueError as e:
+        raise ValueError(f"neither the file name {name!r} nor its scenario id {scenario_id!r} is a "
+                         "CommonRoad benchmark id (CCC_Map-N_M..., e.g. DEU_Flensburg-1_1_T-1)") from e
 
 
 def list_scenario_files(data_dir: str) -> list[str]:
@@ -280,7 +306,8 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
     Returns:
         (clips, quarantine): clips that passed :meth:`Clip.validate`; a record for each
         candidate that did not (``invalid_clip``, ``clip_error``), or one record for the whole
-        file: a fault (``unknown_file_name``, ``unreadable_xml``, ``bad_map``) or no usable
+        file: a fault (``unreadable_xml``, ``unknown_scenario_id``: neither the file name nor
+        the scenario id is a CommonRoad benchmark id, ``bad_map``) or no usable
         track (``no_trajectories``: map only; ``no_windows``: every track is shorter than one
         clip window, ``N_HIST + 1 + N_FUT`` = 56 steps = 5.6 s; ``below_min_speed``: every
         window's ego stays below ``opts.min_speed_mps``). A file therefore always gives at
@@ -291,15 +318,19 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
 
     opts = opts or CutOptions()
     name = os.path.basename(path)
-    try:
+    try:  # the name's site and segment, if it is a benchmark id (for the records of unreadable files)
         site, segment = site_of(name), segment_of(name)
-    except ValueError as e:
-        return [], [QuarantineRecord(name, "", "", -1, -1, "unknown_file_name", str(e))]
+    except ValueError:
+        site, segment = "", ""
     try:
         scenario, _ = CommonRoadFileReader(path).open()
     except Exception as e:  # commonroad-io raises many types for broken XML
         return [], [QuarantineRecord(name, segment, site, -1, -1, "unreadable_xml",
                                      f"{type(e).__name__}: {str(e)[:300]}")]
+    try:
+        site, segment = site_and_segment(name, str(scenario.scenario_id))
+    except ValueError as e:
+        return [], [QuarantineRecord(name, "", "", -1, -1, "unknown_scenario_id", str(e))]
     tracks = extract_tracks(scenario)
     moving = [t for t in tracks if t.first_step > STATIC_FIRST_STEP]
     if not moving:
