@@ -12,7 +12,7 @@ from mosaic_ray.planner.model import PlannerSpec, VocabularyPlanner, build_vocab
 from mosaic_ray.planner.futures import expert_futures
 from mosaic_ray.stages import split_memo
 from mosaic_ray.stages.base import evaluate_checkpoint
-from mosaic_ray.stages.trainer import training_rows
+from mosaic_ray.stages.trainer import featurize_batch, training_rows
 from mosaic_ray.storage import Storage
 
 SPEC = PlannerSpec(vocab_size=16, embed_dim=16, hidden_dim=16, max_agents=8, max_lanes=12)
@@ -76,7 +76,7 @@ def test_memo_keeps_at_most_max_entries(run, monkeypatch):
     st, _ = run
     monkeypatch.setattr(split_memo, "MAX_ENTRIES", 3)
     for split in ("train", "pool", "test"):
-        split_memo.training_features(st, SPEC, split)
+        split_memo.training_features(st, SPEC, split, featurize_batch)
     assert split_memo.stats()["entries"] == 3
 
 

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from mosaic_ray import layout
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from mosaic_ray.planner.features import FeatureSpec
     from mosaic_ray.planner.model import PlannerSpec
     from mosaic_ray.storage import Storage
@@ -79,22 +81,24 @@ def stats() -> dict[str, int]:
         return {**_STATS, "entries": len(_MEMO)}
 
 
-def training_features(storage: "Storage", spec: "PlannerSpec", split: str) -> dict[str, np.ndarray] | None:
-    """Training features of every clip of ``split`` (:func:`~mosaic_ray.stages.trainer.featurize_batch`
-    output: :data:`~mosaic_ray.stages.trainer.FEATURE_KEYS` arrays (N, ...) float32 / bool,
-    ``clip_id`` (N,) str, ``finite`` (N,) bool), in storage order; ``None`` when the split has
-    more than :data:`MAX_TRAIN_ROWS` clips (the caller featurises its rows itself).
+def training_features(storage: "Storage", spec: "PlannerSpec", split: str,
+                      featurize: "Callable[[pa.Table, PlannerSpec], dict[str, np.ndarray]]"
+                      ) -> dict[str, np.ndarray] | None:
+    """Training features of every clip of ``split``: ``featurize(table, spec)`` of the whole
+    split (the caller passes :func:`~mosaic_ray.stages.trainer.featurize_batch`: its
+    ``FEATURE_KEYS`` arrays (N, ...) float32 / bool, ``clip_id`` (N,) str, ``finite`` (N,)
+    bool), in storage order; ``None`` when the split has more than :data:`MAX_TRAIN_ROWS` clips
+    (the caller featurises its rows itself). The memo key is the split's files and
+    ``spec.features``, so ``featurize`` must depend on nothing else.
 
     The arrays are shared between callers: index them, never write into them.
     """
-    from mosaic_ray.stages.trainer import featurize_batch
-
     uri, files = _split_key(storage, split)
     n = _rows(storage, split, files)
     if n > MAX_TRAIN_ROWS:
         return None
     return _memo(("train", uri, files, spec.features),
-                 lambda: featurize_batch(storage.read_table(layout.clips(split)), spec))
+                 lambda: featurize(storage.read_table(layout.clips(split)), spec))
 
 
 def eval_inputs(storage: "Storage", split: str, features: "FeatureSpec"):

@@ -244,7 +244,7 @@ def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = Tru
 
     def split_rows(split: str, keep: pa.Array | None) -> dict[str, np.ndarray]:
         # the split featurised once per process (split_memo), or only the wanted rows
-        full = split_memo.training_features(storage, spec, split) if targets is None else None
+        full = split_memo.training_features(storage, spec, split, featurize_batch) if targets is None else None
         if full is None:
             return featurize_batch(storage.read_table(f"ingest/clips/{split}"), spec, keep=keep, targets=targets)
         if keep is None:
