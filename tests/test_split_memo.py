@@ -74,10 +74,10 @@ def test_memoised_evaluation_equals_a_fresh_one_and_a_rewritten_split_is_read_ag
 
 def test_memo_keeps_at_most_max_entries(run, monkeypatch):
     st, _ = run
-    monkeypatch.setattr(split_memo, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(split_memo, "MAX_ENTRIES", 2)  # three splits: one entry must be evicted
     for split in ("train", "pool", "test"):
         split_memo.training_features(st, SPEC, split, featurize_batch)
-    assert split_memo.stats()["entries"] == 3
+    assert split_memo.stats()["entries"] == 2
 
 
 def test_score_planner_with_memoised_features_matches(run):

@@ -318,8 +318,8 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
 
     opts = opts or CutOptions()
     name = os.path.basename(path)
-    try:  # the name's site and segment, if it is a benchmark id (for the records of unreadable files)
-        site, segment = site_of(name), segment_of(name)
+    try:  # from the file name when it is a benchmark id; else from the XML's scenario id below
+        site, segment = site_and_segment(name)
     except ValueError:
         site, segment = "", ""
     try:
@@ -327,10 +327,11 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
     except Exception as e:  # commonroad-io raises many types for broken XML
         return [], [QuarantineRecord(name, segment, site, -1, -1, "unreadable_xml",
                                      f"{type(e).__name__}: {str(e)[:300]}")]
-    try:
-        site, segment = site_and_segment(name, str(scenario.scenario_id))
-    except ValueError as e:
-        return [], [QuarantineRecord(name, "", "", -1, -1, "unknown_scenario_id", str(e))]
+    if not segment:
+        try:
+            site, segment = site_and_segment(name, str(scenario.scenario_id))
+        except ValueError as e:
+            return [], [QuarantineRecord(name, "", "", -1, -1, "unknown_scenario_id", str(e))]
     tracks = extract_tracks(scenario)
     moving = [t for t in tracks if t.first_step > STATIC_FIRST_STEP]
     if not moving:

@@ -113,13 +113,9 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
     train_loop(model, data, TrainRecipe(**config["recipe"]), seed=trial["seed"], name=f"pilot {trial['key']}")
     require_finite_weights(model, f"pilot {trial['key']}")  # a NaN model's ΔU is never reported
     # never the test split; read, featurised and prepared once per trial process (split_memo)
-    memo = split_memo.eval_inputs(storage, PILOT_SPLIT, model.spec.features)
-    if memo is None:
-        util = score_planner(model, clips_from_table(storage.read_table(layout.clips(PILOT_SPLIT))),
-                             model.spec.features).utility()
-    else:
-        cal, feats, cache = memo
-        util = score_planner(model, cal, model.spec.features, cache=cache, feats=feats).utility()
+    cal, feats, cache = (split_memo.eval_inputs(storage, PILOT_SPLIT, model.spec.features)
+                         or (clips_from_table(storage.read_table(layout.clips(PILOT_SPLIT))), None, None))
+    util = score_planner(model, cal, model.spec.features, cache=cache, feats=feats).utility()
     if not np.isfinite(util["epdms"]):
         raise NonFiniteTrainingError(f"pilot {trial['key']}: calibration EPDMS is {util['epdms']}; "
                                      "no ΔU is reported for it")

@@ -44,6 +44,7 @@ MAX_ENTRIES = 8
 
 _LOCK = threading.Lock()
 _MEMO: "OrderedDict[tuple, object]" = OrderedDict()
+_ROWS: dict[tuple, int] = {}  #: clips per (uri, files): tiny, outside the LRU so they never evict features
 _STATS = {"hits": 0, "misses": 0}
 
 
@@ -72,6 +73,7 @@ def clear() -> None:
     """Forget every memoised split (tests; a process that rewrites a split of the same sizes)."""
     with _LOCK:
         _MEMO.clear()
+        _ROWS.clear()
         _STATS.update(hits=0, misses=0)
 
 
@@ -94,8 +96,7 @@ def training_features(storage: "Storage", spec: "PlannerSpec", split: str,
     The arrays are shared between callers: index them, never write into them.
     """
     uri, files = _split_key(storage, split)
-    n = _rows(storage, split, files)
-    if n > MAX_TRAIN_ROWS:
+    if _rows(storage, uri, files) > MAX_TRAIN_ROWS:
         return None
     return _memo(("train", uri, files, spec.features),
                  lambda: featurize(storage.read_table(layout.clips(split)), spec))
@@ -105,31 +106,36 @@ def eval_inputs(storage: "Storage", split: str, features: "FeatureSpec"):
     """``(clips, feats, scene_cache)`` of ``split`` for :func:`~mosaic_ray.evaluate.planner_eval.score_planner`:
     the :class:`~mosaic_ray.data.clip.Clip` list in storage order, their features at t0 and
     t0 − 0.5 s (:func:`~mosaic_ray.planner.features.featurize_clips`, ``with_prev=True``) and a
-    :class:`~mosaic_ray.evaluate.planner_eval.SceneCache` that keeps the prepared scenes;
-    ``None`` when the split has more than :data:`MAX_EVAL_ROWS` clips."""
+    :class:`~mosaic_ray.evaluate.planner_eval.SceneCache` that keeps the prepared scenes (one
+    memo entry); ``None`` when the split has more than :data:`MAX_EVAL_ROWS` clips."""
     from mosaic_ray.data.clip import clips_from_table
     from mosaic_ray.evaluate.planner_eval import SceneCache
     from mosaic_ray.planner.features import featurize_clips
 
     uri, files = _split_key(storage, split)
-    if _rows(storage, split, files) > MAX_EVAL_ROWS:
+    if _rows(storage, uri, files) > MAX_EVAL_ROWS:
         return None
-    clips = _memo(("clips", uri, files), lambda: clips_from_table(storage.read_table(layout.clips(split))))
-    feats = _memo(("eval_feats", uri, files, features), lambda: featurize_clips(clips, features, with_prev=True))
-    cache = _memo(("scenes", uri, files), SceneCache)
-    return clips, feats, cache
+
+    def build():
+        clips = clips_from_table(storage.read_table(layout.clips(split)))
+        return clips, featurize_clips(clips, features, with_prev=True), SceneCache()
+
+    return _memo(("eval", uri, files, features), build)
 
 
-def _rows(storage: "Storage", split: str, files: tuple) -> int:
-    """Clips in ``split`` (from the shards' Parquet footers; memoised with the file list)."""
+def _rows(storage: "Storage", uri: str, files: tuple) -> int:
+    """Clips in the shards ``files`` (from their Parquet footers; counted once per file list)."""
     import pyarrow.parquet as pq
 
-    def count() -> int:
-        n = 0
-        for rel, _ in files:
-            if rel.endswith(".parquet"):
-                with storage.fs.open_input_file(storage.path(rel)) as f:
-                    n += pq.ParquetFile(f).metadata.num_rows
-        return n
-
-    return _memo(("rows", storage.uri(layout.clips(split)), files), count)
+    key = (uri, files)
+    with _LOCK:
+        if key in _ROWS:
+            return _ROWS[key]
+    n = 0
+    for rel, _ in files:
+        if rel.endswith(".parquet"):
+            with storage.fs.open_input_file(storage.path(rel)) as f:
+                n += pq.ParquetFile(f).metadata.num_rows
+    with _LOCK:
+        _ROWS[key] = n
+    return n

@@ -238,23 +238,24 @@ def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = Tru
     Raises:
         ValueError: the union is empty or a selected pool clip is missing from the pool.
     """
+    from mosaic_ray import layout
     from mosaic_ray.planner.training import drop_nonfinite_rows, shard_rows
-
     from mosaic_ray.stages import split_memo
 
-    def split_rows(split: str, keep: pa.Array | None) -> dict[str, np.ndarray]:
+    def split_rows(split: str, keep: list[str] | None) -> dict[str, np.ndarray]:
         # the split featurised once per process (split_memo), or only the wanted rows
         full = split_memo.training_features(storage, spec, split, featurize_batch) if targets is None else None
         if full is None:
-            return featurize_batch(storage.read_table(f"ingest/clips/{split}"), spec, keep=keep, targets=targets)
+            return featurize_batch(storage.read_table(layout.clips(split)), spec, targets=targets,
+                                   keep=None if keep is None else pa.array(keep, pa.string()))
         if keep is None:
             return full
-        sel = np.isin(full["clip_id"], np.asarray(keep.to_pylist(), dtype=str))
+        sel = np.isin(full["clip_id"], keep)
         return {k: v[sel] for k, v in full.items()}
 
     parts, keep = [], None
     if pool_ids:
-        keep = pa.array(sorted(set(pool_ids)), pa.string())
+        keep = sorted(set(pool_ids))
         parts.append(split_rows("pool", keep))
         if len(parts[-1]["clip_id"]) != len(keep):
             raise ValueError(f"{len(parts[-1]['clip_id'])} of {len(keep)} selected clips found in the pool shards")
