@@ -100,3 +100,22 @@ def test_observation_lanes_match_per_lane_resampling():
             want = resample_polyline(c, np.linspace(0.0, np.linalg.norm(np.diff(c, axis=0), axis=1).sum(),
                                                     spec.lane_points)) / 20.0
             np.testing.assert_allclose(obs["lanes"][j], want, atol=1e-5)
+
+
+def test_lane_masks_crop_equals_the_whole_map_grid_on_real_clips(ngsim_clips):
+    """The scorer's lane membership (a grid cropped to the queried points, built at the first
+    query and rebuilt for a query outside it) equals the whole map's grid on real NGSIM lanes,
+    for the logged ego corners and for points spread over a 200 m square."""
+    rng = np.random.default_rng(0)
+    clips = ngsim_clips("Lankershim/USA_Lanker-2_13_T-1.xml")[:4] + ngsim_clips("US101/USA_US101-22_1_T-1.xml")[:2]
+    for clip in clips:
+        scene = prepare_scene(clip)
+        near = rng.normal(0.0, 3.0, (64, 2)) + np.array([20.0, 0.0])
+        far = rng.uniform(-100, 100, (400, 2))
+        np.testing.assert_array_equal(scene.lane_masks(near), scene.lane_grid.query(near))
+        first = scene._cache["lane_crop"]
+        np.testing.assert_array_equal(scene.lane_masks(near[:10]), scene.lane_grid.query(near[:10]))
+        assert scene._cache["lane_crop"] is first  # inside the crop: no rebuild
+        np.testing.assert_array_equal(scene.lane_masks(far), scene.lane_grid.query(far))
+        assert scene._cache["lane_crop"] is not first
+        assert (scene.lane_masks(far) != 0).any()  # the square reaches lanes

@@ -20,8 +20,9 @@ from shapely.geometry import LineString, Point, Polygon
 from mosaic_ray.data.clip import T0_INDEX
 from mosaic_ray.scoring.epdms import TERMS, ScorerConfig, prepare_scene, score_states, score_trajectories
 from mosaic_ray.scoring.geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect,
-                                         boxes_intersect_ring, points_in_polygons, project_to_polyline,
-                                         relative_bearing, segment_intersects_box, sweep_pairs)
+                                         boxes_intersect_ring, near_polyline, points_in_polygons,
+                                         project_to_polyline, relative_bearing, segment_intersects_box,
+                                         sweep_pairs)
 from mosaic_ray.scoring.reference_impl import RefScene, ref_score_states, ref_score_trajectories, ref_track
 from mosaic_ray.scoring.simulate import EgoGeometry, interpolate_poses, track
 
@@ -224,6 +225,35 @@ def test_polygon_grid_matches_shapely(seed, cell):
 
 
 @settings(max_examples=40, deadline=None)
+@given(SEEDS, st.sampled_from([0.37, 1.0, 2.5]))
+def test_cropped_polygon_grid_equals_the_whole_grid_inside_its_extent(seed, cell):
+    # the crop keeps only the edges that reach its box, and counts the crossings of the
+    # edges left of it into its rows' parity: the same membership for every point inside
+    rng = np.random.default_rng(seed)
+    rings = _random_rings(rng, int(rng.integers(1, 70)))
+    lo = rng.uniform(-30, 20, 2)
+    ext = (lo[0], lo[1], lo[0] + rng.uniform(0.5, 30), lo[1] + rng.uniform(0.5, 30))
+    pts = rng.uniform(ext[:2], ext[2:], (400, 2))
+    whole = PolygonGrid(rings, cell=cell).query(pts)
+    crop = PolygonGrid(rings, cell=cell, extent=ext)
+    assert crop.grid.gx * crop.grid.gy <= PolygonGrid(rings, cell=cell).grid.gx * PolygonGrid(rings, cell=cell).grid.gy
+    np.testing.assert_array_equal(crop.query(pts), whole)
+    with pytest.raises(ValueError, match="outside"):
+        crop.query(np.array([[ext[2] + 5 * cell + 1.0, ext[3]]]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(SEEDS, st.floats(0.1, 3.0))
+def test_near_polyline_equals_the_segment_grid(seed, radius):
+    rng = np.random.default_rng(seed)
+    line = np.cumsum(rng.normal(0, 4, (int(rng.integers(2, 30)), 2)), axis=0)
+    pts = rng.uniform(line.min(0) - 5, line.max(0) + 5, (300, 2))
+    grid = SegmentGrid(line[:-1], line[1:], cell=float(rng.uniform(0.3, 2.0)), radius=radius)
+    np.testing.assert_array_equal(near_polyline(pts, line, radius), grid.near(pts))
+    assert not near_polyline(pts, line[:1], radius).any()
+
+
+@settings(max_examples=40, deadline=None)
 @given(SEEDS, st.floats(0.1, 3.0))
 def test_segment_grid_near_matches_shapely(seed, radius):
     rng = np.random.default_rng(seed)
@@ -252,8 +282,8 @@ def test_sweep_pairs_finds_every_overlapping_circle(seed):
     ok = rng.random((G, A)) < 0.8
     ego_ok = rng.random((G, N)) < 0.9
     d = np.linalg.norm(ego[:, :, None] - obj[:, None], axis=-1)
-    for mask in (None, ego_ok):
-        g, n, a = sweep_pairs(ego, 2.5, obj, r, ok, mask)
+    for mask, dense_limit in ((None, 0), (ego_ok, 0), (None, 10**9), (ego_ok, 10**9)):  # bucketed, dense
+        g, n, a = sweep_pairs(ego, 2.5, obj, r, ok, mask, dense_limit=dense_limit)
         got = list(zip(g.tolist(), n.tolist(), a.tolist()))
         hit = (d <= 2.5 + r[None, None]) & ok[:, None, :]
         if mask is not None:

@@ -35,8 +35,11 @@ defaults) and pass it down: :func:`score_states` -> one function per term
 derived from it); ``WEIGHTS`` is the default config's read-only weight mapping.
 
 Speed: one call scores all proposals of a clip. Map membership uses a grid index that is
-exact (:class:`~mosaic_ray.scoring.geometry.PolygonGrid`), lane-keeping a grid of route
-segments, and the agent tests a sort-and-sweep broad phase before the separating-axis test.
+exact (:class:`~mosaic_ray.scoring.geometry.PolygonGrid`), cropped to the area the call's
+ego boxes cover (built at the first query of a scene, :meth:`Scene.lane_masks`);
+lane-keeping tests the ego centres against every route segment; the agent tests take a
+circle broad phase (every pair for a few proposals, a bucketed sweep for many,
+:func:`~mosaic_ray.scoring.geometry.sweep_pairs`) before the separating-axis test.
 The per-step shapely implementation of the same terms is
 :mod:`mosaic_ray.scoring.reference_impl` (property tests check equality term by term).
 
@@ -115,7 +118,7 @@ import numpy as np
 
 from ..data.clip import (AGENT_STATIC, FUT_SLICE, N_PRE, POSE_STEPS, T0_INDEX, TL_RED, Clip)
 from .geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect, boxes_intersect_ring,
-                       lane_bits, masks_test, project_to_polyline, relative_bearing,
+                       lane_bits, masks_test, near_polyline, project_to_polyline, relative_bearing,
                        segment_intersects_box, sweep_pairs, wrap_angle)
 from .config import (DEFAULT_SCORER_CONFIG, DISTILL_TERMS, DT, FILTERED_TERMS, N_STEPS, PENALTY_TERMS, TERMS,
                      WEIGHTED_TERMS, ScorerConfig, Term)
@@ -140,6 +143,7 @@ WEIGHTS: Mapping[str, float] = MappingProxyType(DEFAULT_SCORER_CONFIG.weights)
 N_HISTORY = 15  # logged states prepended for HC (t0-1.5 .. t0-0.1 s)
 EC_SHIFT = 5  # steps between frames (0.5 s): EC compares current[:-5] with previous[5:]
 GRID_CELL = 1.0  # m, cell of the lane and route grids
+LANE_CROP_MARGIN = 2.0  # m, a cropped lane grid's margin around the points it was built for
 FAR = 1e7  # m, where invalid agents are parked
 
 
@@ -162,11 +166,14 @@ class Scene:
     * ``human_poses`` (8, 3) and ``human_prev_poses`` (8, 3): the logged future as planner
       poses (ego frame at t0, resp. at t0-0.5 s).
     * ``lane_rings``: M local rings; ``lane_on_route``, ``lane_in_intersection`` (M,) bool;
-      ``route_bits``, ``inter_bits`` (W,) uint64; ``lane_grid``
-      (:class:`~mosaic_ray.scoring.geometry.PolygonGrid`); ``lane_bbox`` (M, 4).
+      ``route_bits``, ``inter_bits`` (W,) uint64; ``lane_bbox`` (M, 4); lane membership of
+      points through :meth:`lane_masks` (a :class:`~mosaic_ray.scoring.geometry.PolygonGrid`
+      cropped to the queried points, built at the first query) or :attr:`lane_grid` (the
+      whole map's grid).
     * ``red_lanes`` (41, M) bool: on-route lane whose light is red at future step t.
-    * ``route_center`` (P, 2): the route centre-line (EP, LK, reference); ``route_grid``: its
-      :class:`~mosaic_ray.scoring.geometry.SegmentGrid` for the LK radius.
+    * ``route_center`` (P, 2): the route centre-line (EP, LK, reference); :attr:`route_grid`
+      (built on first use): its :class:`~mosaic_ray.scoring.geometry.SegmentGrid` for the LK
+      radius.
     * ``agent_boxes`` (41, A, 5) ``[x, y, heading, length, width]`` (invalid: parked far
       away); ``agent_valid`` (41, A) bool; ``agent_speed`` (41, A) m/s (0 where invalid);
       ``agent_static`` (A,) bool; ``agent_first_speed`` (A,) m/s: speed at the first valid
@@ -192,16 +199,13 @@ class Scene:
     history: np.ndarray
     human_poses: np.ndarray
     human_prev_poses: np.ndarray
-    lane_rings: list
     lane_on_route: np.ndarray
     lane_in_intersection: np.ndarray
     route_bits: np.ndarray
     inter_bits: np.ndarray
-    lane_grid: PolygonGrid
     lane_bbox: np.ndarray
     red_lanes: np.ndarray
     route_center: np.ndarray
-    route_grid: SegmentGrid
     agent_boxes: np.ndarray
     agent_valid: np.ndarray
     agent_speed: np.ndarray
@@ -212,6 +216,9 @@ class Scene:
     agent_first_speed: np.ndarray = None
     _lane_center_local: np.ndarray = field(repr=False, default=None)
     _lane_offsets: np.ndarray = field(repr=False, default=None)
+    _lane_left: np.ndarray = field(repr=False, default=None)
+    _lane_right: np.ndarray = field(repr=False, default=None)
+    _route_radius: float = 0.0
     _cache: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -248,18 +255,62 @@ class Scene:
         out[..., 2] = wrap_angle(states[..., 2] + h0)
         return out
 
+    @property
+    def lane_rings(self) -> list:
+        """M local lane rings ``(2 n_m, 2)``: left boundary, then the right one reversed (built
+        on first use: only TLC's exact box test reads them)."""
+        if "lane_rings" not in self._cache:
+            off, left, right = self._lane_offsets, self._lane_left, self._lane_right
+            self._cache["lane_rings"] = [np.concatenate([left[off[i]:off[i + 1]], right[off[i]:off[i + 1]][::-1]])
+                                         for i in range(self.num_lanes)]
+        return self._cache["lane_rings"]
+
+    @property
+    def route_grid(self) -> SegmentGrid:
+        """A :class:`~mosaic_ray.scoring.geometry.SegmentGrid` of :attr:`route_center` for the
+        LK radius the scene was prepared with (built on first use; LK itself tests the few
+        hundred ego centres against every route segment, :func:`_lane_keeping`)."""
+        return self.route_grid_for(self._route_radius)
+
     def route_grid_for(self, radius: float) -> SegmentGrid:
-        """:attr:`route_grid` if it supports ``radius`` (m), else a route grid built for it
-        (cached): LK with a ``lane_keeping_deviation_limit`` above the prepared one."""
-        if radius <= self.route_grid.radius:
-            return self.route_grid
-        key = ("route_grid", float(radius))
+        """A route grid supporting ``radius`` (m), built on first use and cached."""
+        key = ("route_grid", float(max(radius, self._route_radius)))
         if key not in self._cache:
-            logger.debug("route grid rebuilt for an LK limit of %.3f m (prepared: %.3f m)", radius,
-                         self.route_grid.radius)
             rc = self.route_center
-            self._cache[key] = SegmentGrid(rc[:-1], rc[1:], cell=GRID_CELL, radius=float(radius))
+            self._cache[key] = SegmentGrid(rc[:-1], rc[1:], cell=GRID_CELL, radius=key[1])
         return self._cache[key]
+
+    @property
+    def lane_grid(self) -> PolygonGrid:
+        """The lane rings' :class:`~mosaic_ray.scoring.geometry.PolygonGrid` over the whole map
+        (built once, on first use; scoring uses :meth:`lane_masks`)."""
+        if "lane_grid" not in self._cache:
+            self._cache["lane_grid"] = PolygonGrid.from_lanes(self._lane_left, self._lane_right,
+                                                              self._lane_offsets, cell=GRID_CELL)
+        return self._cache["lane_grid"]
+
+    def lane_masks(self, points: np.ndarray) -> np.ndarray:
+        """Lane membership of local points: ``(..., 2)`` float (m) -> ``(..., W)`` uint64 (bit m
+        set where the point lies in lane ring m; :meth:`PolygonGrid.query`).
+
+        The grid is cropped to the points' bounding box grown by ``LANE_CROP_MARGIN`` and kept
+        for later queries inside it (another query outside it builds a new crop): a scene is
+        queried once per :func:`score_states` call, over a few tens of metres, while NGSIM
+        maps span hundreds, so building the whole map's grid cost more than the query.
+        Same answers as :attr:`lane_grid` (exact in general position).
+        """
+        pts = np.asarray(points, dtype=np.float64)
+        flat = pts.reshape(-1, 2)
+        if flat.shape[0] == 0:
+            return np.zeros(pts.shape[:-1] + (max(1, (self.num_lanes + 63) // 64),), dtype=np.uint64)
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        g = self._cache.get("lane_crop")
+        if g is None or lo[0] < g.extent[0] or lo[1] < g.extent[1] or hi[0] > g.extent[2] or hi[1] > g.extent[3]:
+            ext = (lo[0] - LANE_CROP_MARGIN, lo[1] - LANE_CROP_MARGIN, hi[0] + LANE_CROP_MARGIN, hi[1] + LANE_CROP_MARGIN)
+            g = PolygonGrid.from_lanes(self._lane_left, self._lane_right, self._lane_offsets, cell=GRID_CELL,
+                                       extent=ext)
+            self._cache["lane_crop"] = g
+        return g.query(pts)
 
     def lane_center_local(self, i: int) -> np.ndarray:
         """(n, 2) local centre-line of lane ``i``."""
@@ -367,7 +418,6 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
     left = _loc(np.asarray(clip.lane_left, dtype=np.float64).reshape(-1, 2))
     right = _loc(np.asarray(clip.lane_right, dtype=np.float64).reshape(-1, 2))
     center = _loc(np.asarray(clip.lane_center, dtype=np.float64).reshape(-1, 2))
-    rings = [np.concatenate([left[off[i]:off[i + 1]], right[off[i]:off[i + 1]][::-1]]) for i in range(M)]
     if M:
         st_ = off[:-1]
         bbox = np.stack([np.minimum(np.minimum.reduceat(left[:, 0], st_), np.minimum.reduceat(right[:, 0], st_)),
@@ -382,8 +432,6 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
     tl = np.asarray(clip.lane_tl_state)[:, FUT_SLICE]  # (M, 41)
     red = ((tl == TL_RED) & on_route[:, None]).T.copy()  # (41, M)
     route_center = _loc(np.asarray(clip.route_center, dtype=np.float64))
-    route_grid = SegmentGrid(route_center[:-1], route_center[1:], cell=GRID_CELL,
-                             radius=cfg.lane_keeping_deviation_limit)
 
     # ---- agents
     A = clip.num_agents
@@ -429,14 +477,14 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
         start_state=start, start_local=start_local, init_accel=float(acc0), init_steer=float(steer0),
         prev_start=prev_start, prev_accel=float(pacc), prev_steer=float(psteer),
         history=hist, human_poses=human_poses, human_prev_poses=human_prev,
-        lane_rings=rings, lane_on_route=on_route, lane_in_intersection=in_inter,
+        lane_on_route=on_route, lane_in_intersection=in_inter,
         route_bits=lane_bits(on_route), inter_bits=lane_bits(in_inter),
-        lane_grid=PolygonGrid.from_lanes(left, right, off, cell=GRID_CELL), lane_bbox=bbox, red_lanes=red,
-        route_center=route_center, route_grid=route_grid,
+        lane_bbox=bbox, red_lanes=red,
+        route_center=route_center, _route_radius=float(cfg.lane_keeping_deviation_limit),
         agent_boxes=boxes, agent_valid=aval, agent_speed=speed, agent_static=static,
         agent_stopped=stopped, agent_ignored=ignored,
         agent_radius=0.5 * np.hypot(size[:, 0], size[:, 1]), agent_first_speed=first_speed,
-        _lane_center_local=center, _lane_offsets=off,
+        _lane_center_local=center, _lane_offsets=off, _lane_left=left, _lane_right=right,
     )
 
 
@@ -583,7 +631,7 @@ def ego_areas(scene: Scene, corners: np.ndarray, centre: np.ndarray, rear: np.nd
     ``(N, T, 2)``. The rear axle is only queried when the map has intersection lanes."""
     has_inter = bool(scene.inter_bits.any())
     parts = [corners, centre[:, :, None]] + ([rear[:, :, None]] if has_inter else [])
-    masks = scene.lane_grid.query(np.concatenate(parts, axis=2))   # (N, T, 5|6, W)
+    masks = scene.lane_masks(np.concatenate(parts, axis=2))   # (N, T, 5|6, W)
     cm = masks[:, :, :4]
     any_c = (cm != 0).any(-1)
     offroad = ~any_c.all(-1)
@@ -928,7 +976,7 @@ def _lane_keeping(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
     ``cfg.lk_max_steps`` consecutive steps (intersection steps neither count nor reset),
     else 1 -> ``(N,)`` float64."""
     limit = cfg.lane_keeping_deviation_limit
-    far = ~scene.route_grid_for(limit).near(ego.centre, limit)
+    far = ~near_polyline(ego.centre, scene.route_center, limit)
     skip = ego.areas.centre_in_inter
     off = far & ~skip
     reset = ~far & ~skip

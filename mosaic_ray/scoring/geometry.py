@@ -451,6 +451,39 @@ def _segment_point_distance(px, py, ax, ay, bx, by) -> np.ndarray:
     return np.sqrt(ex * ex + ey * ey)
 
 
+def near_polyline(points: np.ndarray, polyline: np.ndarray, radius: float,
+                  block: int = 1_000_000) -> np.ndarray:
+    """Whether each point lies within ``radius`` (m, closed) of a polyline, by testing every
+    (point, segment) pair: for a few hundred points and tens of segments this costs less
+    than building a :class:`SegmentGrid`, and gives the same answers (the same distance
+    expression, :func:`_segment_point_distance`).
+
+    Args:
+        points: ``(..., 2)`` float (m).
+        polyline: ``(K, 2)`` float vertices (m); ``K < 2``: no segment, nothing is near.
+        radius: m.
+
+    Returns:
+        ``(...)`` bool.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    line = np.asarray(polyline, dtype=np.float64).reshape(-1, 2)
+    lead = pts.shape[:-1]
+    flat = pts.reshape(-1, 2)
+    out = np.zeros(flat.shape[0], dtype=bool)
+    S = line.shape[0] - 1
+    if S < 1 or flat.shape[0] == 0:
+        return out.reshape(lead)
+    a, b = line[:-1], line[1:]
+    step = max(1, block // S)
+    for i in range(0, flat.shape[0], step):
+        q = flat[i:i + step]
+        d = _segment_point_distance(q[:, None, 0], q[:, None, 1], a[None, :, 0], a[None, :, 1],
+                                    b[None, :, 0], b[None, :, 1])
+        out[i:i + step] = (d <= radius).any(axis=1)
+    return out.reshape(lead)
+
+
 class SegmentGrid:
     """Uniform grid listing, per cell, the segments that pass within ``radius + r`` of the cell
     centre (``r`` = half the cell diagonal), so every segment within ``radius`` of any point of
@@ -464,26 +497,37 @@ class SegmentGrid:
             segments' bounding box); the grid always covers the segments' box grown by
             ``radius + 2 cell``, so a point outside the grid is farther than ``radius`` from
             every segment.
+        extent: optional ``(xmin, ymin, xmax, ymax)``: a *cropped* grid covering exactly this
+            box (``bbox`` ignored). Its answers are exact for points inside ``extent``;
+            :meth:`near` raises ValueError for a point outside it. Scoring uses it to index
+            only the area one query touches (cost grows with the crop, not with the map).
 
     Attributes:
         x0, y0 (grid origin, m), cell, gx, gy (cells along x / y), ptr ``(gx*gy + 1,)`` int64
-        CSR offsets and ids ``(K,)`` int64 segment indices, a, b ``(S, 2)`` float64.
+        CSR offsets and ids ``(K,)`` int64 segment indices, a, b ``(S, 2)`` float64,
+        extent (None, or the crop box).
     """
 
     def __init__(self, seg_a: np.ndarray, seg_b: np.ndarray, cell: float = 1.0, radius: float = 0.0,
-                 bbox: tuple[float, float, float, float] | None = None):
+                 bbox: tuple[float, float, float, float] | None = None,
+                 extent: tuple[float, float, float, float] | None = None):
         a = np.asarray(seg_a, dtype=np.float64).reshape(-1, 2)
         b = np.asarray(seg_b, dtype=np.float64).reshape(-1, 2)
         if a.shape != b.shape:
             raise ValueError(f"seg_a/seg_b: shapes differ {a.shape} vs {b.shape}")
         self.a, self.b, self.cell, self.radius = a, b, float(cell), float(radius)
+        self.extent = None if extent is None else tuple(float(v) for v in extent)
         pad = radius + 2.0 * cell
-        if a.shape[0]:
+        if extent is not None:
+            lo, hi = np.asarray(self.extent[:2]), np.asarray(self.extent[2:])
+            if not (hi >= lo).all():
+                raise ValueError(f"extent: empty box {self.extent}")
+        elif a.shape[0]:
             lo = np.minimum(a.min(0), b.min(0)) - pad
             hi = np.maximum(a.max(0), b.max(0)) + pad
         else:
             lo, hi = np.zeros(2), np.ones(2) * cell
-        if bbox is not None:
+        if bbox is not None and extent is None:
             lo = np.minimum(lo, np.asarray(bbox[:2], np.float64))
             hi = np.maximum(hi, np.asarray(bbox[2:], np.float64))
         lo = lo - _GRID_JITTER * cell
@@ -559,6 +603,8 @@ class SegmentGrid:
         lead = pts.shape[:-1]
         flat = pts.reshape(-1, 2)
         cell, _ = self.cells_of(flat)
+        if self.extent is not None and (cell < 0).any():
+            raise ValueError(f"points outside the cropped grid's extent {self.extent}")
         p, s = self.candidates(cell)
         out = np.zeros(flat.shape[0], dtype=bool)
         if p.size:
@@ -588,17 +634,26 @@ class PolygonGrid:
     :class:`SegmentGrid` of radius 0). Both steps are exact in general position; a point
     exactly on a ring edge may come out either way (as with any crossing-number test).
 
+    A grid *cropped* to ``extent`` answers exactly for points inside that box at a cost that
+    grows with the box, not with the map: its cells' parity counts the crossings of every edge
+    left of the box in the box's rows (they toggle the whole row), edges right of, above or
+    below the box are dropped, and only edges that reach the box are listed per cell.
+
     Args:
         rings: M arrays ``(n_m, 2)`` (m), each an open ring (the closing edge is implied).
         cell: grid cell (m).
+        extent: None (the whole map), or ``(xmin, ymin, xmax, ymax)`` (m): crop the grid to
+            this box; :meth:`query` then raises ValueError for a point outside it.
 
     Attributes:
         M (rings), W (uint64 words per mask), grid (the :class:`SegmentGrid` of ring edges),
         edge_ring ``(E,)`` int64, centre_mask ``(gy*(gx+1), W)`` uint64 (the membership of the
-        centre of cell (ix, iy) is row ``iy * (gx + 1) + ix``; column ``gx`` is unused).
+        centre of cell (ix, iy) is row ``iy * (gx + 1) + ix``; column ``gx`` is unused),
+        extent (None or the crop box).
     """
 
-    def __init__(self, rings: list[np.ndarray], cell: float = 1.0, _edges=None):
+    def __init__(self, rings: list[np.ndarray], cell: float = 1.0, _edges=None,
+                 extent: tuple[float, float, float, float] | None = None):
         if _edges is None:
             a_list, b_list, r_list = [], [], []
             for m, ring in enumerate(rings):
@@ -616,17 +671,29 @@ class PolygonGrid:
             a, b, edge_ring, M = _edges
         self.M = M
         self.W = max(1, (self.M + 63) // 64)
+        self.extent = None if extent is None else tuple(float(v) for v in extent)
+        pa_, pb_, pring = a, b, edge_ring  # the edges whose crossings set the centres' parity
+        if extent is not None and a.shape[0]:
+            x0, y0, x1, y1 = self.extent
+            m = 2.0 * cell  # the grid reaches about 1.3 cells beyond the box
+            rows = (np.maximum(a[:, 1], b[:, 1]) >= y0 - m) & (np.minimum(a[:, 1], b[:, 1]) <= y1 + m)
+            pa_, pb_, pring = a[rows], b[rows], edge_ring[rows]
+            near = (np.maximum(pa_[:, 0], pb_[:, 0]) >= x0 - m) & (np.minimum(pa_[:, 0], pb_[:, 0]) <= x1 + m)
+            a, b, edge_ring = pa_[near], pb_[near], pring[near]
         self.edge_ring = edge_ring
         self.edge_word = self.edge_ring // 64
         self.edge_bit = np.left_shift(np.uint64(1), (self.edge_ring % 64).astype(np.uint64))
-        self.grid = g = SegmentGrid(a, b, cell=cell, radius=0.0)
+        self.grid = g = SegmentGrid(a, b, cell=cell, radius=0.0, extent=self.extent)
         # scan-line parity of the cell centres
         tog = np.zeros((g.gy, g.gx + 1, self.W), dtype=np.uint64)
-        if a.shape[0]:
+        if pa_.shape[0]:
+            a, b = pa_, pb_
+            pword = pring // 64
+            pbit = np.left_shift(np.uint64(1), (pring % 64).astype(np.uint64))
             ya, yb = a[:, 1], b[:, 1]
             ymin, ymax = np.minimum(ya, yb), np.maximum(ya, yb)
-            j0 = np.ceil((ymin - g.y0) / cell - 0.5).astype(np.int64)
-            j1 = np.ceil((ymax - g.y0) / cell - 0.5).astype(np.int64)  # exclusive
+            j0 = np.clip(np.ceil((ymin - g.y0) / cell - 0.5).astype(np.int64), 0, g.gy)
+            j1 = np.clip(np.ceil((ymax - g.y0) / cell - 0.5).astype(np.int64), 0, g.gy)  # exclusive
             cnt = np.maximum(j1 - j0, 0)
             e = np.repeat(np.arange(a.shape[0]), cnt)
             row = j0[e] + np.arange(e.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
@@ -636,17 +703,17 @@ class PolygonGrid:
             xi = a[e, 0] + (yc - a[e, 1]) * (b[e, 0] - a[e, 0]) / (b[e, 1] - a[e, 1])
             col = np.floor((xi - g.x0) / cell - 0.5).astype(np.int64) + 1
             col = np.clip(col, 0, g.gx)
-            np.bitwise_xor.at(tog, (row, col, self.edge_word[e]), self.edge_bit[e])
+            np.bitwise_xor.at(tog, (row, col, pword[e]), pbit[e])
         # in place (10x faster than a new array here), kept (gy, gx + 1, W): no copy of the slice
         np.bitwise_xor.accumulate(tog, axis=1, out=tog)
         self.centre_mask = tog.reshape(-1, self.W)  # row iy * (gx + 1) + ix; column gx unused
 
     @classmethod
     def from_lanes(cls, left: np.ndarray, right: np.ndarray, offsets: np.ndarray,
-                   cell: float = 1.0) -> "PolygonGrid":
+                   cell: float = 1.0, extent: tuple[float, float, float, float] | None = None) -> "PolygonGrid":
         """Grid of lane rings ``left[a:b] + reversed(right[a:b])`` given as CSR arrays
         (``left``/``right`` ``(V, 2)``, ``offsets`` ``(M + 1,)``), built without a Python loop
-        over lanes; equal to ``PolygonGrid([ring_0, ..., ring_{M-1}], cell)``."""
+        over lanes; equal to ``PolygonGrid([ring_0, ..., ring_{M-1}], cell, extent=extent)``."""
         off = np.asarray(offsets, dtype=np.int64)
         M = off.size - 1
         n = np.diff(off)
@@ -662,7 +729,7 @@ class PolygonGrid:
         nxt_k = np.where(k + 1 < ring_len[lane], k + 1, 0)
         nidx = np.where(nxt_k < nn, a0 + nxt_k, V + a0 + (2 * nn - 1 - nxt_k))
         keep = ring_len[lane] >= 3
-        return cls([], cell, _edges=(pts[idx[keep]], pts[nidx[keep]], lane[keep], M))
+        return cls([], cell, _edges=(pts[idx[keep]], pts[nidx[keep]], lane[keep], M), extent=extent)
 
     def _edge_sides(self) -> None:
         """Per (cell, edge) pair: the side of the cell centre relative to the edge's line, and
@@ -699,6 +766,8 @@ class PolygonGrid:
         inside = (ix >= 0) & (ix < g.gx) & (iy >= 0) & (iy < g.gy)
         cell = iy * g.gx + ix
         if not inside.all():
+            if self.extent is not None:
+                raise ValueError(f"points outside the cropped lane grid's extent {self.extent}")
             cell[~inside] = 0
             iy = np.where(inside, iy, 0)
         out = self.centre_mask[cell + iy]  # centre_mask rows are gx + 1 long
@@ -757,23 +826,31 @@ def lane_bits(flags: np.ndarray) -> np.ndarray:
     return out
 
 
+#: below this many (group, ego, object) triples :func:`sweep_pairs` tests every triple (a few
+#: array operations) instead of bucketing: scoring one planned trajectory with its reference
+#: proposals (7 rows x 41 steps x tens of agents) is far below it, a vocabulary of 256 is above
+SWEEP_DENSE_PAIRS = 65_536
+
+
 def sweep_pairs(ego_xy: np.ndarray, ego_r: float, obj_xy: np.ndarray, obj_r: np.ndarray,
                 obj_ok: np.ndarray, ego_ok: np.ndarray | None = None,
-                _split: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                _split: bool = True, dense_limit: int = SWEEP_DENSE_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Broad phase: ``(group, ego, object)`` index triples whose bounding circles overlap.
 
-    Within each group (a time step, or a time step and TTC offset) the few objects are
-    bucketed on a 2-D grid of cell ``R_max / 2`` (``R = ego_r + obj_r``); every ego position
-    takes the objects of the 5 x 5 cells around its own (5 contiguous CSR runs, no search),
-    then the circle test with each object's own radius filters the candidates. Exact: no
-    overlapping pair is missed. Long objects (a few trucks) are swept separately so that they
-    do not widen every window.
+    Up to ``dense_limit`` triples, every triple takes the circle test. Above it, within each
+    group (a time step, or a time step and TTC offset) the few objects are bucketed on a 2-D
+    grid of cell ``R_max / 2`` (``R = ego_r + obj_r``); every ego position takes the objects
+    of the 5 x 5 cells around its own (5 contiguous CSR runs, no search), then the circle
+    test with each object's own radius filters the candidates. Long objects (a few trucks)
+    are swept separately so that they do not widen every window. Both ways are exact and
+    give the same set of triples (the same circle test); their order differs.
 
     Args:
         ego_xy: ``(G, N, 2)`` ego box centres (m). ego_r: ego bounding radius (m).
         obj_xy: ``(G, A, 2)`` object centres (m). obj_r: ``(A,)`` object bounding radii (m).
         obj_ok: ``(G, A)`` bool, objects present in the group.
         ego_ok: optional ``(G, N)`` bool, ego positions to test (default all).
+        dense_limit: the most ``G * N * A`` tested densely (0: always bucket).
 
     Returns:
         ``(g, n, a)`` int64 arrays of equal length.
@@ -783,11 +860,20 @@ def sweep_pairs(ego_xy: np.ndarray, ego_r: float, obj_xy: np.ndarray, obj_r: np.
     empty = (np.zeros(0, np.int64),) * 3
     if G == 0 or N == 0 or A == 0 or not obj_ok.any() or (ego_ok is not None and not ego_ok.any()):
         return empty
+    if G * N * A <= dense_limit:
+        R = ego_r + np.asarray(obj_r, dtype=np.float64)
+        dx = ego_xy[:, :, None, 0] - obj_xy[:, None, :, 0]
+        dy = ego_xy[:, :, None, 1] - obj_xy[:, None, :, 1]
+        hit = (dx * dx + dy * dy <= R * R) & obj_ok[:, None, :]
+        if ego_ok is not None:
+            hit &= np.asarray(ego_ok, dtype=bool)[:, :, None]
+        g, n, a = np.nonzero(hit)
+        return g.astype(np.int64), n.astype(np.int64), a.astype(np.int64)
     R = ego_r + np.asarray(obj_r, dtype=np.float64)                   # (A,)
     present = obj_ok.any(axis=0)
     big = present & (R > 1.25 * np.median(R[present]) + 0.5)
     if _split and big.any() and (present & ~big).any():
-        res = [sweep_pairs(ego_xy, ego_r, obj_xy, obj_r, obj_ok & m[None, :], ego_ok, False) for m in (~big, big)]
+        res = [sweep_pairs(ego_xy, ego_r, obj_xy, obj_r, obj_ok & m[None, :], ego_ok, False, 0) for m in (~big, big)]
         return tuple(np.concatenate([r[i] for r in res]) for i in range(3))
     Rmax = float(R[present].max())
     bw = 0.5 * Rmax

@@ -69,6 +69,20 @@ def _extended_path(route: np.ndarray, extra: float = 300.0) -> tuple[np.ndarray,
     return path, cum
 
 
+def _path_distance_bound(points: np.ndarray, path: np.ndarray) -> np.ndarray:
+    """A lower bound (m) of each point's distance to an :func:`_extended_path` polyline:
+    ``(..., 2)`` -> ``(...)``. The path is its first segment, the route, and its last segment;
+    the distance to the route is bounded by the distance to the route's bounding box."""
+    core = path[1:-1]
+    gap = np.maximum(np.maximum(core.min(axis=0) - points, points - core.max(axis=0)), 0.0)
+    bound = np.hypot(gap[..., 0], gap[..., 1])
+    for a, b in ((path[0], path[1]), (path[-2], path[-1])):
+        d = b - a
+        t = np.clip(((points[..., 0] - a[0]) * d[0] + (points[..., 1] - a[1]) * d[1]) / (d @ d), 0.0, 1.0)
+        bound = np.minimum(bound, np.hypot(points[..., 0] - a[0] - t * d[0], points[..., 1] - a[1] - t * d[1]))
+    return bound
+
+
 def desired_speed(scene: Any) -> float:
     """Desired speed (m/s) of the reference: see the module docstring."""
     v0 = float(scene.start_local[3])
@@ -138,8 +152,13 @@ def _setup(scene: Any, fractions: Sequence[float]) -> dict:
     if A:
         a_arc = np.zeros(valid.shape)
         a_lat = np.full(valid.shape, np.inf)  # invalid agents: never in the corridor
-        if valid.any():
-            a_arc[valid], a_lat[valid], _ = project_to_polyline(boxes[valid][:, :2], path)
+        # only agents whose centre can be in the corridor are projected (the others keep
+        # a_lat = inf; their a_arc is never read): the distance to the path is bounded from
+        # below by the least of the distances to the two straight extensions and to the
+        # bounding box of the route between them
+        cand = valid & (_path_distance_bound(boxes[..., :2], path) <= 0.5 * (W + boxes[..., 4]) + 1e-6)
+        if cand.any():
+            a_arc[cand], a_lat[cand], _ = project_to_polyline(boxes[cand][:, :2], path)
         path_h = np.interp(a_arc, cum, vh)
         a_vlong = np.nan_to_num(scene.agent_speed) * np.cos(boxes[..., 2] - path_h)
         in_corr = valid & (np.abs(a_lat) <= 0.5 * (W + boxes[..., 4]))
