@@ -119,3 +119,15 @@ def test_lane_masks_crop_equals_the_whole_map_grid_on_real_clips(ngsim_clips):
         np.testing.assert_array_equal(scene.lane_masks(far), scene.lane_grid.query(far))
         assert scene._cache["lane_crop"] is not first
         assert (scene.lane_masks(far) != 0).any()  # the square reaches lanes
+
+
+def test_reference_setup_target_speeds_follow_desired_speed():
+    """The reference's set-up derives the desired speed from its own corridor projection (one
+    projection of the agents instead of two); it must equal :func:`desired_speed`."""
+    from mosaic_ray.scoring.reference import REFERENCE_FRACTIONS, _setup, desired_speed
+
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        scene = prepare_scene(random_scene(rng))
+        su = _setup(scene, REFERENCE_FRACTIONS)
+        np.testing.assert_array_equal(su["v_target"], np.asarray(REFERENCE_FRACTIONS) * desired_speed(scene))

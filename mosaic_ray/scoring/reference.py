@@ -142,8 +142,8 @@ def _setup(scene: Any, fractions: Sequence[float]) -> dict:
     s0_arr, lat0_arr, _ = project_to_polyline(start[None, :2], path)
     s0, d0 = float(s0_arr[0]), float(lat0_arr[0])
     v0 = float(start[3])
-    v_target = frac * desired_speed(scene)
     L, W = scene.ego_length, scene.ego_width
+    v_obs = 0.0  # desired_speed's: the fastest agent in the corridor at t0
 
     # agents along the path at each future step
     boxes = scene.agent_boxes  # (41, A, 5)
@@ -163,6 +163,9 @@ def _setup(scene: Any, fractions: Sequence[float]) -> dict:
         a_vlong = np.nan_to_num(scene.agent_speed) * np.cos(boxes[..., 2] - path_h)
         in_corr = valid & (np.abs(a_lat) <= 0.5 * (W + boxes[..., 4]))
         half = 0.5 * (L + boxes[..., 3])
+        if in_corr[0].any():  # = desired_speed(scene)'s agents (the same projection and test)
+            v_obs = float(np.nanmax(scene.agent_speed[0][in_corr[0]]))
+    v_target = frac * float(np.clip(max(v0, v_obs, MIN_DESIRED_SPEED), 0.0, MAX_DESIRED_SPEED))
     # red-light stops: entry arc of on-route lanes whose light is red at the step
     red = scene.red_lanes  # (41, M)
     red_arc = np.full(red.shape[1], np.inf)
