@@ -38,7 +38,6 @@ __all__ = [
     "points_in_polygons_pairs",
     "project_to_polyline",
     "project_to_polylines",
-    "near_polyline",
     "points_to_segments_distance",
     "relative_bearing",
     "is_agent_ahead",
@@ -386,8 +385,36 @@ def project_to_polyline(points: np.ndarray, polyline: np.ndarray,
         raise ValueError(f"polyline: expected (K>=2, 2), got {line.shape}")
     lead = pts.shape[:-1]
     flat = pts.reshape(-1, 2)
-    arc, lat, dist = project_to_polylines(flat, np.zeros(flat.shape[0], dtype=np.int64), [line], block)
-    return arc.reshape(lead), lat.reshape(lead), dist.reshape(lead)
+    a = line[:-1]
+    d = line[1:] - line[:-1]
+    seg_len = np.hypot(d[:, 0], d[:, 1])
+    cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+    dd = seg_len ** 2
+    inv = np.where(dd > 0, 1.0 / np.where(dd > 0, dd, 1.0), 0.0)
+    S = a.shape[0]
+    arc = np.empty(flat.shape[0])
+    lat = np.empty(flat.shape[0])
+    step = max(1, block // S)
+    for i in range(0, flat.shape[0], step):
+        q = flat[i:i + step]
+        rx = q[:, None, 0] - a[None, :, 0]
+        ry = q[:, None, 1] - a[None, :, 1]
+        t = np.clip((rx * d[None, :, 0] + ry * d[None, :, 1]) * inv[None], 0.0, 1.0)
+        ex = rx - t * d[None, :, 0]
+        ey = ry - t * d[None, :, 1]
+        k = np.argmin(ex * ex + ey * ey, axis=1)
+        r = np.arange(q.shape[0])
+        tk = t[r, k]
+        arc[i:i + step] = cum[k] + tk * seg_len[k]
+        ux = np.where(seg_len[k] > 0, d[k, 0] / np.where(seg_len[k] > 0, seg_len[k], 1.0), 0.0)
+        uy = np.where(seg_len[k] > 0, d[k, 1] / np.where(seg_len[k] > 0, seg_len[k], 1.0), 0.0)
+        cross = ux * ey[r, k] - uy * ex[r, k]
+        dist = np.hypot(ex[r, k], ey[r, k])
+        # sign from the side of the nearest segment; on the line (or beyond an end along
+        # its extension) the sign is +
+        lat[i:i + step] = np.where(cross < 0, -dist, dist)
+    lat_r = lat.reshape(lead)
+    return arc.reshape(lead), lat_r, np.abs(lat_r)
 
 
 def project_to_polylines(points: np.ndarray, which: np.ndarray, polylines: Sequence[np.ndarray],
@@ -440,23 +467,19 @@ def project_to_polylines(points: np.ndarray, which: np.ndarray, polylines: Seque
     step = max(1, block // S)
     for i in range(0, P, step):
         q, w = pts[i:i + step], which[i:i + step]
-        # one polyline: broadcast its rows instead of gathering a copy per point
-        g = w if B > 1 else np.zeros(1, dtype=np.int64)
-        aw, dw, iw = a[g], d[g], inv[g]
+        aw, dw = a[w], d[w]
         rx = q[:, None, 0] - aw[..., 0]
         ry = q[:, None, 1] - aw[..., 1]
-        t = np.clip((rx * dw[..., 0] + ry * dw[..., 1]) * iw, 0.0, 1.0)
+        t = np.clip((rx * dw[..., 0] + ry * dw[..., 1]) * inv[w], 0.0, 1.0)
         ex = rx - t * dw[..., 0]
         ey = ry - t * dw[..., 1]
-        e2 = ex * ex + ey * ey
-        k = np.argmin(np.where(real[g], e2, np.inf) if B > 1 else e2, axis=1)
+        k = np.argmin(np.where(real[w], ex * ex + ey * ey, np.inf), axis=1)
         r = np.arange(q.shape[0])
         tk = t[r, k]
         sl = seg_len[w, k]
-        dk = d[w, k]
         arc[i:i + step] = cum[w, k] + tk * sl
-        ux = np.where(sl > 0, dk[:, 0] / np.where(sl > 0, sl, 1.0), 0.0)
-        uy = np.where(sl > 0, dk[:, 1] / np.where(sl > 0, sl, 1.0), 0.0)
+        ux = np.where(sl > 0, dw[r, k, 0] / np.where(sl > 0, sl, 1.0), 0.0)
+        uy = np.where(sl > 0, dw[r, k, 1] / np.where(sl > 0, sl, 1.0), 0.0)
         cross = ux * ey[r, k] - uy * ex[r, k]
         dist = np.hypot(ex[r, k], ey[r, k])
         lat[i:i + step] = np.where(cross < 0, -dist, dist)
