@@ -124,32 +124,10 @@ def test_lane_masks_crop_equals_the_whole_map_grid_on_real_clips(ngsim_clips):
 def test_reference_setup_target_speeds_follow_desired_speed():
     """The reference's set-up derives the desired speed from its own corridor projection (one
     projection of the agents instead of two); it must equal :func:`desired_speed`."""
-    from mosaic_ray.scoring.geometry import project_to_polyline
-    from mosaic_ray.scoring.reference import REFERENCE_FRACTIONS, _corridor, _setup, desired_speed
+    from mosaic_ray.scoring.reference import REFERENCE_FRACTIONS, _setup, desired_speed
 
     rng = np.random.default_rng(11)
-    faster = 0
     for _ in range(12):
         scene = prepare_scene(random_scene(rng))
-        pre = _corridor(scene)
-        arc, lat, dist = project_to_polyline(np.concatenate(pre["points"]), pre["path"])
-        su = _setup(scene, pre, arc, lat, dist, REFERENCE_FRACTIONS)
+        su = _setup(scene, REFERENCE_FRACTIONS)
         np.testing.assert_array_equal(su["v_target"], np.asarray(REFERENCE_FRACTIONS) * desired_speed(scene))
-        faster += desired_speed(scene) > max(float(scene.start_local[3]), 0.0) + 1e-9
-    assert faster  # some scenes take their desired speed from an agent in the corridor
-
-
-def test_project_to_polylines_equals_one_polyline_at_a_time():
-    from mosaic_ray.scoring.geometry import project_to_polyline, project_to_polylines
-
-    rng = np.random.default_rng(5)
-    lines = [np.cumsum(rng.normal(0, 5, (int(rng.integers(2, 40)), 2)), axis=0) for _ in range(7)]
-    lines[2] = np.cumsum(rng.normal(0, 5, (12, 2)), axis=0)
-    lines[2][3] = lines[2][2]  # a zero-length segment
-    which = rng.integers(0, len(lines), 500)
-    pts = rng.uniform(-60, 60, (500, 2))
-    got = project_to_polylines(pts, which, lines, block=997)  # several blocks
-    for b, line in enumerate(lines):
-        want = project_to_polyline(pts[which == b], line)
-        for g, w in zip(got, want):
-            np.testing.assert_array_equal(g[which == b], w)

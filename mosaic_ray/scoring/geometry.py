@@ -25,8 +25,6 @@ Boundary conventions
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "points_in_polygons",
     "points_in_polygons_pairs",
     "project_to_polyline",
-    "project_to_polylines",
     "points_to_segments_distance",
     "relative_bearing",
     "is_agent_ahead",
@@ -415,75 +412,6 @@ def project_to_polyline(points: np.ndarray, polyline: np.ndarray,
         lat[i:i + step] = np.where(cross < 0, -dist, dist)
     lat_r = lat.reshape(lead)
     return arc.reshape(lead), lat_r, np.abs(lat_r)
-
-
-def project_to_polylines(points: np.ndarray, which: np.ndarray, polylines: Sequence[np.ndarray],
-                         block: int = 2_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`project_to_polyline` of many points onto several polylines in one pass: point
-    ``i`` onto ``polylines[which[i]]``. The polylines are padded to the longest (padding
-    never nearest), and every (point, segment) pair takes the same arithmetic as in
-    :func:`project_to_polyline`, so each point's result equals that function's (tested).
-
-    Args:
-        points: ``(P, 2)`` float (m).
-        which: ``(P,)`` int, index into ``polylines``.
-        polylines: B arrays ``(K_b, 2)``, ``K_b >= 2`` (m).
-
-    Returns:
-        ``(arc, lateral, distance)``, each ``(P,)`` float64, as :func:`project_to_polyline`.
-
-    Raises:
-        ValueError: bad shapes, a polyline with fewer than 2 vertices, ``which`` out of range.
-    """
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    which = np.asarray(which, dtype=np.int64).reshape(-1)
-    if which.shape[0] != pts.shape[0]:
-        raise ValueError(f"which: {which.shape[0]} entries for {pts.shape[0]} points")
-    B = len(polylines)
-    if pts.shape[0] == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    if B == 0 or which.min() < 0 or which.max() >= B:
-        raise ValueError(f"which: indices must lie in [0, {B})")
-    lines = [np.asarray(p, dtype=np.float64) for p in polylines]
-    for ln in lines:
-        if ln.ndim != 2 or ln.shape[1] != 2 or ln.shape[0] < 2:
-            raise ValueError(f"polyline: expected (K>=2, 2), got {ln.shape}")
-    S = max(ln.shape[0] for ln in lines) - 1
-    a = np.zeros((B, S, 2))
-    d = np.zeros((B, S, 2))
-    real = np.zeros((B, S), dtype=bool)
-    for b, ln in enumerate(lines):
-        k = ln.shape[0] - 1
-        a[b, :k] = ln[:-1]
-        d[b, :k] = ln[1:] - ln[:-1]
-        real[b, :k] = True
-    seg_len = np.hypot(d[..., 0], d[..., 1])
-    cum = np.concatenate([np.zeros((B, 1)), np.cumsum(seg_len, axis=1)], axis=1)
-    dd = seg_len ** 2
-    inv = np.where(dd > 0, 1.0 / np.where(dd > 0, dd, 1.0), 0.0)
-    P = pts.shape[0]
-    arc = np.empty(P)
-    lat = np.empty(P)
-    step = max(1, block // S)
-    for i in range(0, P, step):
-        q, w = pts[i:i + step], which[i:i + step]
-        aw, dw = a[w], d[w]
-        rx = q[:, None, 0] - aw[..., 0]
-        ry = q[:, None, 1] - aw[..., 1]
-        t = np.clip((rx * dw[..., 0] + ry * dw[..., 1]) * inv[w], 0.0, 1.0)
-        ex = rx - t * dw[..., 0]
-        ey = ry - t * dw[..., 1]
-        k = np.argmin(np.where(real[w], ex * ex + ey * ey, np.inf), axis=1)
-        r = np.arange(q.shape[0])
-        tk = t[r, k]
-        sl = seg_len[w, k]
-        arc[i:i + step] = cum[w, k] + tk * sl
-        ux = np.where(sl > 0, dw[r, k, 0] / np.where(sl > 0, sl, 1.0), 0.0)
-        uy = np.where(sl > 0, dw[r, k, 1] / np.where(sl > 0, sl, 1.0), 0.0)
-        cross = ux * ey[r, k] - uy * ex[r, k]
-        dist = np.hypot(ex[r, k], ey[r, k])
-        lat[i:i + step] = np.where(cross < 0, -dist, dist)
-    return arc, lat, np.abs(lat)
 
 
 # ----------------------------------------------------------------------------- bearings

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .geometry import project_to_polyline, project_to_polylines, wrap_angle
+from .geometry import project_to_polyline, wrap_angle
 
 __all__ = ["reference_proposals", "REFERENCE_FRACTIONS", "desired_speed"]
 
@@ -108,62 +108,29 @@ def reference_proposals(scene: Any, fractions: Sequence[float] = REFERENCE_FRACT
         ``(R, 41, 4)`` float64 global states ``[x, y, heading, speed]`` (m, m, rad, m/s) at
         0.1 s from t0, ``R = len(fractions)``; index 0 is the ego start state.
     """
-    return reference_proposals_many([scene], fractions)[0]
+    su = _setup(scene, fractions)
+    S, V = _idm_rollout([su])[0]
+    return _finish(scene, su, S, V)
 
 
 def reference_proposals_many(scenes: Sequence[Any],
                              fractions: Sequence[float] = REFERENCE_FRACTIONS) -> list[np.ndarray]:
-    """:func:`reference_proposals` of several scenes with ONE projection of every scene's
-    start, red-light entries and corridor agents onto its path
-    (:func:`~mosaic_ray.scoring.geometry.project_to_polylines`) and ONE IDM roll-out loop over
-    all of them (agents and red lights padded per scene; padding never leads), so each scene's
-    result equals its :func:`reference_proposals` (checked in tests/test_batched_scoring.py).
+    """:func:`reference_proposals` of several scenes with ONE IDM roll-out loop over all of them
+    (agents and red lights padded per scene; padding never leads, so each scene's result equals
+    its :func:`reference_proposals`, checked in tests/test_batched_scoring.py).
 
     Returns:
         one ``(R, 41, 4)`` float64 array per scene, as :func:`reference_proposals`.
     """
-    pres = [_corridor(sc) for sc in scenes]
-    pts = [p for pre in pres for p in pre["points"]]
-    if not pts:
-        return []
-    counts = [sum(len(p) for p in pre["points"]) for pre in pres]
-    arc, lat, dist = project_to_polylines(np.concatenate(pts), np.repeat(np.arange(len(scenes)), counts),
-                                          [pre["path"] for pre in pres])
-    cut = np.cumsum(counts)[:-1]
-    sus = [_setup(sc, pre, a, l_, d_, fractions)
-           for sc, pre, a, l_, d_ in zip(scenes, pres, np.split(arc, cut), np.split(lat, cut), np.split(dist, cut))]
+    sus = [_setup(sc, fractions) for sc in scenes]
     return [_finish(sc, su, S, V) for sc, su, (S, V) in zip(scenes, sus, _idm_rollout(sus))]
 
 
-def _corridor(scene: Any) -> dict:
-    """The points of one scene that :func:`_setup` projects onto its path: the start (row 0),
-    the entries of on-route lanes that turn red (``red_lanes`` of them), then the agent
-    positions that can lie in the corridor (``cand`` ``(41, A)``: the distance to the path is
-    bounded from below by the least of the distances to the two straight extensions and to
-    the bounding box of the route between them; the others are never in the corridor)."""
-    path, cum = _extended_path(scene.route_center)
-    red = scene.red_lanes  # (41, M)
-    lanes = np.nonzero(red.any(axis=0))[0] if red.any() else np.zeros(0, dtype=np.int64)
-    points = [np.asarray(scene.start_local[None, :2], dtype=np.float64)]
-    if lanes.size:
-        points.append(np.stack([scene.lane_center_local(i)[0] for i in lanes]))
-    boxes, valid = scene.agent_boxes, scene.agent_valid  # (41, A, 5), (41, A)
-    cand = np.zeros(valid.shape, dtype=bool)
-    if boxes.shape[1]:
-        W = scene.ego_width
-        cand = valid & (_path_distance_bound(boxes[..., :2], path) <= 0.5 * (W + boxes[..., 4]) + 1e-6)
-        if cand.any():
-            points.append(boxes[cand][:, :2])
-    return dict(path=path, cum=cum, red_lanes=lanes, cand=cand, points=points)
-
-
-def _setup(scene: Any, pre: dict, arc: np.ndarray, lat: np.ndarray, dist: np.ndarray,
-           fractions: Sequence[float]) -> dict:
-    """Per-scene inputs of the IDM roll-out: path, start, target speeds, agents on the path,
-    from :func:`_corridor` and the projection of its points (``arc``, ``lat``, ``dist``)."""
+def _setup(scene: Any, fractions: Sequence[float]) -> dict:
+    """Per-scene inputs of the IDM roll-out: path, start, target speeds, agents on the path."""
     frac = np.asarray(fractions, dtype=np.float64)
     R = frac.shape[0]
-    path, cum = pre["path"], pre["cum"]
+    path, cum = _extended_path(scene.route_center)
     seg = np.diff(path, axis=0)
     seg_h = np.arctan2(seg[:, 1], seg[:, 0])
     # vertex headings: mean direction of the adjacent segments, unwrapped, for smooth tangents
@@ -172,21 +139,26 @@ def _setup(scene: Any, pre: dict, arc: np.ndarray, lat: np.ndarray, dist: np.nda
     vh = np.unwrap(vh)
 
     start = scene.start_local  # (4,) local [x, y, h, v]
-    s0, d0 = float(arc[0]), float(lat[0])
+    s0_arr, lat0_arr, _ = project_to_polyline(start[None, :2], path)
+    s0, d0 = float(s0_arr[0]), float(lat0_arr[0])
     v0 = float(start[3])
     L, W = scene.ego_length, scene.ego_width
     v_obs = 0.0  # desired_speed's: the fastest agent in the corridor at t0
-    n_red = pre["red_lanes"].size
 
     # agents along the path at each future step
     boxes = scene.agent_boxes  # (41, A, 5)
     valid = scene.agent_valid  # (41, A)
     A = boxes.shape[1]
     if A:
-        cand = pre["cand"]
         a_arc = np.zeros(valid.shape)
-        a_lat = np.full(valid.shape, np.inf)  # invalid or out of reach: never in the corridor
-        a_arc[cand], a_lat[cand] = arc[1 + n_red:], lat[1 + n_red:]
+        a_lat = np.full(valid.shape, np.inf)  # invalid agents: never in the corridor
+        # only agents whose centre can be in the corridor are projected (the others keep
+        # a_lat = inf; their a_arc is never read): the distance to the path is bounded from
+        # below by the least of the distances to the two straight extensions and to the
+        # bounding box of the route between them
+        cand = valid & (_path_distance_bound(boxes[..., :2], path) <= 0.5 * (W + boxes[..., 4]) + 1e-6)
+        if cand.any():
+            a_arc[cand], a_lat[cand], _ = project_to_polyline(boxes[cand][:, :2], path)
         path_h = np.interp(a_arc, cum, vh)
         a_vlong = np.nan_to_num(scene.agent_speed) * np.cos(boxes[..., 2] - path_h)
         in_corr = valid & (np.abs(a_lat) <= 0.5 * (W + boxes[..., 4]))
@@ -197,9 +169,11 @@ def _setup(scene: Any, pre: dict, arc: np.ndarray, lat: np.ndarray, dist: np.nda
     # red-light stops: entry arc of on-route lanes whose light is red at the step
     red = scene.red_lanes  # (41, M)
     red_arc = np.full(red.shape[1], np.inf)
-    if n_red:
-        e_arc, e_dist = arc[1:1 + n_red], dist[1:1 + n_red]
-        red_arc[pre["red_lanes"]] = np.where(e_dist <= 0.5 * W + 2.0, e_arc, np.inf)
+    if red.any():
+        lanes = np.nonzero(red.any(axis=0))[0]
+        entries = np.stack([scene.lane_center_local(i)[0] for i in lanes])
+        e_arc, _, e_dist = project_to_polyline(entries, path)
+        red_arc[lanes] = np.where(e_dist <= 0.5 * W + 2.0, e_arc, np.inf)
 
     su = dict(path=path, cum=cum, vh=vh, start=start, d0=d0, s0=s0, v0=v0, v_target=v_target, L=L, R=R, A=A,
               red=red, red_arc=red_arc)
