@@ -35,6 +35,7 @@ __all__ = [
     "points_in_polygons",
     "points_in_polygons_pairs",
     "project_to_polyline",
+    "near_polyline",
     "points_to_segments_distance",
     "relative_bearing",
     "is_agent_ahead",
