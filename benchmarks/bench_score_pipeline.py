@@ -15,8 +15,9 @@ SOURCE_RUN is a run with ingested clips and ``planner/base.pt``. Three parts:
   rounds; CPU time is the subprocess's own (``time.process_time``) over the shard loop.
 * ``scaling`` — 1 → 2 actors of each stage on a local 2-CPU Ray, on a synthetic pool of
   ``--scaling-clips`` clips (:mod:`mosaic_ray.data.synthetic`): the planner stage alone
-  (PlanStage pool of k actors, its output dropped) and the whole step with one planner actor
-  and k EPDMS actors. Clips/s from the step's wall time (actor start-up included), peak RSS
+  (PlanStage pool of k actors, its output dropped), the EPDMS stage alone (k EPDMS actors of
+  1 CPU over the planner stage's output, computed once before and held in the object store)
+  and the whole step with one planner actor and k EPDMS actors. Clips/s from the step's wall time (actor start-up included), peak RSS
   summed over every process (driver, Ray daemons, workers; sampled every 0.2 s).
 * ``scale`` — the whole step (default pools) on a synthetic pool of ``--scale-clips`` clips in
   a subprocess (its own local 2-CPU Ray), stopped after ``--scale-budget-s`` if unfinished:
@@ -172,7 +173,7 @@ def part_scaling(source: str, n: int, shard_size: int) -> dict:
 
     from bench_score_stage import PeakRSS
     from mosaic_ray.config import validate_config
-    from mosaic_ray.stages.score import PlanStage, run_score
+    from mosaic_ray.stages.score import EPDMSStage, PlanStage, run_score
     from mosaic_ray.stages.shards import map_stage
     from mosaic_ray.storage import Storage
 
@@ -195,6 +196,30 @@ def part_scaling(source: str, n: int, shard_size: int) -> dict:
                    "peak_rss_mb": round(mem.peak / 2**20), "cpu_s_by_process": mem.cpu_profile()}
             res["runs"][f"plan_stage_{k}_actor"] = one
             print(f"[scaling] plan_stage_{k}_actor: {one}", flush=True)
+        # the EPDMS stage alone: its input (the planner stage's output, whole shards as blocks)
+        # computed once and held in the object store, then k EPDMS actors over it
+        ctx = ray.data.DataContext.get_current()
+        old_block = ctx.target_max_block_size
+        ctx.target_max_block_size = max(old_block or 0, 1 << 30)
+        try:
+            ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+            planned = map_stage(ds, PlanStage(st, "planner/base.pt", 256, 1.0, 0.0, 1), pool=(1, 1)).materialize()
+            for k in (1, 2):
+                with PeakRSS() as mem:
+                    t0 = time.perf_counter()
+                    ep = EPDMSStage(st, f"bench_epdms_only_{k}", 1.0, 64)
+                    recs = list(map_stage(planned, ep, pool=(k, k)).iter_rows())
+                    secs = time.perf_counter() - t0
+                rows = sum(r["rows"] for r in recs)
+                assert rows == n, (rows, n)
+                one = {"seconds": round(secs, 2), "clips": rows, "clips_per_s": round(rows / secs, 1),
+                       "epdms_shard_cpu_s": round(sum(r["cpu_s"] for r in recs), 2),
+                       "peak_rss_mb": round(mem.peak / 2**20), "cpu_s_by_process": mem.cpu_profile()}
+                res["runs"][f"epdms_stage_{k}_actor"] = one
+                print(f"[scaling] epdms_stage_{k}_actor: {one}", flush=True)
+                st.delete(f"bench_epdms_only_{k}")
+        finally:
+            ctx.target_max_block_size = old_block
         for k in (1, 2):
             cfg = validate_config({"name": Path(run).name, "output_dir": str(Path(run).parent),
                                    "selection": {"budgets": [1]},
@@ -217,6 +242,8 @@ def part_scaling(source: str, n: int, shard_size: int) -> dict:
     res["plan_stage_scaling_1_to_2"] = round(r["plan_stage_2_actor"]["clips_per_s"] / r["plan_stage_1_actor"]["clips_per_s"], 3)
     res["epdms_stage_scaling_1_to_2"] = round(r["two_stage_1_plan_2_epdms"]["clips_per_s"]
                                               / r["two_stage_1_plan_1_epdms"]["clips_per_s"], 3)
+    res["epdms_stage_alone_scaling_1_to_2"] = round(r["epdms_stage_2_actor"]["clips_per_s"]
+                                                    / r["epdms_stage_1_actor"]["clips_per_s"], 3)
     shutil.rmtree(run, ignore_errors=True)
     return res
 
