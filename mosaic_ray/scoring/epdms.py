@@ -108,7 +108,6 @@ Documented deviations from NAVSIM
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -117,7 +116,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..data.clip import (AGENT_STATIC, FUT_SLICE, N_PRE, POSE_STEPS, T0_INDEX, TL_RED, Clip)
-from .geometry import (PolygonGrid, SegmentGrid, box_corners, boxes_intersect, boxes_intersect_ring,
+from .geometry import (PolygonGrid, box_corners, boxes_intersect, boxes_intersect_ring,
                        lane_bits, masks_test, near_polyline, project_to_polyline, relative_bearing,
                        segment_intersects_box, sweep_pairs, wrap_angle)
 from .config import (DEFAULT_SCORER_CONFIG, DISTILL_TERMS, DT, FILTERED_TERMS, N_STEPS, PENALTY_TERMS, TERMS,
@@ -133,7 +132,6 @@ __all__ = [
     "comfort_signals", "normalize_progress", "apply_human_filter", "aggregate_epdms",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: ``term -> weight`` of the default config (read-only; a non-default weighting is a
 #: :class:`ScorerConfig` passed as ``config=``)
@@ -142,7 +140,7 @@ WEIGHTS: Mapping[str, float] = MappingProxyType(DEFAULT_SCORER_CONFIG.weights)
 # structure, not thresholds (the thresholds and weights are ScorerConfig's)
 N_HISTORY = 15  # logged states prepended for HC (t0-1.5 .. t0-0.1 s)
 EC_SHIFT = 5  # steps between frames (0.5 s): EC compares current[:-5] with previous[5:]
-GRID_CELL = 1.0  # m, cell of the lane and route grids
+GRID_CELL = 1.0  # m, cell of the lane grid
 LANE_CROP_MARGIN = 2.0  # m, a cropped lane grid's margin around the points it was built for
 FAR = 1e7  # m, where invalid agents are parked
 
@@ -171,9 +169,7 @@ class Scene:
       cropped to the queried points, built at the first query) or :attr:`lane_grid` (the
       whole map's grid).
     * ``red_lanes`` (41, M) bool: on-route lane whose light is red at future step t.
-    * ``route_center`` (P, 2): the route centre-line (EP, LK, reference); :attr:`route_grid`
-      (built on first use): its :class:`~mosaic_ray.scoring.geometry.SegmentGrid` for the LK
-      radius.
+    * ``route_center`` (P, 2): the route centre-line (EP, LK, reference).
     * ``agent_boxes`` (41, A, 5) ``[x, y, heading, length, width]`` (invalid: parked far
       away); ``agent_valid`` (41, A) bool; ``agent_speed`` (41, A) m/s (0 where invalid);
       ``agent_static`` (A,) bool; ``agent_first_speed`` (A,) m/s: speed at the first valid
@@ -218,7 +214,6 @@ class Scene:
     _lane_offsets: np.ndarray = field(repr=False, default=None)
     _lane_left: np.ndarray = field(repr=False, default=None)
     _lane_right: np.ndarray = field(repr=False, default=None)
-    _route_radius: float = 0.0
     _cache: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -266,21 +261,6 @@ class Scene:
         return self._cache["lane_rings"]
 
     @property
-    def route_grid(self) -> SegmentGrid:
-        """A :class:`~mosaic_ray.scoring.geometry.SegmentGrid` of :attr:`route_center` for the
-        LK radius the scene was prepared with (built on first use; LK itself tests the few
-        hundred ego centres against every route segment, :func:`_lane_keeping`)."""
-        return self.route_grid_for(self._route_radius)
-
-    def route_grid_for(self, radius: float) -> SegmentGrid:
-        """A route grid supporting ``radius`` (m), built on first use and cached."""
-        key = ("route_grid", float(max(radius, self._route_radius)))
-        if key not in self._cache:
-            rc = self.route_center
-            self._cache[key] = SegmentGrid(rc[:-1], rc[1:], cell=GRID_CELL, radius=key[1])
-        return self._cache[key]
-
-    @property
     def lane_grid(self) -> PolygonGrid:
         """The lane rings' :class:`~mosaic_ray.scoring.geometry.PolygonGrid` over the whole map
         (built once, on first use; scoring uses :meth:`lane_masks`)."""
@@ -302,7 +282,7 @@ class Scene:
         pts = np.asarray(points, dtype=np.float64)
         flat = pts.reshape(-1, 2)
         if flat.shape[0] == 0:
-            return np.zeros(pts.shape[:-1] + (max(1, (self.num_lanes + 63) // 64),), dtype=np.uint64)
+            return np.zeros(pts.shape[:-1] + self.route_bits.shape, dtype=np.uint64)  # (W,) words
         lo, hi = flat.min(axis=0), flat.max(axis=0)
         g = self._cache.get("lane_crop")
         if g is None or lo[0] < g.extent[0] or lo[1] < g.extent[1] or hi[0] > g.extent[2] or hi[1] > g.extent[3]:
@@ -381,9 +361,9 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
 
     Args:
         clip: a :class:`~mosaic_ray.data.clip.Clip` (global frame, 61 steps, t0 at index 20).
-        config: the :class:`ScorerConfig` the route grid (its radius: the LK deviation limit)
-            and ``agent_stopped`` are prepared for (None: the defaults). A scene prepared
-            with one config scores correctly with any other (see :meth:`Scene.route_grid_for`).
+        config: the :class:`ScorerConfig` ``agent_stopped`` is prepared for (None: the
+            defaults). A scene prepared with one config scores correctly with any other (NC
+            re-derives the stopped agents from ``agent_first_speed``).
 
     Returns:
         A :class:`Scene` in the clip's local frame.
@@ -480,7 +460,7 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
         lane_on_route=on_route, lane_in_intersection=in_inter,
         route_bits=lane_bits(on_route), inter_bits=lane_bits(in_inter),
         lane_bbox=bbox, red_lanes=red,
-        route_center=route_center, _route_radius=float(cfg.lane_keeping_deviation_limit),
+        route_center=route_center,
         agent_boxes=boxes, agent_valid=aval, agent_speed=speed, agent_static=static,
         agent_stopped=stopped, agent_ignored=ignored,
         agent_radius=0.5 * np.hypot(size[:, 0], size[:, 1]), agent_first_speed=first_speed,

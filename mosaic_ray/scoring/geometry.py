@@ -673,24 +673,22 @@ class PolygonGrid:
         self.M = M
         self.W = max(1, (self.M + 63) // 64)
         self.extent = None if extent is None else tuple(float(v) for v in extent)
-        pa_, pb_, pring = a, b, edge_ring  # the edges whose crossings set the centres' parity
+        word = edge_ring // 64
+        bit = np.left_shift(np.uint64(1), (edge_ring % 64).astype(np.uint64))
+        # the edges whose crossings set the centres' parity (all, or those in the crop's rows)
+        # and, among them, the edges listed per cell (those that reach the crop)
+        par = flip = slice(None)
         if extent is not None and a.shape[0]:
             x0, y0, x1, y1 = self.extent
             m = 2.0 * cell  # the grid reaches about 1.3 cells beyond the box
-            rows = (np.maximum(a[:, 1], b[:, 1]) >= y0 - m) & (np.minimum(a[:, 1], b[:, 1]) <= y1 + m)
-            pa_, pb_, pring = a[rows], b[rows], edge_ring[rows]
-            near = (np.maximum(pa_[:, 0], pb_[:, 0]) >= x0 - m) & (np.minimum(pa_[:, 0], pb_[:, 0]) <= x1 + m)
-            a, b, edge_ring = pa_[near], pb_[near], pring[near]
-        self.edge_ring = edge_ring
-        self.edge_word = self.edge_ring // 64
-        self.edge_bit = np.left_shift(np.uint64(1), (self.edge_ring % 64).astype(np.uint64))
-        self.grid = g = SegmentGrid(a, b, cell=cell, radius=0.0, extent=self.extent)
+            par = (np.maximum(a[:, 1], b[:, 1]) >= y0 - m) & (np.minimum(a[:, 1], b[:, 1]) <= y1 + m)
+            flip = par & (np.maximum(a[:, 0], b[:, 0]) >= x0 - m) & (np.minimum(a[:, 0], b[:, 0]) <= x1 + m)
+        self.edge_ring, self.edge_word, self.edge_bit = edge_ring[flip], word[flip], bit[flip]
+        self.grid = g = SegmentGrid(a[flip], b[flip], cell=cell, radius=0.0, extent=self.extent)
         # scan-line parity of the cell centres
         tog = np.zeros((g.gy, g.gx + 1, self.W), dtype=np.uint64)
-        if pa_.shape[0]:
-            a, b = pa_, pb_
-            pword = pring // 64
-            pbit = np.left_shift(np.uint64(1), (pring % 64).astype(np.uint64))
+        a, b, pword, pbit = a[par], b[par], word[par], bit[par]
+        if a.shape[0]:
             ya, yb = a[:, 1], b[:, 1]
             ymin, ymax = np.minimum(ya, yb), np.maximum(ya, yb)
             j0 = np.clip(np.ceil((ymin - g.y0) / cell - 0.5).astype(np.int64), 0, g.gy)
@@ -861,8 +859,8 @@ def sweep_pairs(ego_xy: np.ndarray, ego_r: float, obj_xy: np.ndarray, obj_r: np.
     empty = (np.zeros(0, np.int64),) * 3
     if G == 0 or N == 0 or A == 0 or not obj_ok.any() or (ego_ok is not None and not ego_ok.any()):
         return empty
+    R = ego_r + np.asarray(obj_r, dtype=np.float64)                   # (A,)
     if G * N * A <= dense_limit:
-        R = ego_r + np.asarray(obj_r, dtype=np.float64)
         dx = ego_xy[:, :, None, 0] - obj_xy[:, None, :, 0]
         dy = ego_xy[:, :, None, 1] - obj_xy[:, None, :, 1]
         hit = (dx * dx + dy * dy <= R * R) & obj_ok[:, None, :]
@@ -870,7 +868,6 @@ def sweep_pairs(ego_xy: np.ndarray, ego_r: float, obj_xy: np.ndarray, obj_r: np.
             hit &= np.asarray(ego_ok, dtype=bool)[:, :, None]
         g, n, a = np.nonzero(hit)
         return g.astype(np.int64), n.astype(np.int64), a.astype(np.int64)
-    R = ego_r + np.asarray(obj_r, dtype=np.float64)                   # (A,)
     present = obj_ok.any(axis=0)
     big = present & (R > 1.25 * np.median(R[present]) + 0.5)
     if _split and big.any() and (present & ~big).any():

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .geometry import project_to_polyline, wrap_angle
+from .geometry import points_to_segments_distance, project_to_polyline, wrap_angle
 
 __all__ = ["reference_proposals", "REFERENCE_FRACTIONS", "desired_speed"]
 
@@ -75,12 +75,8 @@ def _path_distance_bound(points: np.ndarray, path: np.ndarray) -> np.ndarray:
     the distance to the route is bounded by the distance to the route's bounding box."""
     core = path[1:-1]
     gap = np.maximum(np.maximum(core.min(axis=0) - points, points - core.max(axis=0)), 0.0)
-    bound = np.hypot(gap[..., 0], gap[..., 1])
-    for a, b in ((path[0], path[1]), (path[-2], path[-1])):
-        d = b - a
-        t = np.clip(((points[..., 0] - a[0]) * d[0] + (points[..., 1] - a[1]) * d[1]) / (d @ d), 0.0, 1.0)
-        bound = np.minimum(bound, np.hypot(points[..., 0] - a[0] - t * d[0], points[..., 1] - a[1] - t * d[1]))
-    return bound
+    ends = points_to_segments_distance(points, np.stack([path[:2], path[-2:]]))
+    return np.minimum(np.hypot(gap[..., 0], gap[..., 1]), ends)
 
 
 def desired_speed(scene: Any) -> float:
@@ -94,6 +90,11 @@ def desired_speed(scene: Any) -> float:
         near = dist <= 0.5 * (scene.ego_width + boxes[valid, 4])
         if near.any():
             v_obs = float(np.nanmax(scene.agent_speed[0, valid][near]))
+    return _desired(v0, v_obs)
+
+
+def _desired(v0: float, v_obs: float) -> float:
+    """Desired speed (m/s) from the ego's speed and the fastest corridor agent's at t0."""
     return float(np.clip(max(v0, v_obs, MIN_DESIRED_SPEED), 0.0, MAX_DESIRED_SPEED))
 
 
@@ -165,7 +166,7 @@ def _setup(scene: Any, fractions: Sequence[float]) -> dict:
         half = 0.5 * (L + boxes[..., 3])
         if in_corr[0].any():  # = desired_speed(scene)'s agents (the same projection and test)
             v_obs = float(np.nanmax(scene.agent_speed[0][in_corr[0]]))
-    v_target = frac * float(np.clip(max(v0, v_obs, MIN_DESIRED_SPEED), 0.0, MAX_DESIRED_SPEED))
+    v_target = frac * _desired(v0, v_obs)
     # red-light stops: entry arc of on-route lanes whose light is red at the step
     red = scene.red_lanes  # (41, M)
     red_arc = np.full(red.shape[1], np.inf)
