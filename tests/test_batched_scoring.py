@@ -10,11 +10,13 @@ all lanes of an observation at once. Each must give what the per-clip / per-lane
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mosaic_ray.data.clip import T0_INDEX
 from mosaic_ray.planner.features import (FeatureSpec, build_observation, resample_lanes, resample_polyline,
                                          to_frame)
-from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_many, score_trajectories
+from mosaic_ray.scoring.epdms import (TERMS, prepare_scene, score_many, score_states, score_states_many,
+                                      score_trajectories)
 from mosaic_ray.scoring.reference import reference_proposals, reference_proposals_many
 
 from scenes import random_poses, random_scene
@@ -41,6 +43,47 @@ def test_score_many_equals_score_trajectories_clip_by_clip():
             np.testing.assert_allclose(got.terms[t], want.terms[t], rtol=0, atol=1e-12)
         np.testing.assert_allclose(got.states, want.states, rtol=0, atol=1e-9)
         assert got.reference_index == want.reference_index
+
+
+def _tracked_rows(scene, rng, n):
+    """(n, 41, 5) tracked random proposals and (n, 41, 5) tracked previous frames of a scene."""
+    return (scene.simulate(random_poses(rng, n, float(scene.start_state[3]))),
+            scene.simulate_prev(random_poses(rng, n, float(scene.prev_start[3]))))
+
+
+def test_score_states_many_equals_score_states_scene_by_scene(ngsim_clips):
+    """One pass over the rows of many scenes gives, bit for bit, each scene's own
+    :func:`score_states`: random scenes (agents or none, red lights, intersections) and real
+    NGSIM clips, 0 to 9 rows per scene, previous frames given, absent or partly NaN."""
+    rng = np.random.default_rng(5)
+    clips = [random_scene(rng) for _ in range(14)] + ngsim_clips("Lankershim/USA_Lanker-2_13_T-1.xml")[:6]
+    scenes = [prepare_scene(c) for c in clips]
+    assert any(s.num_agents == 0 for s in scenes) and any(s.num_agents > 2 for s in scenes)
+    assert any(s.inter_bits.any() for s in scenes) and any(s.red_lanes.any() for s in scenes)
+    states, prevs = [], []
+    for i, s in enumerate(scenes):
+        n = [0, 1, 3, 9][i % 4]
+        st, pv = _tracked_rows(s, rng, n)
+        if n:                         # row 0: the logged future, smooth across the two frames
+            st[0], pv[0] = s.human_states(), s.human_prev_states()
+        if i % 5 == 1 and n:
+            pv[0] = np.nan            # a row without a previous frame
+        states.append(st)
+        prevs.append(None if i % 3 == 0 else pv)
+    got = score_states_many(scenes, states, prevs)
+    assert len(got) == len(scenes)
+    terms_seen = {t: set() for t in TERMS}
+    for s, st, pv, g in zip(scenes, states, prevs, got):
+        want = score_states(s, st, pv)
+        for t in TERMS:
+            np.testing.assert_array_equal(g[t], want[t])
+            terms_seen[t].update(np.unique(want[t][np.isfinite(want[t])]).round(6).tolist())
+    for t in ("NC", "DAC", "TTC", "LK", "HC", "EC"):  # the rows exercise both outcomes
+        assert {0.0, 1.0} <= terms_seen[t], (t, terms_seen[t])
+    with pytest.raises(ValueError, match="2 scenes"):
+        score_states_many(scenes[:2], states[:1])
+    with pytest.raises(ValueError, match="non-finite"):
+        score_states_many(scenes[1:3], [states[1], np.full_like(states[1], np.nan)])
 
 
 def test_reference_proposals_many_equals_one_scene_at_a_time():

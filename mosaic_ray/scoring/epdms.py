@@ -128,7 +128,7 @@ from .simulate import (EgoGeometry, initial_dynamics, job_from_poses, job_from_s
 __all__ = [
     "Term", "TERMS", "WEIGHTS", "PENALTY_TERMS", "WEIGHTED_TERMS", "FILTERED_TERMS", "DISTILL_TERMS",
     "ScorerConfig", "DEFAULT_SCORER_CONFIG", "Scene", "EPDMSResult",
-    "prepare_scene", "score_states", "score_trajectories", "score_vocabulary", "score_human",
+    "prepare_scene", "score_states", "score_states_many", "score_trajectories", "score_vocabulary", "score_human",
     "comfort_signals", "normalize_progress", "apply_human_filter", "aggregate_epdms",
 ]
 
@@ -528,13 +528,12 @@ def comfort_signals(states: np.ndarray, yaw_accel_order: int = 3) -> dict[str, n
     }
 
 
-def _history_comfort(scene: Scene, states: np.ndarray, cfg: ScorerConfig) -> np.ndarray:
-    """HC (NAVSIM ``_calculate_history_comfort``): the 15 logged history states + the states
-    ``(N, 41, 5)``; every bound of ``cfg`` (``min/max_lon_accel``, ``max_abs_lat_accel``,
-    ``max_abs_mag_jerk``, ``max_abs_lon_jerk``, ``max_abs_yaw_rate``, ``max_abs_yaw_accel``;
-    strict) must hold at every step -> ``(N,)`` float64 in {0, 1}."""
-    N = states.shape[0]
-    seq = np.concatenate([np.broadcast_to(scene.history, (N,) + scene.history.shape), states], axis=1)
+def _history_comfort(batch: "_Batch", states: np.ndarray, cfg: ScorerConfig) -> np.ndarray:
+    """HC (NAVSIM ``_calculate_history_comfort``): each row's scene's 15 logged history states
+    + the states ``(N, 41, 5)``; every bound of ``cfg`` (``min/max_lon_accel``,
+    ``max_abs_lat_accel``, ``max_abs_mag_jerk``, ``max_abs_lon_jerk``, ``max_abs_yaw_rate``,
+    ``max_abs_yaw_accel``; strict) must hold at every step -> ``(N,)`` float64 in {0, 1}."""
+    seq = np.concatenate([batch.history, states], axis=1)
     sig = comfort_signals(seq)
     ok = ((sig["lon_accel"] > cfg.min_lon_accel) & (sig["lon_accel"] < cfg.max_lon_accel)).all(-1)
     ok &= (np.abs(sig["lat_accel"]) < cfg.max_abs_lat_accel).all(-1)
@@ -594,9 +593,75 @@ def _prev_array(prev_states: np.ndarray, N: int) -> np.ndarray:
 
 
 @dataclass
+class _Batch:
+    """The rows of several scenes scored together (:func:`score_states_many`): scene ``i``
+    owns rows ``rows[i]:rows[i + 1]`` and agents ``agents[i]:agents[i + 1]`` of the
+    concatenated arrays. Per row (``N`` rows): ``sid`` (N,) its scene; ``length``, ``width``,
+    ``rear_offset`` (N, 1) m; ``origin`` (N, 3); ``history`` (N, 15, 5); ``route_bits``,
+    ``inter_bits`` (N, 1, W) uint64 (W: the most words of any scene, zero-padded). Per agent
+    (``A`` agents over all scenes): ``agent_boxes`` (41, A, 5), ``agent_valid`` (41, A),
+    ``agent_ok`` (41, A) valid and not ignored, ``agent_static``, ``agent_first_speed``
+    (A,)."""
+
+    scenes: Sequence[Scene]
+    rows: np.ndarray
+    agents: np.ndarray
+    sid: np.ndarray
+    length: np.ndarray
+    width: np.ndarray
+    rear_offset: np.ndarray
+    origin: np.ndarray
+    history: np.ndarray
+    route_bits: np.ndarray
+    inter_bits: np.ndarray
+    agent_boxes: np.ndarray
+    agent_valid: np.ndarray
+    agent_ok: np.ndarray
+    agent_static: np.ndarray
+    agent_first_speed: np.ndarray
+
+    @classmethod
+    def of(cls, scenes: Sequence[Scene], counts: Sequence[int]) -> "_Batch":
+        rows = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        agents = np.concatenate([[0], np.cumsum([s.num_agents for s in scenes])]).astype(np.int64)
+        sid = np.repeat(np.arange(len(scenes)), counts)
+        W = max(s.route_bits.shape[0] for s in scenes)
+
+        def bits(name: str) -> np.ndarray:
+            b = np.zeros((len(scenes), 1, W), dtype=np.uint64)
+            for i, s in enumerate(scenes):
+                v = getattr(s, name)
+                b[i, 0, :v.shape[0]] = v
+            return b[sid]
+
+        def per_row(values) -> np.ndarray:
+            return np.asarray(values, dtype=np.float64)[sid][:, None]
+
+        return cls(
+            scenes=scenes, rows=rows, agents=agents, sid=sid,
+            length=per_row([s.ego_length for s in scenes]), width=per_row([s.ego_width for s in scenes]),
+            rear_offset=per_row([s.geometry.rear_offset for s in scenes]),
+            origin=np.stack([s.origin for s in scenes])[sid], history=np.stack([s.history for s in scenes])[sid],
+            route_bits=bits("route_bits"), inter_bits=bits("inter_bits"),
+            agent_boxes=np.concatenate([s.agent_boxes for s in scenes], axis=1),
+            agent_valid=np.concatenate([s.agent_valid for s in scenes], axis=1),
+            agent_ok=np.concatenate([s.agent_valid & ~s.agent_ignored[None, :] for s in scenes], axis=1),
+            agent_static=np.concatenate([s.agent_static for s in scenes]),
+            agent_first_speed=np.concatenate([s.agent_first_speed for s in scenes]))
+
+    def parts(self):
+        """``(scene, row slice, agent slice)`` of every scene with rows."""
+        for i, s in enumerate(self.scenes):
+            r = slice(int(self.rows[i]), int(self.rows[i + 1]))
+            if r.stop > r.start:
+                yield s, r, slice(int(self.agents[i]), int(self.agents[i + 1]))
+
+
+@dataclass
 class EgoAreas:
     """Per (proposal, step) map facts (NAVSIM ``_calculate_ego_area``), all ``(N, T)`` bool
-    except the masks: ``corner_masks`` ``(N, T, 4, W)`` uint64."""
+    except the masks: ``corner_masks`` ``(N, T, 4, W)`` uint64 (W: the most mask words of the
+    scenes scored together; a scene's lanes are its first words, the rest are 0)."""
 
     offroad: np.ndarray
     multi: np.ndarray
@@ -606,37 +671,42 @@ class EgoAreas:
     corner_masks: np.ndarray
 
 
-def ego_areas(scene: Scene, corners: np.ndarray, centre: np.ndarray, rear: np.ndarray) -> EgoAreas:
-    """Map facts of ego boxes (local frame): corners ``(N, T, 4, 2)``, centre and rear axle
-    ``(N, T, 2)``. The rear axle is only queried when the map has intersection lanes."""
-    has_inter = bool(scene.inter_bits.any())
-    parts = [corners, centre[:, :, None]] + ([rear[:, :, None]] if has_inter else [])
-    masks = scene.lane_masks(np.concatenate(parts, axis=2))   # (N, T, 5|6, W)
+def ego_areas(batch: _Batch, corners: np.ndarray, centre: np.ndarray, rear: np.ndarray) -> EgoAreas:
+    """Map facts of ego boxes (local frames): corners ``(N, T, 4, 2)``, centre and rear axle
+    ``(N, T, 2)``, each row in its scene's frame (:class:`_Batch`). One lane-mask query per
+    scene (:meth:`Scene.lane_masks`); a scene's rear axles are only queried when its map has
+    intersection lanes."""
+    N, T = centre.shape[:2]
+    masks = np.zeros((N, T, 6, batch.route_bits.shape[-1]), dtype=np.uint64)
+    for scene, r, _ in batch.parts():
+        has_inter = bool(scene.inter_bits.any())
+        pts = [corners[r], centre[r, :, None]] + ([rear[r, :, None]] if has_inter else [])
+        m = scene.lane_masks(np.concatenate(pts, axis=2))       # (n, T, 5|6, W_scene)
+        masks[r, :, :m.shape[2], :m.shape[3]] = m
     cm = masks[:, :, :4]
     any_c = (cm != 0).any(-1)
     offroad = ~any_c.all(-1)
     union = np.bitwise_or.reduce(cm, axis=2)
     inter = np.bitwise_and.reduce(cm, axis=2)
     multi = (np.bitwise_count(union).sum(-1) > 1) & ~(inter != 0).any(-1)
-    no = np.zeros(offroad.shape, dtype=bool)
     return EgoAreas(offroad=offroad, multi=multi,
-                    on_route=masks_test(masks[:, :, 4], scene.route_bits),
-                    centre_in_inter=masks_test(masks[:, :, 4], scene.inter_bits) if has_inter else no,
-                    rear_in_inter=masks_test(masks[:, :, 5], scene.inter_bits) if has_inter else no,
+                    on_route=masks_test(masks[:, :, 4], batch.route_bits),
+                    centre_in_inter=masks_test(masks[:, :, 4], batch.inter_bits),
+                    rear_in_inter=masks_test(masks[:, :, 5], batch.inter_bits),
                     corner_masks=cm)
 
 
 @dataclass
 class EgoTrack:
-    """The ego boxes of N proposals over the 41 steps in the scene's local frame (NAVSIM's
-    ``_reset`` + ``_calculate_ego_area``), shared by the term functions.
+    """The ego boxes of N proposals over the 41 steps, each in its scene's local frame
+    (NAVSIM's ``_reset`` + ``_calculate_ego_area``), shared by the term functions.
 
     Attributes: ``x``, ``y``, ``h``, ``v`` ``(N, T)`` centre position (m), heading (rad),
     speed (m/s); ``ch``, ``sh`` ``(N, T)`` cos / sin of the heading; ``corners``
     ``(N, T, 4, 2)`` (front-left, rear-left, rear-right, front-right; m); ``centre``,
     ``rear`` ``(N, T, 2)`` box centre and rear axle (m); ``areas``: :class:`EgoAreas`;
     ``contacts``: ``(t, n, a)`` int64 index arrays of ego box / agent box contacts
-    (:func:`_contacts`), shared by NC and TTC (offset 0).
+    (:func:`_contacts`; ``a`` indexes the batch's agents), shared by NC and TTC (offset 0).
     """
 
     x: np.ndarray
@@ -656,17 +726,21 @@ class EgoTrack:
         return int(self.x.shape[0])
 
 
-def _ego_track(scene: Scene, states: np.ndarray) -> EgoTrack:
-    """Global states ``(N, 41, 5)`` -> :class:`EgoTrack` (local frame)."""
-    loc = scene.to_local_states(states)
-    x, y, h, v = loc[..., 0], loc[..., 1], loc[..., 2], loc[..., 3]
+def _ego_track(batch: _Batch, states: np.ndarray) -> EgoTrack:
+    """Global states ``(N, 41, 5)`` -> :class:`EgoTrack` (each row in its scene's local frame,
+    the arithmetic of :meth:`Scene.to_local_states`)."""
+    x0, y0, h0 = batch.origin[:, 0:1], batch.origin[:, 1:2], batch.origin[:, 2:3]
+    c0, s0 = np.cos(h0), np.sin(h0)
+    dx, dy = states[..., 0] - x0, states[..., 1] - y0
+    x, y = c0 * dx + s0 * dy, -s0 * dx + c0 * dy
+    h, v = wrap_angle(states[..., 2] - h0), states[..., 3]
     ch, sh = np.cos(h), np.sin(h)
-    corners = box_corners(x, y, h, scene.ego_length, scene.ego_width)   # (N, T, 4, 2)
-    centre = loc[..., :2]
-    ro = scene.geometry.rear_offset
+    corners = box_corners(x, y, h, batch.length, batch.width)   # (N, T, 4, 2)
+    centre = np.stack([x, y], axis=-1)
+    ro = batch.rear_offset
     rear = np.stack([x - ro * ch, y - ro * sh], axis=-1)
     return EgoTrack(x=x, y=y, h=h, v=v, ch=ch, sh=sh, corners=corners, centre=centre, rear=rear,
-                    areas=ego_areas(scene, corners, centre, rear), contacts=_contacts(scene, x, y, ch, sh))
+                    areas=ego_areas(batch, corners, centre, rear), contacts=_contacts(batch, x, y, ch, sh))
 
 
 def _sat(ax, ay, ca, sa, hla, hwa, bx, by, cb, sb, hlb, hwb) -> np.ndarray:
@@ -682,39 +756,55 @@ def _sat(ax, ay, ca, sa, hla, hwa, bx, by, cb, sb, hlb, hwb) -> np.ndarray:
     return ~sep
 
 
-def _contacts(scene, x, y, ch, sh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All ``(t, n, a)`` where the ego box of proposal n touches agent a at step t (agents
-    touched during the history excluded)."""
-    A = scene.num_agents
-    empty = (np.zeros(0, np.int64),) * 3
-    if not A:
-        return empty
-    L, W = scene.ego_length, scene.ego_width
-    ab = scene.agent_boxes
-    ok = scene.agent_valid & ~scene.agent_ignored[None, :]
+def _box_hits(batch: _Batch, ex, ey, ech, esh, n, t, a) -> np.ndarray:
+    """Narrow phase: the ego boxes at ``(ex, ey)`` (heading cos / sin ``ech``, ``esh``) of rows
+    ``n`` vs the agent boxes ``a`` at step ``t`` -> bool (:func:`_sat`)."""
+    ob = batch.agent_boxes[t, a]
+    return _sat(ex, ey, ech, esh, 0.5 * batch.length[n, 0], 0.5 * batch.width[n, 0],
+                ob[:, 0], ob[:, 1], np.cos(ob[:, 2]), np.sin(ob[:, 2]), 0.5 * ob[:, 3], 0.5 * ob[:, 4])
+
+
+def _sweep(batch: _Batch, ego_xy, ok_steps, ego_ok=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~mosaic_ray.scoring.geometry.sweep_pairs` scene by scene: ``ego_xy`` ``(G, N,
+    2)``, the agents at steps ``ok_steps`` (G,), optional ``ego_ok`` ``(G, N)`` -> ``(g, n,
+    a)`` with batch rows and agents."""
+    out = []
+    for scene, r, ag in batch.parts():
+        if ag.stop == ag.start:
+            continue
+        g, n, a = sweep_pairs(ego_xy[:, r], 0.5 * np.hypot(scene.ego_length, scene.ego_width),
+                              scene.agent_boxes[ok_steps, :, :2], scene.agent_radius,
+                              batch.agent_ok[ok_steps, ag], None if ego_ok is None else ego_ok[:, r])
+        out.append((g, n + r.start, a + ag.start))
+    if not out:
+        return (np.zeros(0, np.int64),) * 3
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
+
+
+def _contacts(batch: _Batch, x, y, ch, sh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All ``(t, n, a)`` where the ego box of row n touches batch agent a of its scene at step
+    t (agents touched during the history excluded)."""
     exy = np.stack([x.T, y.T], axis=-1)                              # (T, N, 2)
-    t, n, a = sweep_pairs(exy, 0.5 * np.hypot(L, W), ab[..., :2], scene.agent_radius, ok)
+    t, n, a = _sweep(batch, exy, np.arange(x.shape[1]))
     if not t.size:
-        return empty
-    ob = ab[t, a]
-    hit = _sat(x[n, t], y[n, t], ch[n, t], sh[n, t], 0.5 * L, 0.5 * W,
-               ob[:, 0], ob[:, 1], np.cos(ob[:, 2]), np.sin(ob[:, 2]), 0.5 * ob[:, 3], 0.5 * ob[:, 4])
+        return t, n, a
+    hit = _box_hits(batch, x[n, t], y[n, t], ch[n, t], sh[n, t], n, t, a)
     return t[hit], n[hit], a[hit]
 
 
-def _no_at_fault_collision(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
+def _no_at_fault_collision(batch: _Batch, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
     """NC (NAVSIM ``_calculate_no_at_fault_collision``, nuPlan ``get_collision_type``) ->
     ``(N,)`` float64 in {0, ``cfg.static_object_collision_score``, 1}. Thresholds:
     ``ego_stopped_speed_threshold`` (m/s), ``object_stopped_speed_threshold`` (m/s),
     ``agent_behind_tolerance_deg``."""
     v, h, corners, rear, areas = ego.v, ego.h, ego.corners, ego.rear, ego.areas
     N = v.shape[0]
-    A = scene.num_agents
+    A = batch.agent_static.shape[0]
     nc = np.ones(N)
     t, n, a = ego.contacts
     if not t.size:
         return nc
-    ab = scene.agent_boxes
+    ab = batch.agent_boxes
     # each object is judged at its first contact (an object met without fault is ignored
     # afterwards; one met with fault keeps its score)
     key = n * A + a
@@ -724,28 +814,27 @@ def _no_at_fault_collision(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np
     t, n, a = t[first], n[first], a[first]
     ob = ab[t, a]
     ego_stopped = np.abs(v[n, t]) <= cfg.ego_stopped_speed_threshold
-    obj_stopped = scene.agent_static[a] | (np.abs(scene.agent_first_speed[a]) <= cfg.object_stopped_speed_threshold)
+    obj_stopped = batch.agent_static[a] | (np.abs(batch.agent_first_speed[a]) <= cfg.object_stopped_speed_threshold)
     behind = relative_bearing(rear[n, t], h[n, t], ob[:, :2]) > cfg.behind_angle
     front = segment_intersects_box(corners[n, t, 0], corners[n, t, 3], ob)
     lateral_fault = areas.multi[n, t] | areas.offroad[n, t]
     at_fault = ~ego_stopped & (obj_stopped | (~behind & (front | lateral_fault)))
-    val = np.where(scene.agent_static[a], cfg.static_object_collision_score, 0.0)
+    val = np.where(batch.agent_static[a], cfg.static_object_collision_score, 0.0)
     np.minimum.at(nc, n[at_fault], val[at_fault])
     return nc
 
 
-def _time_to_collision(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
+def _time_to_collision(batch: _Batch, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
     """TTC (NAVSIM ``_calculate_ttc``) -> ``(N,)`` float64 in {0, 1}. Config:
     ``ttc_offsets`` / ``ttc_last_step`` (from ``future_collision_horizon_window``, s, and
     ``ttc_offset_stride``), ``stopped_speed_threshold`` (m/s), ``agent_ahead_tolerance_deg``,
     ``agent_behind_tolerance_deg``."""
     x, y, h, ch, sh, v, rear, areas = ego.x, ego.y, ego.h, ego.ch, ego.sh, ego.v, ego.rear, ego.areas
     N, T = x.shape
-    A = scene.num_agents
+    A = batch.agent_static.shape[0]
     ttc = np.ones(N)
     if not A:
         return ttc
-    L, W = scene.ego_length, scene.ego_width
     T1 = cfg.ttc_last_step + 1
     offs = np.asarray(cfg.ttc_offsets)
     K = offs.size
@@ -764,15 +853,10 @@ def _time_to_collision(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.nda
     py = y[:, :T1, None] + dy[:, :, None] * (po * DT)[None, None, :]
     ego_xy = np.stack([px, py], axis=-1).transpose(1, 2, 0, 3).reshape(T1 * Kp, N, 2)
     tt = (np.arange(T1)[:, None] + po[None, :]).reshape(-1)          # (G',)
-    ab = scene.agent_boxes
-    ok = scene.agent_valid[tt] & ~scene.agent_ignored[None, :]
-    gp, n, a = sweep_pairs(ego_xy, 0.5 * np.hypot(L, W), ab[tt, :, :2], scene.agent_radius, ok,
-                           np.repeat(moving.T, Kp, axis=0))
+    gp, n, a = _sweep(batch, ego_xy, tt, np.repeat(moving.T, Kp, axis=0))
     if gp.size:
         t, kq = gp // Kp, gp % Kp
-        ob = ab[tt[gp], a]
-        hit = _sat(px[n, t, kq], py[n, t, kq], ch[n, t], sh[n, t], 0.5 * L, 0.5 * W,
-                   ob[:, 0], ob[:, 1], np.cos(ob[:, 2]), np.sin(ob[:, 2]), 0.5 * ob[:, 3], 0.5 * ob[:, 4])
+        hit = _box_hits(batch, px[n, t, kq], py[n, t, kq], ch[n, t], sh[n, t], n, tt[gp], a)
         g = np.concatenate([g0, t[hit] * K + kq[hit] + 1])
         n = np.concatenate([n0, n[hit]])
         a = np.concatenate([a0, a[hit]])
@@ -781,29 +865,34 @@ def _time_to_collision(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.nda
     if not g.size:
         return ttc
     t = g // K
-    obj_xy = ab[t + offs[g % K], a, :2]
+    obj_xy = batch.agent_boxes[t + offs[g % K], a, :2]
     bear = relative_bearing(rear[n, t], h[n, t], obj_xy)
     risky = areas.multi[n, t] | areas.offroad[n, t] | areas.rear_in_inter[n, t]
     fail = (bear < cfg.ahead_angle) | (risky & (bear <= cfg.behind_angle))
     # events per (proposal, object) in (t, offset) order: the first non-failing one puts the
     # object on the ignore list; failing events before it set TTC = 0
     big = T1 * K + 1
-    first_ok = np.full(N * A, big)
     key = n * A + a
-    np.minimum.at(first_ok, key[~fail], g[~fail])
-    counted = fail & (g < first_ok[key])
+    uk, inv = np.unique(key, return_inverse=True)
+    first_ok = np.full(uk.size, big)
+    np.minimum.at(first_ok, inv[~fail], g[~fail])
+    counted = fail & (g < first_ok[inv])
     ttc[np.unique(n[counted])] = 0.0
     return ttc
 
 
-def _traffic_light_compliance(scene: Scene, ego: EgoTrack) -> np.ndarray:
+def _traffic_light_compliance(batch: _Batch, ego: EgoTrack) -> np.ndarray:
     """TLC (NAVSIM ``_calculate_traffic_light_compliance``): 0 where the ego box intersects
     an on-route lane that is red at that step, else 1 -> ``(N,)`` float64 (no threshold)."""
-    return np.where(_red_light_touched(scene, ego.x, ego.y, ego.h, ego.areas), 0.0, 1.0)
+    fail = np.zeros(ego.x.shape[0], dtype=bool)
+    for scene, r, _ in batch.parts():
+        fail[r] = _red_light_touched(scene, ego.x[r], ego.y[r], ego.h[r], ego.areas.corner_masks[r])
+    return np.where(fail, 0.0, 1.0)
 
 
-def _red_light_touched(scene: Scene, x, y, h, areas: EgoAreas) -> np.ndarray:
-    """``(N,)`` bool: the ego box touches a red on-route lane at some step."""
+def _red_light_touched(scene: Scene, x, y, h, corner_masks: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the ego box touches a red on-route lane at some step (``corner_masks``
+    ``(N, T, 4, W)`` of the corners, :class:`EgoAreas`)."""
     N = x.shape[0]
     fail = np.zeros(N, dtype=bool)
     red = scene.red_lanes
@@ -823,7 +912,7 @@ def _red_light_touched(scene: Scene, x, y, h, areas: EgoAreas) -> np.ndarray:
             continue
         t_i = steps[s_i]
         word, bit = m // 64, np.uint64(1) << np.uint64(m % 64)
-        cin = ((areas.corner_masks[n_i, t_i, :, word] & bit) != 0).any(axis=1)
+        cin = ((corner_masks[n_i, t_i, :, word] & bit) != 0).any(axis=1)
         boxes = np.stack([x[n_i, t_i], y[n_i, t_i], h[n_i, t_i], np.full(n_i.size, L), np.full(n_i.size, W)], axis=-1)
         hit = boxes_intersect_ring(boxes, scene.lane_rings[m], corner_inside=cin)
         fail[n_i[hit]] = True
@@ -876,6 +965,9 @@ def score_states(scene: Scene, states: np.ndarray, prev_states: np.ndarray | Non
       separately; yaw acceleration with order 2 as NAVSIM's ``extract_features``).
       ``prev_states is None`` (or a NaN row) -> NaN.
 
+    Several scenes at once: :func:`score_states_many` (the same arithmetic; this function is
+    its one-scene case).
+
     Args:
         scene: from :func:`prepare_scene`.
         states: ``(N, 41, 4|5)`` float global ``[x, y, heading, speed(, accel)]`` (m, m, rad,
@@ -890,27 +982,73 @@ def score_states(scene: Scene, states: np.ndarray, prev_states: np.ndarray | Non
     Raises:
         ValueError: on bad shapes or non-finite states.
     """
+    return score_states_many([scene], [states], [prev_states], config=config)[0]
+
+
+def score_states_many(scenes: Sequence[Scene], states: Sequence[np.ndarray],
+                      prev_states: Sequence[np.ndarray | None] | None = None, *,
+                      config: ScorerConfig | None = None) -> list[dict[str, np.ndarray]]:
+    """:func:`score_states` of several scenes in one pass: the rows of every scene are
+    concatenated and every step that does not depend on the map or the agents of one scene
+    (local frames, ego boxes, the lane facts derived from the masks, NC, DAC, DDC, TTC's and
+    LK's event logic, HC, EC) runs once over all rows. Per scene remain the lane-mask query,
+    the broad phase of the box contacts (:func:`~mosaic_ray.scoring.geometry.sweep_pairs`),
+    the route projections of EP and LK and TLC's lane tests. Each row's terms depend only on
+    its own scene: the results equal one :func:`score_states` call per scene.
+
+    Args:
+        scenes: B scenes from :func:`prepare_scene`.
+        states: B arrays ``(N_i, 41, 4|5)`` of global states (as :func:`score_states`).
+        prev_states: None, or B entries each None / ``(41, 4|5)`` / ``(N_i, 41, 4|5)``.
+        config: thresholds (None: :data:`DEFAULT_SCORER_CONFIG`).
+
+    Returns:
+        B dicts ``term -> (N_i,) float64`` (views into arrays shared by the batch).
+
+    Raises:
+        ValueError: ``states`` / ``prev_states`` not of length B, bad shapes or non-finite
+            states (the message names the first bad scene's array as :func:`score_states`
+            does).
+    """
     cfg = DEFAULT_SCORER_CONFIG if config is None else config
-    S = _check_states(states)
-    N = S.shape[0]
-    if N == 0:
-        return {k: np.zeros(0) for k in TERMS}
-    prev = None if prev_states is None else _prev_array(prev_states, N)
-    ego = _ego_track(scene, S)  # boxes, map areas, contacts (NAVSIM _reset, _calculate_ego_area)
+    B = len(scenes)
+    if len(states) != B or (prev_states is not None and len(prev_states) != B):
+        raise ValueError(f"score_states_many: {B} scenes, {len(states)} states, "
+                         f"{'no' if prev_states is None else len(prev_states)} prev_states")
+    S_list = [_check_states(s) for s in states]
+    counts = [s.shape[0] for s in S_list]
+    keep = [i for i in range(B) if counts[i]]
+    out = [{k: np.zeros(0) for k in TERMS} for _ in range(B)]
+    if not keep:
+        return out
+    prevs = [None] * B
+    if prev_states is not None:
+        for i in keep:
+            prevs[i] = None if prev_states[i] is None else _prev_array(prev_states[i], counts[i])
+    batch = _Batch.of([scenes[i] for i in keep], [counts[i] for i in keep])
+    S = np.concatenate([S_list[i] for i in keep], axis=0)
+    prev = None
+    if any(prevs[i] is not None for i in keep):
+        prev = np.concatenate([np.full((counts[i], N_STEPS, 5), np.nan) if prevs[i] is None else prevs[i]
+                               for i in keep], axis=0)
+    ego = _ego_track(batch, S)  # boxes, map areas, contacts (NAVSIM _reset, _calculate_ego_area)
     terms = {
         # 1. multiplicative metrics
-        Term.NC: _no_at_fault_collision(scene, ego, cfg),
+        Term.NC: _no_at_fault_collision(batch, ego, cfg),
         Term.DAC: _drivable_area_compliance(ego),
         Term.DDC: _driving_direction_compliance(ego, cfg),
-        Term.TLC: _traffic_light_compliance(scene, ego),
+        Term.TLC: _traffic_light_compliance(batch, ego),
         # 2. weighted metrics
-        Term.EP: _progress(scene, ego),
-        Term.TTC: _time_to_collision(scene, ego, cfg),
-        Term.LK: _lane_keeping(scene, ego, cfg),
-        Term.HC: _history_comfort(scene, S, cfg),
+        Term.EP: _progress(batch, ego),
+        Term.TTC: _time_to_collision(batch, ego, cfg),
+        Term.LK: _lane_keeping(batch, ego, cfg),
+        Term.HC: _history_comfort(batch, S, cfg),
         Term.EC: _extended_comfort(S, prev, cfg),
     }
-    return {t.name: terms[t] for t in Term}
+    for j, i in enumerate(keep):
+        r = slice(int(batch.rows[j]), int(batch.rows[j + 1]))
+        out[i] = {t.name: terms[t][r] for t in Term}
+    return out
 
 
 def _drivable_area_compliance(ego: EgoTrack) -> np.ndarray:
@@ -937,26 +1075,32 @@ def _driving_direction_compliance(ego: EgoTrack, cfg: ScorerConfig) -> np.ndarra
                     np.where(worst < cfg.driving_direction_violation_threshold, 0.5, 0.0))
 
 
-def _progress(scene: Scene, ego: EgoTrack) -> np.ndarray:
-    """Raw EP (NAVSIM ``_calculate_progress``): arc length (m) along ``route_center`` from the
-    centre's projection at t0 to that at 4 s, floored at 0 -> ``(N,)`` float64 (normalised
-    later, :func:`normalize_progress`)."""
-    centre = ego.centre
-    N = centre.shape[0]
-    same_start = bool(np.all(centre[:, 0] == centre[0, 0]))
-    pts = np.concatenate([centre[:1, 0] if same_start else centre[:, 0], centre[:, -1]])
-    arc, _, _ = project_to_polyline(pts, scene.route_center)
-    a0 = arc[0] if same_start else arc[:N]
-    return np.maximum(arc[-N:] - a0, 0.0)
+def _progress(batch: _Batch, ego: EgoTrack) -> np.ndarray:
+    """Raw EP (NAVSIM ``_calculate_progress``): arc length (m) along the scene's
+    ``route_center`` from the centre's projection at t0 to that at 4 s, floored at 0 ->
+    ``(N,)`` float64 (normalised later, :func:`normalize_progress`). One projection per
+    scene."""
+    out = np.zeros(ego.x.shape[0])
+    for scene, r, _ in batch.parts():
+        centre = ego.centre[r]
+        N = centre.shape[0]
+        same_start = bool(np.all(centre[:, 0] == centre[0, 0]))
+        pts = np.concatenate([centre[:1, 0] if same_start else centre[:, 0], centre[:, -1]])
+        arc, _, _ = project_to_polyline(pts, scene.route_center)
+        a0 = arc[0] if same_start else arc[:N]
+        out[r] = np.maximum(arc[-N:] - a0, 0.0)
+    return out
 
 
-def _lane_keeping(scene: Scene, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
+def _lane_keeping(batch: _Batch, ego: EgoTrack, cfg: ScorerConfig) -> np.ndarray:
     """LK (NAVSIM ``_calculate_lane_keeping``): 0 if the centre is farther than
-    ``cfg.lane_keeping_deviation_limit`` (m) from the route centre-line for
+    ``cfg.lane_keeping_deviation_limit`` (m) from its scene's route centre-line for
     ``cfg.lk_max_steps`` consecutive steps (intersection steps neither count nor reset),
     else 1 -> ``(N,)`` float64."""
     limit = cfg.lane_keeping_deviation_limit
-    far = ~near_polyline(ego.centre, scene.route_center, limit)
+    far = np.zeros(ego.x.shape, dtype=bool)
+    for scene, r, _ in batch.parts():
+        far[r] = ~near_polyline(ego.centre[r], scene.route_center, limit)
     skip = ego.areas.centre_in_inter
     off = far & ~skip
     reset = ~far & ~skip
@@ -1145,17 +1289,33 @@ def _score_tracked(scene: Scene, cand: np.ndarray, prev_states: np.ndarray | Non
                    human_filter: bool, cfg: ScorerConfig) -> EPDMSResult:
     """Steps 2-4 of :func:`score_trajectories` once the candidates are tracked (``cand``
     ``(N, 41, 5)`` global states; ``prev_states`` their previous frames or None)."""
+    return _score_tracked_many([scene], [cand], [prev_states], [ec_available], human_filter, cfg)[0]
+
+
+def _score_tracked_many(scenes: Sequence[Scene], cands: Sequence[np.ndarray],
+                        prev_states: Sequence[np.ndarray | None], ec_available: Sequence[bool],
+                        human_filter: bool, cfg: ScorerConfig) -> list[EPDMSResult]:
+    """:func:`_score_tracked` of several scenes with ONE :func:`score_states_many` call for
+    the rows of all of them (each scene's candidates, reference proposals and human)."""
+    rows, prevs = [], []
+    for scene, cand, prev, ec in zip(scenes, cands, prev_states, ec_available):
+        N, refs = cand.shape[0], scene.reference_states()
+        R = refs.shape[0]  # rows: candidates [0, N), references [N, N + R), human N + R
+        rows.append(np.concatenate([cand, refs, scene.human_states()[None]], axis=0))
+        prevs.append(None if not ec else np.concatenate(
+            [_prev_array(prev, N), np.full((R, N_STEPS, 5), np.nan), scene.human_prev_states()[None]], axis=0))
+    # 2. raw terms of all of them in one call
+    raws = score_states_many(scenes, rows, prevs, config=cfg)
+    return [_result(scene, cand, raw, ec, human_filter, cfg)
+            for scene, cand, raw, ec in zip(scenes, cands, raws, ec_available)]
+
+
+def _result(scene: Scene, cand: np.ndarray, raw: Mapping[str, np.ndarray], ec_available: bool,
+            human_filter: bool, cfg: ScorerConfig) -> EPDMSResult:
+    """Steps 3-4 of :func:`score_trajectories` on the raw terms of one scene's rows."""
     N = cand.shape[0]
     refs = scene.reference_states()
-    R, hi = refs.shape[0], N + refs.shape[0]  # rows: candidates [0, N), references [N, hi), human hi
-    allst = np.concatenate([cand, refs, scene.human_states()[None]], axis=0)
-    prev_all = None
-    if ec_available:
-        p = _prev_array(prev_states, N)
-        prev_all = np.concatenate([p, np.full((R, N_STEPS, 5), np.nan), scene.human_prev_states()[None]], axis=0)
-
-    # 2. raw terms of all of them in one call
-    raw = score_states(scene, allst, prev_all, config=cfg)
+    R, hi = refs.shape[0], N + refs.shape[0]
     pen = _penalty(raw)
     prog = raw["EP"]
 
@@ -1293,11 +1453,12 @@ def score_many(scenes: Sequence[Scene], poses: np.ndarray, prev_poses: Sequence[
         jobs += list(js.values())
         geoms += [scene.geometry] * len(js)
     tracked = iter(track_many_geometries(jobs, geoms))
-    out = []
-    for scene, keys, pp in zip(scenes, per_scene, prev_poses):
+    cands, prevs = [], []
+    for scene, keys in zip(scenes, per_scene):
         cand, prev = _store_tracked(scene, {k: next(tracked) for k in keys})
-        out.append(_score_tracked(scene, cand, prev, pp is not None, human_filter, cfg))
-    return out
+        cands.append(cand)
+        prevs.append(prev)
+    return _score_tracked_many(scenes, cands, prevs, [pp is not None for pp in prev_poses], human_filter, cfg)
 
 
 def score_vocabulary(clip_or_scene: Clip | Scene, anchors: np.ndarray,
