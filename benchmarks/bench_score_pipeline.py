@@ -13,6 +13,10 @@ SOURCE_RUN is a run with ingested clips and ``planner/base.pt``. Three parts:
   one-pool :class:`ScoreStage` and (3) today's two stages (:class:`PlanStage` then
   :class:`EPDMSStage` in one process). The variants alternate within each of ``--rounds``
   rounds; CPU time is the subprocess's own (``time.process_time``) over the shard loop.
+  Each variant first makes one untimed pass over the pool (lazy imports such as
+  ``scipy.signal``, lru caches, the allocator's first growth: costs a 10^6-clip run pays
+  once, not per clip; its CPU-seconds are recorded as ``warmup_cpu_s``); ``--no-warmup``
+  times the first pass instead, as runs before 2026-12-06 did.
 * ``scaling`` — 1 → 2 actors of each stage on a local 2-CPU Ray, on a synthetic pool of
   ``--scaling-clips`` clips (:mod:`mosaic_ray.data.synthetic`): the planner stage alone
   (PlanStage pool of k actors, its output dropped), the EPDMS stage alone (k EPDMS actors of
@@ -51,7 +55,7 @@ SCRATCH = Path("/tmp/mosaic_bench")
 
 
 # ---------------------------------------------------------------------------- workers (subprocesses)
-def _cpu_worker(variant: str, run: str, reps: int) -> dict:
+def _cpu_worker(variant: str, run: str, reps: int, warmup: bool = True) -> dict:
     """One variant's shard loop in this process (no Ray); prints nothing, returns the figures."""
     import pyarrow as pa
     import torch
@@ -68,12 +72,11 @@ def _cpu_worker(variant: str, run: str, reps: int) -> dict:
 
         stage = ScoreStage(st, "planner/base.pt", 32, 1.0, 0.0, 1, output_dir=out)
         stage.setup()
-        t1, c1 = time.perf_counter(), time.process_time()
-        rows = 0
-        for r in range(reps):
+
+        def one_pass() -> int:
             st.delete(out)
             rec = stage.process_batch(pa.table({"shard": shards}))
-            rows += int(sum(rec.column("rows").to_pylist()))
+            return int(sum(rec.column("rows").to_pylist()))
     else:
         from mosaic_ray.stages.score import EPDMSStage, PlanStage
 
@@ -81,15 +84,21 @@ def _cpu_worker(variant: str, run: str, reps: int) -> dict:
         plan.setup()
         epdms = EPDMSStage(st, out, 1.0, 64)
         epdms.setup()
-        t1, c1 = time.perf_counter(), time.process_time()
-        rows = 0
-        for r in range(reps):
+
+        def one_pass() -> int:
             st.delete(out)
+            n = 0
             for s in shards:
                 rec = epdms.process_batch(plan.process_batch(pa.table({"shard": [s]})))
-                rows += int(sum(rec.column("rows").to_pylist()))
-    res = {"variant": variant, "clips": rows, "setup_s": round(t1 - t0, 2), "loop_wall_s": round(time.perf_counter() - t1, 3),
-           "loop_cpu_s": round(time.process_time() - c1, 3)}
+                n += int(sum(rec.column("rows").to_pylist()))
+            return n
+    t1, c1 = time.perf_counter(), time.process_time()
+    warm = one_pass() if warmup else 0   # first use: lazy imports, caches, allocator growth
+    t2, c2 = time.perf_counter(), time.process_time()
+    rows = sum(one_pass() for _ in range(reps))
+    res = {"variant": variant, "clips": rows, "setup_s": round(t1 - t0, 2),
+           "warmup_clips": warm, "warmup_cpu_s": round(c2 - c1, 3),
+           "loop_wall_s": round(time.perf_counter() - t2, 3), "loop_cpu_s": round(time.process_time() - c2, 3)}
     res["cpu_ms_per_clip"] = round(1000 * res["loop_cpu_s"] / rows, 3)
     st.delete(out)
     return res
@@ -131,19 +140,19 @@ def _run_worker(args: list[str], pythonpath: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def part_cpu(source: str, ref: str, rounds: int, reps: int) -> dict:
+def part_cpu(source: str, ref: str, rounds: int, reps: int, warmup: bool = True) -> dict:
     base = _export_baseline(ref)
     variants = [("baseline_single", base), ("single", ROOT), ("two_stage", ROOT)]
     runs: dict[str, list] = {v: [] for v, _ in variants}
     for r in range(rounds):
         for v, path in variants:
-            res = _run_worker(["cpu", v, source, str(reps)], path)
+            res = _run_worker(["cpu", v, source, str(reps), str(int(warmup))], path)
             runs[v].append(res)
             print(f"[cpu] round {r + 1}/{rounds} {v}: {res}", flush=True)
     med = {v: sorted(x["cpu_ms_per_clip"] for x in rs)[len(rs) // 2] for v, rs in runs.items()}
     ratios = {v: [round(b["cpu_ms_per_clip"] / x["cpu_ms_per_clip"], 3) for b, x in zip(runs["baseline_single"], rs)]
               for v, rs in runs.items() if v != "baseline_single"}
-    return {"baseline_ref": ref, "reps_per_run": reps, "runs": runs, "median_cpu_ms_per_clip": med,
+    return {"baseline_ref": ref, "reps_per_run": reps, "warmup_pass": warmup, "runs": runs, "median_cpu_ms_per_clip": med,
             "cpu_ratio_baseline_over_variant_per_round": ratios}
 
 
@@ -353,7 +362,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         kind = sys.argv[2]
         if kind == "cpu":
-            print(json.dumps(_cpu_worker(sys.argv[3], sys.argv[4], int(sys.argv[5]))), flush=True)
+            print(json.dumps(_cpu_worker(sys.argv[3], sys.argv[4], int(sys.argv[5]), bool(int(sys.argv[6])))), flush=True)
         else:
             _scale_worker(sys.argv[3], float(sys.argv[4]))
         return
@@ -362,6 +371,8 @@ def main() -> None:
     ap.add_argument("--baseline-ref", default="3a71f8b")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=1, help="passes over the source pool per cpu measurement")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="cpu: time the first pass too (by default every variant makes one untimed pass first)")
     ap.add_argument("--parts", nargs="+", default=["cpu", "scaling", "scale"])
     ap.add_argument("--scaling-clips", type=int, default=2048)
     ap.add_argument("--scale-clips", type=int, default=100_000)
@@ -375,7 +386,7 @@ def main() -> None:
     res = {"date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {cpu}, no GPU",
            "load_avg_at_start": os.getloadavg(), "source_run": source, "args": vars(args)}
     if "cpu" in args.parts:
-        res["cpu"] = part_cpu(source, args.baseline_ref, args.rounds, args.reps)
+        res["cpu"] = part_cpu(source, args.baseline_ref, args.rounds, args.reps, not args.no_warmup)
     if "scaling" in args.parts:
         res["scaling"] = part_scaling(source, args.scaling_clips, args.shard_size)
     if "scale" in args.parts:

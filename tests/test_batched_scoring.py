@@ -174,3 +174,20 @@ def test_reference_setup_target_speeds_follow_desired_speed():
         scene = prepare_scene(random_scene(rng))
         su = _setup(scene, REFERENCE_FRACTIONS)
         np.testing.assert_array_equal(su["v_target"], np.asarray(REFERENCE_FRACTIONS) * desired_speed(scene))
+
+
+def test_interpolate_poses_is_row_wise_and_hits_the_knots():
+    """A row's interpolated reference does not depend on the rows interpolated with it (the
+    score step tracks every clip's blocks together), and the states at 0.5 s multiples are
+    the knots themselves."""
+    from mosaic_ray.scoring.simulate import interpolate_poses
+
+    rng = np.random.default_rng(2)
+    start = rng.normal(0.0, 50.0, (9, 3))
+    poses = start[:, None, :] + np.cumsum(rng.normal(1.0, 2.0, (9, 8, 3)), axis=1)
+    together = interpolate_poses(start, poses)
+    alone = np.concatenate([interpolate_poses(start[i:i + 1], poses[i:i + 1]) for i in range(9)])
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together[:, 5::5, :2], poses[..., :2])
+    np.testing.assert_array_equal(together[:, 0, :2], start[:, :2])
+    np.testing.assert_allclose(np.cos(together[:, 5::5, 2]), np.cos(poses[..., 2]), atol=1e-12)

@@ -122,8 +122,8 @@ from .geometry import (PolygonGrid, box_corners, boxes_intersect, boxes_intersec
 from .config import (DEFAULT_SCORER_CONFIG, DISTILL_TERMS, DT, FILTERED_TERMS, N_STEPS, PENALTY_TERMS, TERMS,
                      WEIGHTED_TERMS, ScorerConfig, Term)
 from .reference import REFERENCE_FRACTIONS, reference_proposals, reference_proposals_many
-from .simulate import (EgoGeometry, initial_dynamics, job_from_poses, job_from_states, simulate_poses,
-                       track_many, track_states)
+from .simulate import (EgoGeometry, _centre_to_rear, _tracked_to_centre, initial_dynamics, interpolate_poses,
+                       poses_to_global, simulate_poses, track, track_states)
 
 __all__ = [
     "Term", "TERMS", "WEIGHTS", "PENALTY_TERMS", "WEIGHTED_TERMS", "FILTERED_TERMS", "DISTILL_TERMS",
@@ -1365,28 +1365,6 @@ def _check_poses(poses: np.ndarray, prev_states: np.ndarray | None,
     return poses, pp
 
 
-def _proposal_jobs(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | None,
-                   ec_available: bool, plans: np.ndarray | None = None) -> dict:
-    """The :class:`TrackJob` blocks :func:`_track_proposals` tracks for one scene: the
-    candidates, the scene-level ones not cached yet (reference, human, human_prev) and the
-    previous frames (``plans``: the scene's reference proposals when already computed)."""
-    g = scene.geometry
-    jobs = {"cand": job_from_poses(scene.start_state, poses, g, scene.init_accel, scene.init_steer)}
-    if "reference" not in scene._cache:
-        if plans is None:
-            plans = reference_proposals(scene, REFERENCE_FRACTIONS)
-        jobs["reference"] = job_from_states(scene.start_state, plans, g, scene.init_accel, scene.init_steer)
-    if "human" not in scene._cache:
-        jobs["human"] = job_from_poses(scene.start_state, scene.human_poses[None], g, scene.init_accel,
-                                       scene.init_steer)
-    if prev_poses is not None:
-        jobs["prev"] = job_from_poses(scene.prev_start, prev_poses, g, scene.prev_accel, scene.prev_steer)
-    if ec_available and "human_prev" not in scene._cache:
-        jobs["human_prev"] = job_from_poses(scene.prev_start, scene.human_prev_poses[None], g,
-                                            scene.prev_accel, scene.prev_steer)
-    return jobs
-
-
 def _store_tracked(scene: Scene, tracked: dict) -> tuple[np.ndarray, np.ndarray | None]:
     """Cache the scene-level tracks of ``tracked`` on ``scene``; returns (cand, prev or None)."""
     for key in ("reference", "human", "human_prev"):
@@ -1400,25 +1378,86 @@ def _store_tracked(scene: Scene, tracked: dict) -> tuple[np.ndarray, np.ndarray 
 
 def _track_proposals(scene: Scene, poses: np.ndarray, prev_poses: np.ndarray | None,
                      ec_available: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """ONE tracker call for everything not simulated yet: the candidates ``poses``
-    ``(N, 8, 3)``, the reference proposals, the human future and, with EC, the previous
-    frames (``prev_poses`` ``(N, 8, 3)`` or None, and the human's). The scene-level ones
-    are cached on ``scene``. Returns the candidates' global states ``(N, 41, 5)`` and those
-    of ``prev_poses`` ``(N, 41, 5)`` (None without ``prev_poses``)."""
-    jobs = _proposal_jobs(scene, poses, prev_poses, ec_available)
-    return _store_tracked(scene, dict(zip(jobs, track_many(list(jobs.values()), scene.geometry))))
+    """ONE tracker call for everything not simulated yet (:func:`_track_jobs_many` of one
+    scene): the candidates ``poses`` ``(N, 8, 3)``, the reference proposals, the human future
+    and, with EC, the previous frames (``prev_poses`` ``(N, 8, 3)`` or None, and the
+    human's). The scene-level ones are cached on ``scene``. Returns the candidates' global
+    states ``(N, 41, 5)`` and those of ``prev_poses`` ``(N, 41, 5)`` (None without
+    ``prev_poses``)."""
+    return _store_tracked(scene, _track_jobs_many([scene], [poses], [prev_poses], [ec_available])[0])
+
+
+def _track_jobs_many(scenes: Sequence[Scene], poses: Sequence[np.ndarray], prev_poses: Sequence[np.ndarray | None],
+                     ec_available: Sequence[bool], plans: Mapping[int, np.ndarray] | None = None) -> list[dict]:
+    """ONE tracker call for everything of several scenes not simulated yet: each scene's
+    candidates ``poses[i]`` ``(n_i, 8, 3)``, its reference proposals (``plans[i]`` when
+    given, else :func:`~mosaic_ray.scoring.reference.reference_proposals`), its human future
+    and, with EC, its previous frames (``prev_poses[i]`` ``(n_i, 8, 3)`` or None) and the
+    human's. The tracker inputs of all pose blocks (the poses in the global frame, moved to
+    the rear axle and interpolated, :func:`~mosaic_ray.scoring.simulate.simulate_poses`'s
+    arithmetic row by row) and of all reference blocks (box centre moved to the rear axle,
+    :func:`~mosaic_ray.scoring.simulate.track_states`') are built in one pass each, in the
+    row order scene by scene (cand, reference, human, prev, human_prev), and tracked by one
+    :func:`~mosaic_ray.scoring.simulate.track` call with each row's wheel base.
+
+    Returns:
+        per scene, ``key -> (n, 41, 5)`` tracked box-centre states of the blocks it needed.
+    """
+    plans = {} if plans is None else plans
+    # blocks: (scene, key, is_pose, start, x, accel, steer); x: poses (n, 8, 3) or states (R, 41, 4)
+    blocks = []
+    for i, (scene, p, pp, ec) in enumerate(zip(scenes, poses, prev_poses, ec_available)):
+        now = (scene.start_state, scene.init_accel, scene.init_steer)
+        before = (scene.prev_start, scene.prev_accel, scene.prev_steer)
+        blocks.append((i, "cand", True, now, p))
+        if "reference" not in scene._cache:
+            blocks.append((i, "reference", False, now,
+                           plans[i] if i in plans else reference_proposals(scene, REFERENCE_FRACTIONS)))
+        if "human" not in scene._cache:
+            blocks.append((i, "human", True, now, scene.human_poses[None]))
+        if pp is not None:
+            blocks.append((i, "prev", True, before, pp))
+        if ec and "human_prev" not in scene._cache:
+            blocks.append((i, "human_prev", True, before, scene.human_prev_poses[None]))
+    sizes = np.array([b[4].shape[0] for b in blocks], dtype=np.int64)
+    row0 = np.concatenate([[0], np.cumsum(sizes)])
+    geo = [scenes[b[0]].geometry for b in blocks]
+    ro = np.repeat([g.rear_offset for g in geo], sizes)
+    start = np.repeat(np.stack([np.asarray(b[3][0], np.float64) for b in blocks]), sizes, axis=0)
+    # initial states (_init_state's arithmetic with each row's rear offset)
+    init = np.empty((start.shape[0], 6))
+    init[:, :3] = _centre_to_rear(start[:, :3], ro)
+    init[:, 3] = start[:, 3]
+    init[:, 4] = np.repeat([float(b[3][1]) for b in blocks], sizes)
+    init[:, 5] = np.repeat([float(b[3][2]) for b in blocks], sizes)
+    ref = np.empty((start.shape[0], N_STEPS, 3))
+    pose_rows = np.concatenate([np.arange(row0[k], row0[k + 1]) for k, b in enumerate(blocks) if b[2]]
+                               + [np.zeros(0, np.int64)])
+    if pose_rows.size:  # poses_to_global, then the rear axle's interpolated reference
+        st, r = start[pose_rows], ro[pose_rows]
+        glob = poses_to_global(st, np.concatenate([np.asarray(b[4], np.float64) for b in blocks if b[2]]))
+        ref[pose_rows] = interpolate_poses(_centre_to_rear(st[:, :3], r), _centre_to_rear(glob, r[:, None]))
+    for k, b in enumerate(blocks):  # reference states: box centre -> rear axle
+        if not b[2]:
+            ref[row0[k]:row0[k + 1]] = _centre_to_rear(np.asarray(b[4], np.float64)[..., :3], geo[k].rear_offset)
+    wb = np.repeat([g.wheel_base for g in geo], sizes)
+    out = _tracked_to_centre(track(ref, init, geo[0], wheel_base=wb), ro[:, None])
+    res: list[dict] = [{} for _ in scenes]
+    for k, b in enumerate(blocks):
+        res[b[0]][b[1]] = out[row0[k]:row0[k + 1]]
+    return res
 
 
 def score_many(scenes: Sequence[Scene], poses: np.ndarray, prev_poses: Sequence[np.ndarray | None],
                human_filter: bool = True, *, config: ScorerConfig | None = None) -> list[EPDMSResult]:
     """:func:`score_trajectories` of one trajectory on each of several scenes, with the
-    tracking of all scenes batched: every scene's candidate, reference proposals, human future
-    and previous frames go through ONE tracker call
-    (:func:`~mosaic_ray.scoring.simulate.track_many_geometries`), the reference proposals of
-    all scenes come from one IDM roll-out (:func:`~mosaic_ray.scoring.reference.
-    reference_proposals_many`), then each scene is scored as
-    :func:`score_trajectories` scores it. Same results as one :func:`score_trajectories` call
-    per scene (the tracker is row-wise; checked in tests/test_batched_scoring.py).
+    work of all scenes batched: every scene's candidate, reference proposals, human future
+    and previous frames go through ONE tracker call (:func:`_track_jobs_many`), the reference
+    proposals of all scenes come from one IDM roll-out (:func:`~mosaic_ray.scoring.reference.
+    reference_proposals_many`), and the rows of all scenes are scored in one
+    :func:`score_states_many` pass; then each scene's result is put together as
+    :func:`score_trajectories` does. Same results as one :func:`score_trajectories` call per
+    scene (every step is row-wise; checked in tests/test_batched_scoring.py).
 
     Args:
         scenes: B scenes from :func:`prepare_scene`.
@@ -1434,8 +1473,6 @@ def score_many(scenes: Sequence[Scene], poses: np.ndarray, prev_poses: Sequence[
     Raises:
         ValueError: ``poses`` not ``(B, 8, 3)``, ``prev_poses`` not of length B, non-finite poses.
     """
-    from .simulate import track_many_geometries
-
     cfg = DEFAULT_SCORER_CONFIG if config is None else config
     poses = np.asarray(poses, dtype=np.float64)
     B = len(scenes)
@@ -1445,17 +1482,14 @@ def score_many(scenes: Sequence[Scene], poses: np.ndarray, prev_poses: Sequence[
         raise ValueError(f"prev_poses: expected {B} entries, got {len(prev_poses)}")
     need = [i for i, sc in enumerate(scenes) if "reference" not in sc._cache]
     plans = dict(zip(need, reference_proposals_many([scenes[i] for i in need], REFERENCE_FRACTIONS)))
-    per_scene, jobs, geoms = [], [], []
-    for i, (scene, p, pp) in enumerate(zip(scenes, poses, prev_poses)):
-        p1, pp1 = _check_poses(p[None], None, None if pp is None else pp)
-        js = _proposal_jobs(scene, p1, pp1, pp is not None, plans.get(i))
-        per_scene.append(list(js))
-        jobs += list(js.values())
-        geoms += [scene.geometry] * len(js)
-    tracked = iter(track_many_geometries(jobs, geoms))
+    for p, pp in zip(poses, prev_poses):
+        _check_poses(p[None], None, None if pp is None else pp)
+    tracked = _track_jobs_many(scenes, [p[None] for p in poses],
+                               [None if pp is None else np.asarray(pp, np.float64).reshape(1, 8, 3) for pp in prev_poses],
+                               [pp is not None for pp in prev_poses], plans)
     cands, prevs = [], []
-    for scene, keys in zip(scenes, per_scene):
-        cand, prev = _store_tracked(scene, {k: next(tracked) for k in keys})
+    for scene, tr in zip(scenes, tracked):
+        cand, prev = _store_tracked(scene, tr)
         cands.append(cand)
         prevs.append(prev)
     return _score_tracked_many(scenes, cands, prevs, [pp is not None for pp in prev_poses], human_filter, cfg)

@@ -54,7 +54,6 @@ __all__ = [
     "DT", "N_STATES", "POSE_TIMES", "STATE_TIMES", "EgoGeometry", "TrackerParams",
     "interpolate_poses", "fit_velocity_curvature", "initial_dynamics", "track",
     "simulate_poses", "track_states", "poses_to_global", "velocity_fit_operator",
-    "TrackJob", "job_from_poses", "job_from_states", "track_many",
 ]
 
 DT = 0.1  #: s, output step
@@ -118,18 +117,21 @@ DEFAULT_PARAMS = TrackerParams()
 
 
 # ------------------------------------------------------------------------ interpolation
-_INTERP = np.zeros((N_STATES, 9))  # knots t = 0, 0.5, ..., 4.0 s -> 41 states (linear)
-for _k in range(N_STATES):
-    _u = STATE_TIMES[_k] / 0.5
-    _i = min(int(np.floor(_u + 1e-9)), 7)
-    _f = _u - _i
-    _INTERP[_k, _i] += 1.0 - _f
-    _INTERP[_k, _i + 1] += _f
-_INTERP.setflags(write=False)
+# knots t = 0, 0.5, ..., 4.0 s -> 41 states (linear): state k lies between knots _I0[k] and
+# _I0[k] + 1 at fraction _F[k]
+_U = STATE_TIMES / 0.5
+_I0 = np.minimum(np.floor(_U + 1e-9).astype(np.int64), 7)
+_F = _U - _I0
+_I0.setflags(write=False)
+_F.setflags(write=False)
 
 
 def interpolate_poses(start: np.ndarray, poses: np.ndarray) -> np.ndarray:
     """Linear interpolation of pose knots at 0.1 s (nuPlan ``InterpolatedTrajectory``).
+
+    Each state is ``(1 - f) * knot_i + f * knot_{i+1}`` of its two knots, element by element,
+    so a row's result does not depend on the rows interpolated with it (a matrix product
+    over the rows would: its BLAS kernel differs with the row count).
 
     Args:
         start: ``(N, 3)`` float global pose ``[x, y, heading]`` at t = 0 (m, m, rad).
@@ -140,11 +142,9 @@ def interpolate_poses(start: np.ndarray, poses: np.ndarray) -> np.ndarray:
         unwrapped sequence and wrapped to [-pi, pi).
     """
     knots = np.concatenate([np.asarray(start, np.float64)[:, None], np.asarray(poses, np.float64)], axis=1)
-    h = np.unwrap(knots[..., 2], axis=1)
-    out = np.empty((knots.shape[0], N_STATES, 3))
-    out[..., 0] = knots[..., 0] @ _INTERP.T
-    out[..., 1] = knots[..., 1] @ _INTERP.T
-    out[..., 2] = wrap_angle(h @ _INTERP.T)
+    knots[..., 2] = np.unwrap(knots[..., 2], axis=1)
+    out = knots[:, _I0] * (1.0 - _F)[None, :, None] + knots[:, _I0 + 1] * _F[None, :, None]
+    out[..., 2] = wrap_angle(out[..., 2])
     return out
 
 
@@ -464,87 +464,3 @@ def simulate_poses(start_state: np.ndarray, poses: np.ndarray, geometry: EgoGeom
     return out if with_accel else out[..., :4]
 
 
-# ------------------------------------------------------------------------ batched helpers
-@dataclass
-class TrackJob:
-    """One block of rows for :func:`track_many`: rear-axle reference poses ``(n, 41, 3)`` and
-    initial states ``(n, 6)``."""
-
-    ref: np.ndarray
-    init: np.ndarray
-
-
-def job_from_poses(start_state: np.ndarray, poses: np.ndarray, geometry: EgoGeometry,
-                   accel0: float = 0.0, steer0: float = 0.0) -> TrackJob:
-    """Planner poses ``(n, 8, 3)`` (ego frame of the box-centre ``start_state`` ``(4,)``) ->
-    a :class:`TrackJob` (see :func:`simulate_poses`)."""
-    poses = np.asarray(poses, dtype=np.float64)
-    n = poses.shape[0]
-    start = np.broadcast_to(np.asarray(start_state, np.float64), (n, 4))
-    glob = poses_to_global(start, poses)
-    ref = interpolate_poses(_centre_to_rear(start[:, :3], geometry.rear_offset),
-                            _centre_to_rear(glob, geometry.rear_offset))
-    return TrackJob(ref, _init_state(start, accel0, steer0, geometry))
-
-
-def job_from_states(start_state: np.ndarray, ref_states: np.ndarray, geometry: EgoGeometry,
-                    accel0: float = 0.0, steer0: float = 0.0) -> TrackJob:
-    """41 box-centre reference states ``(n, 41, >=3)`` -> a :class:`TrackJob` (see
-    :func:`track_states`)."""
-    ref_states = np.asarray(ref_states, dtype=np.float64)
-    n = ref_states.shape[0]
-    start = np.broadcast_to(np.asarray(start_state, np.float64), (n, 4))
-    return TrackJob(_centre_to_rear(ref_states[..., :3], geometry.rear_offset),
-                    _init_state(start, accel0, steer0, geometry))
-
-
-def track_many(jobs: list[TrackJob], geometry: EgoGeometry,
-               params: TrackerParams = DEFAULT_PARAMS) -> list[np.ndarray]:
-    """Track several blocks in ONE vectorised :func:`track` call (the per-step cost of the
-    tracker is mostly fixed overhead, so batching the candidates with the reference, the
-    human and the previous frames saves most of it).
-
-    Returns:
-        one ``(n, 41, 5)`` box-centre ``[x, y, heading, speed, accel]`` array per job.
-    """
-    if not jobs:
-        return []
-    ref = np.concatenate([j.ref for j in jobs], axis=0)
-    init = np.concatenate([j.init for j in jobs], axis=0)
-    out = _tracked_to_centre(track(ref, init, geometry, params), geometry.rear_offset)
-    res, i = [], 0
-    for j in jobs:
-        n = j.ref.shape[0]
-        res.append(out[i:i + n])
-        i += n
-    return res
-
-
-def track_many_geometries(jobs: list[TrackJob], geometries: list[EgoGeometry],
-                          params: TrackerParams = DEFAULT_PARAMS) -> list[np.ndarray]:
-    """:func:`track_many` over jobs of several clips, each with its own ego geometry: ONE
-    :func:`track` call for all of them (per-row wheel base and rear offset), which spreads the
-    tracker's per-step overhead over every clip of a batch.
-
-    Args:
-        jobs: the :class:`TrackJob` blocks.
-        geometries: the :class:`EgoGeometry` of each job (same length as ``jobs``).
-
-    Returns:
-        one ``(n, 41, 5)`` box-centre ``[x, y, heading, speed, accel]`` array per job, equal to
-        what :func:`track_many` gives the job alone (row-wise arithmetic, same operations).
-
-    Raises:
-        ValueError: ``jobs`` and ``geometries`` differ in length.
-    """
-    if len(jobs) != len(geometries):
-        raise ValueError(f"{len(jobs)} jobs but {len(geometries)} geometries")
-    if not jobs:
-        return []
-    sizes = [j.ref.shape[0] for j in jobs]
-    ref = np.concatenate([j.ref for j in jobs], axis=0)
-    init = np.concatenate([j.init for j in jobs], axis=0)
-    wb = np.repeat([g.wheel_base for g in geometries], sizes)
-    ro = np.repeat([g.rear_offset for g in geometries], sizes)[:, None]
-    out = _tracked_to_centre(track(ref, init, geometries[0], params, wheel_base=wb), ro)
-    return np.split(out, np.cumsum(sizes)[:-1])
