@@ -348,14 +348,33 @@ def points_to_segments_distance(points: np.ndarray, segments: np.ndarray,
     inv = np.where(dd > 0, 1.0 / np.where(dd > 0, dd, 1.0), 0.0)
     step = max(1, block // S)
     for i in range(0, flat.shape[0], step):
-        q = flat[i:i + step]
-        rx = q[:, None, 0] - a[None, :, 0]
-        ry = q[:, None, 1] - a[None, :, 1]
-        t = np.clip((rx * d[None, :, 0] + ry * d[None, :, 1]) * inv[None], 0.0, 1.0)
-        ex = rx - t * d[None, :, 0]
-        ey = ry - t * d[None, :, 1]
-        out[i:i + step] = np.sqrt((ex * ex + ey * ey).min(axis=1))
+        _, _, _, d2 = _offsets_to_segments(flat[i:i + step], a, d, inv)
+        out[i:i + step] = np.sqrt(d2.min(axis=1))
     return out.reshape(lead)
+
+
+def _offsets_to_segments(q: np.ndarray, a: np.ndarray, d: np.ndarray,
+                         inv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every point against every segment ``a + t d``: points ``q`` ``(P, 2)``, segments ``a``,
+    ``d`` ``(S, 2)``, ``inv`` ``(S,)`` = 1 / |d|^2 (0 for a zero-length segment) ->
+    ``(t, ex, ey, d2)``, each ``(P, S)`` float64: ``t = clip((r . d) inv, 0, 1)`` with
+    ``r = q - a``, the offset ``e = r - t d`` (m) from the nearest point and ``d2 = |e|^2``.
+    Computed in place in four buffers (half the memory traffic of one array per
+    operation; the same arithmetic)."""
+    rx = np.subtract(q[:, None, 0], a[None, :, 0])
+    ry = np.subtract(q[:, None, 1], a[None, :, 1])
+    t = np.multiply(rx, d[None, :, 0])
+    ex = np.multiply(ry, d[None, :, 1])
+    t += ex
+    t *= inv[None]
+    np.clip(t, 0.0, 1.0, out=t)
+    np.multiply(t, d[None, :, 0], out=ex)
+    np.subtract(rx, ex, out=ex)
+    ey = np.multiply(t, d[None, :, 1], out=rx)
+    np.subtract(ry, ey, out=ey)
+    d2 = np.multiply(ex, ex, out=ry)
+    d2 += ey * ey
+    return t, ex, ey, d2
 
 
 def project_to_polyline(points: np.ndarray, polyline: np.ndarray,
@@ -395,21 +414,7 @@ def project_to_polyline(points: np.ndarray, polyline: np.ndarray,
     step = max(1, block // S)
     for i in range(0, flat.shape[0], step):
         q = flat[i:i + step]
-        # (points, segments) arrays, computed in place into four buffers (the same arithmetic
-        # as t = clip((rx dx + ry dy) / |d|^2, 0, 1), e = r - t d; half the memory traffic)
-        rx = np.subtract(q[:, None, 0], a[None, :, 0])
-        ry = np.subtract(q[:, None, 1], a[None, :, 1])
-        t = np.multiply(rx, d[None, :, 0])
-        ex = np.multiply(ry, d[None, :, 1])
-        t += ex
-        t *= inv[None]
-        np.clip(t, 0.0, 1.0, out=t)
-        np.multiply(t, d[None, :, 0], out=ex)
-        np.subtract(rx, ex, out=ex)
-        ey = np.multiply(t, d[None, :, 1], out=rx)
-        np.subtract(ry, ey, out=ey)
-        d2 = np.multiply(ex, ex, out=ry)
-        d2 += ey * ey
+        t, ex, ey, d2 = _offsets_to_segments(q, a, d, inv)
         k = np.argmin(d2, axis=1)
         r = np.arange(q.shape[0])
         tk = t[r, k]

@@ -193,7 +193,7 @@ def _idm_rollout(sus: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     Rs = [su["R"] for su in sus]
     rows = np.repeat(np.arange(B), Rs)
     n = len(rows)
-    A = max(su["A"] for su in sus)
+    A = max(int(su["in_corr"].any(axis=0).sum()) if su["A"] else 0 for su in sus)  # agents that can lead
     M = max(su["red"].shape[1] for su in sus)
     s = np.concatenate([np.full(su["R"], su["s0"]) for su in sus])
     v = np.concatenate([np.full(su["R"], su["v0"]) for su in sus])
@@ -205,10 +205,14 @@ def _idm_rollout(sus: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
         half = np.zeros((B, N_STEPS, A))
         a_vlong = np.zeros((B, N_STEPS, A))
         for b, su in enumerate(sus):
-            k = su["A"]
-            if k:
-                in_corr[b, :, :k], a_arc[b, :, :k] = su["in_corr"], su["a_arc"]
-                half[b, :, :k], a_vlong[b, :, :k] = su["half"], su["a_vlong"]
+            if su["A"]:
+                # only agents in the corridor at some step can lead (the others' gap is inf at
+                # every step); dropping them keeps the order of the rest, so argmin's first
+                # index picks the same agent
+                lead = np.flatnonzero(su["in_corr"].any(axis=0))
+                k = lead.size
+                in_corr[b, :, :k], a_arc[b, :, :k] = su["in_corr"][:, lead], su["a_arc"][:, lead]
+                half[b, :, :k], a_vlong[b, :, :k] = su["half"][:, lead], su["a_vlong"][:, lead]
         in_corr, a_arc, half, a_vlong = in_corr[rows], a_arc[rows], half[rows], a_vlong[rows]  # (n, 41, A)
     if M:
         red = np.zeros((B, N_STEPS, M), bool)
