@@ -23,6 +23,7 @@ vector-only (no cameras or LiDAR in the recordings).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -100,13 +101,27 @@ def resample_lanes(points: np.ndarray, offsets: np.ndarray, lanes: np.ndarray, P
         the lane-by-lane result up to floating-point rounding (the arc lengths are one cumulative
         sum over all lanes, offset per lane, instead of one sum per lane).
     """
-    lanes = np.asarray(lanes, dtype=np.int64)
-    L = len(lanes)
-    if L == 0:
+    return resample_lanes_many([(points, offsets, lanes)], P)
+
+
+def resample_lanes_many(blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], P: int) -> np.ndarray:
+    """:func:`resample_lanes` of several observations in one pass: ``blocks`` of ``(points,
+    offsets, lanes)`` -> ``(sum L, P, 2)`` float64, block after block, each block's lanes equal
+    bit for bit to its own :func:`resample_lanes` call (the cumulative sums run per block, on
+    the rows of a padded array, and each block is searched with its own keys)."""
+    Ls = np.array([len(b[2]) for b in blocks], dtype=np.int64)
+    Lt = int(Ls.sum())
+    if Lt == 0:
         return np.zeros((0, P, 2))
-    starts, ends = offsets[lanes], offsets[lanes + 1]
+    pbase = np.concatenate([[0], np.cumsum([b[0].shape[0] for b in blocks])])
+    points = np.concatenate([np.asarray(b[0], np.float64).reshape(-1, 2) for b in blocks])
+    starts = np.concatenate([np.asarray(b[1], np.int64)[np.asarray(b[2], np.int64)] + pbase[i]
+                             for i, b in enumerate(blocks)])
+    ends = np.concatenate([np.asarray(b[1], np.int64)[np.asarray(b[2], np.int64) + 1] + pbase[i]
+                           for i, b in enumerate(blocks)])
+    blk = np.repeat(np.arange(len(blocks)), Ls)                          # block of each lane
     counts = ends - starts
-    lane_of = np.repeat(np.arange(L), counts)                       # lane of each gathered point
+    lane_of = np.repeat(np.arange(Lt), counts)                          # lane of each gathered point
     first = np.zeros(int(counts.sum()), bool)
     first[np.concatenate([[0], np.cumsum(counts)[:-1]])] = True
     idx = np.arange(len(lane_of)) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
@@ -114,20 +129,37 @@ def resample_lanes(points: np.ndarray, offsets: np.ndarray, lanes: np.ndarray, P
     step = np.zeros(len(p))
     step[1:] = np.linalg.norm(np.diff(p, axis=0), axis=1)
     step[first] = 0.0
-    total = np.bincount(lane_of, weights=step, minlength=L)             # the lane's length (m)
+    total = np.bincount(lane_of, weights=step, minlength=Lt)            # the lane's length (m)
     keep = first | (step > 1e-9)                                        # drop repeated points
     p, lane_of, first = p[keep], lane_of[keep], first[keep]
     step = np.zeros(len(p))
     step[1:] = np.linalg.norm(np.diff(p, axis=0), axis=1)
     step[first] = 0.0
-    cs = np.cumsum(step)
-    lane_first = np.flatnonzero(first)                                  # (L,) first kept point per lane
+    # one cumulative sum per block: the blocks' steps as the rows of a zero-padded array
+    pb = blk[lane_of]                                                   # block of each kept point
+    bstart = np.searchsorted(pb, np.arange(len(blocks) + 1))
+    pos = np.arange(len(p)) - bstart[pb]
+    pad = np.zeros((len(blocks), int(np.diff(bstart).max())))
+    pad[pb, pos] = step
+    cs = np.cumsum(pad, axis=1)[pb, pos]
+    lane_first = np.flatnonzero(first)                                  # (Lt,) first kept point per lane
     s = cs - cs[lane_first][lane_of]                                    # arc length within the lane
     n_kept = np.diff(np.append(lane_first, len(p)))
-    span = s.max() + 1.0 if len(s) else 1.0
-    key = s + lane_of * span                                            # sorted: lanes apart by > length
-    q = np.linspace(0.0, 1.0, P)[None, :] * total[:, None]              # (L, P) query arc lengths
-    j = np.searchsorted(key, (q + (np.arange(L) * span)[:, None]).ravel(), side="right").reshape(L, P) - 1
+    nonempty = bstart[1:] > bstart[:-1]
+    smax = np.full(len(blocks), -1.0)
+    smax[nonempty] = np.maximum.reduceat(s, bstart[:-1][nonempty])
+    span = np.where(nonempty, smax + 1.0, 1.0)                          # lanes apart by > length
+    lane_local = np.arange(Lt) - np.repeat(np.cumsum(Ls) - Ls, Ls)
+    key = s + lane_local[lane_of] * span[pb]                            # sorted within a block
+    q = np.linspace(0.0, 1.0, P)[None, :] * total[:, None]              # (Lt, P) query arc lengths
+    qk = q + (lane_local * span[blk])[:, None]
+    j = np.empty((Lt, P), dtype=np.int64)
+    lb = np.concatenate([[0], np.cumsum(Ls)])
+    for i in range(len(blocks)):
+        if Ls[i]:
+            a, b = bstart[i], bstart[i + 1]
+            j[lb[i]:lb[i + 1]] = np.searchsorted(key[a:b], qk[lb[i]:lb[i + 1]].ravel(),
+                                                  side="right").reshape(-1, P) - 1 + a
     lo = lane_first[:, None]
     j = np.clip(j, lo, lo + np.maximum(n_kept[:, None] - 2, 0))         # segment start within the lane
     seg = p[np.minimum(j + 1, len(p) - 1)] - p[j]
@@ -140,89 +172,167 @@ def resample_lanes(points: np.ndarray, offsets: np.ndarray, lanes: np.ndarray, P
     return out
 
 
-def project_on_polyline(p: np.ndarray, q: np.ndarray) -> float:
-    """Arc length along polyline ``p`` (n, 2) of the closest point to ``q`` (2,)."""
+def project_on_polyline(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Arc length along polyline ``p`` (n, 2) of the closest point to ``q`` (2,) or to each of
+    several points ``q`` (Q, 2) -> float64 () or (Q,) (m)."""
+    q = np.asarray(q, dtype=np.float64)
     a, b = p[:-1], p[1:]
     ab = b - a
     L2 = np.maximum((ab ** 2).sum(1), 1e-12)
-    t = np.clip(((q - a) * ab).sum(1) / L2, 0, 1)
-    d = np.linalg.norm(a + ab * t[:, None] - q, axis=1)
-    j = int(np.argmin(d))
+    qq = q.reshape(-1, 1, 2)
+    t = np.clip(((qq - a) * ab).sum(-1) / L2, 0, 1)                      # (Q, n - 1)
+    d = np.linalg.norm(a + ab * t[..., None] - qq, axis=-1)
+    j = np.argmin(d, axis=-1)
     s = np.concatenate([[0.0], np.cumsum(np.sqrt(L2))])
-    return float(s[j] + t[j] * np.sqrt(L2[j]))
+    out = s[j] + t[np.arange(j.size), j] * np.sqrt(L2[j])
+    return out.reshape(q.shape[:-1])
 
 
 def build_observation(clip: Clip, spec: FeatureSpec, offset: int = 0) -> dict[str, np.ndarray]:
-    """Features of ``clip`` observed at step t0 + ``offset`` (0 or :data:`PREV_OFFSET`).
+    """Features of ``clip`` observed at step t0 + ``offset`` (0 or :data:`PREV_OFFSET`): the
+    one-observation case of :func:`build_observations` (arrays without the leading axis).
 
     Raises:
         ValueError: the history needed for ``offset`` is not valid in the clip.
     """
-    ti = T0_INDEX + offset
-    if ti - N_HIST < 0 or not clip.ego_valid[ti - N_HIST:ti + 1].all():
-        raise ValueError(f"clip {clip.clip_id}: no valid history for offset {offset}")
-    x0, y0, h0, _ = clip.ego_states[ti]
-    origin = np.array([x0, y0])
-    out: dict[str, np.ndarray] = {}
-    hist = clip.ego_states[ti - N_HIST:ti + 1]
-    hp = to_frame(hist[:, :2], origin, h0)
-    hh = wrap_angle(hist[:, 2] - h0)
-    out["ego"] = np.column_stack([hp / POS_SCALE, np.cos(hh), np.sin(hh), hist[:, 3] / SPEED_SCALE])
+    return {k: v[0] for k, v in build_observations([clip], [T0_INDEX + offset], spec).items()}
 
-    A = spec.max_agents
-    agents = np.zeros((A, AGENT_FEATS))
-    amask = np.zeros(A, bool)
-    if clip.num_agents:
-        v = clip.agent_valid[:, ti]
-        idx = np.flatnonzero(v)
-        if len(idx):
-            st = clip.agent_states[idx, ti]
-            p = to_frame(st[:, :2], origin, h0)
-            order = np.argsort(np.linalg.norm(p, axis=1))[:A]
-            idx, st, p = idx[order], st[order], p[order]
-            prev_ti = max(ti - 10, 0)
-            pv = clip.agent_valid[idx, prev_ti]
-            pp = np.where(pv[:, None], to_frame(np.nan_to_num(clip.agent_states[idx, prev_ti, :2]), origin, h0), p)
-            ah = wrap_angle(st[:, 2] - h0)
-            n = len(idx)
-            agents[:n] = np.column_stack([
-                p / POS_SCALE, np.cos(ah), np.sin(ah), st[:, 3] / SPEED_SCALE,
-                clip.agent_size[idx, 0] / 5.0, clip.agent_size[idx, 1] / 2.0,
-                (p - pp) / POS_SCALE, (clip.agent_types[idx] == AGENT_VEHICLE).astype(float)])
-            amask[:n] = True
+
+def build_observations(clips: Sequence[Clip], steps: Sequence[int], spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Features of K observations: clip ``clips[k]`` observed at step ``steps[k]`` (t0 or
+    t0 − 0.5 s; a clip may appear twice), in the ego frame at that step.
+
+    Everything that does not depend on one clip's agent or lane count is computed for all
+    observations at once (frames, history, targets, the agents' and lanes' features over
+    the concatenated agents and lane points of all observations); each observation's own
+    ranking of agents and lanes (argsort), its lanes' resampling
+    (:func:`resample_lanes`) and its route projection (both observations of a clip in one
+    call) stay per observation or per clip.
+
+    Args:
+        clips: K clips. steps: K observation steps (index into the 61 steps).
+        spec: the feature sizes.
+
+    Returns:
+        dict of ``(K, ...)`` arrays, shapes as in the module docstring (float32; masks bool).
+
+    Raises:
+        ValueError: an observation's 1.5 s history is not valid.
+    """
+    K = len(clips)
+    tis = np.asarray(steps, dtype=np.int64).reshape(K)
+    for c, ti in zip(clips, tis):
+        if ti - N_HIST < 0 or not c.ego_valid[ti - N_HIST:ti + 1].all():
+            raise ValueError(f"clip {c.clip_id}: no valid history for offset {int(ti) - T0_INDEX}")
+    Lm, P, A = spec.max_lanes, spec.lane_points, spec.max_agents
+    st0 = np.stack([c.ego_states[ti] for c, ti in zip(clips, tis)])        # (K, 4)
+    origin, h0 = st0[:, :2], st0[:, 2]
+    out: dict[str, np.ndarray] = {}
+
+    # ---- ego history (K, 16, 5)
+    hist = np.stack([c.ego_states[ti - N_HIST:ti + 1] for c, ti in zip(clips, tis)])
+    hp = to_frame(hist[..., :2], origin[:, None], h0[:, None])
+    hh = wrap_angle(hist[..., 2] - h0[:, None])
+    out["ego"] = np.concatenate([hp / POS_SCALE, np.cos(hh)[..., None], np.sin(hh)[..., None],
+                                 hist[..., 3:4] / SPEED_SCALE], axis=-1)
+
+    # ---- agents (K, A, 10): the nearest A valid agents at the step, over all observations' agents
+    agents = np.zeros((K, A, AGENT_FEATS))
+    amask = np.zeros((K, A), bool)
+    na = np.array([c.num_agents for c in clips], dtype=np.int64)
+    if na.sum():
+        has = [k for k in range(K) if na[k]]
+        ob = np.repeat(np.arange(K), na)
+        pti = np.maximum(tis - 10, 0)
+        st = np.concatenate([clips[k].agent_states[:, tis[k]] for k in has])        # (sum A, 4)
+        valid = np.concatenate([clips[k].agent_valid[:, tis[k]] for k in has])
+        pst = np.concatenate([clips[k].agent_states[:, pti[k], :2] for k in has])
+        pval = np.concatenate([clips[k].agent_valid[:, pti[k]] for k in has])
+        size = np.concatenate([clips[k].agent_size for k in has])
+        veh = np.concatenate([clips[k].agent_types for k in has]) == AGENT_VEHICLE
+        rows = np.flatnonzero(valid)
+        obv = ob[rows]
+        p = to_frame(st[rows, :2], origin[obv], h0[obv])
+        dist = np.linalg.norm(p, axis=1)
+        bounds = np.searchsorted(obv, np.arange(K + 1))
+        pick, slot = [], []
+        for k in range(K):  # each observation's own ranking (argsort as one clip alone)
+            lo, hi = bounds[k], bounds[k + 1]
+            if hi > lo:
+                o = np.argsort(dist[lo:hi])[:A]
+                pick.append(lo + o)
+                slot.append(np.arange(o.size))
+        if pick:
+            sel = np.concatenate(pick)
+            sl = np.concatenate(slot)
+            r, ok_ = rows[sel], obv[sel]
+            ps = p[sel]
+            pp = np.where(pval[r][:, None], to_frame(np.nan_to_num(pst[r]), origin[ok_], h0[ok_]), ps)
+            ah = wrap_angle(st[r, 2] - h0[ok_])
+            agents[ok_, sl] = np.column_stack([
+                ps / POS_SCALE, np.cos(ah), np.sin(ah), st[r, 3] / SPEED_SCALE,
+                size[r, 0] / 5.0, size[r, 1] / 2.0, (ps - pp) / POS_SCALE, veh[r].astype(float)])
+            amask[ok_, sl] = True
     out["agents"], out["agents_mask"] = agents, amask
 
-    Lm, P = spec.max_lanes, spec.lane_points
-    lanes = np.zeros((Lm, P, 2))
-    lattr = np.zeros((Lm, LANE_ATTRS))
-    lmask = np.zeros(Lm, bool)
-    if clip.num_lanes:
-        cl = to_frame(clip.lane_center, origin, h0)
-        offs = clip.lane_offsets
-        dmin = np.minimum.reduceat(np.linalg.norm(cl, axis=1), offs[:-1])
-        order = np.argsort(dmin)[:Lm]
-        order = order[dmin[order] < 100.0]
-        n = len(order)
-        if n:
-            lanes[:n] = resample_lanes(cl, offs, order, P)
-            tl = clip.lane_tl_state[order, ti]
-            lattr[:n] = np.column_stack([
-                clip.lane_on_route[order], clip.lane_in_intersection[order], clip.lane_is_extension[order],
-                tl == TL_RED, (tl == TL_YELLOW) | (tl == TL_RED_YELLOW), tl == TL_GREEN])
-            lmask[:n] = True
+    # ---- lanes (K, Lm, P, 2): the nearest Lm lanes within 100 m, resampled per observation
+    lanes = np.zeros((K, Lm, P, 2))
+    lattr = np.zeros((K, Lm, LANE_ATTRS))
+    lmask = np.zeros((K, Lm), bool)
+    nl = np.array([c.num_lanes for c in clips], dtype=np.int64)
+    has = [k for k in range(K) if nl[k]]
+    if has:
+        npts = np.array([clips[k].lane_center.shape[0] for k in has])
+        ob = np.repeat(np.asarray(has), npts)
+        cl = to_frame(np.concatenate([clips[k].lane_center for k in has]), origin[ob], h0[ob])
+        pbase = np.concatenate([[0], np.cumsum(npts)])
+        starts = np.concatenate([clips[k].lane_offsets[:-1] + pbase[i] for i, k in enumerate(has)])
+        dmin_all = np.minimum.reduceat(np.linalg.norm(cl, axis=1), starts)
+        lbase = np.concatenate([[0], np.cumsum(nl[has])])
+        blocks, dest = [], []
+        for i, k in enumerate(has):
+            dmin = dmin_all[lbase[i]:lbase[i + 1]]
+            order = np.argsort(dmin)[:Lm]
+            order = order[dmin[order] < 100.0]
+            if len(order):
+                blocks.append((cl[pbase[i]:pbase[i + 1]], clips[k].lane_offsets, order))
+                dest.append(k)
+        if blocks:
+            res = resample_lanes_many(blocks, P)
+            r0 = 0
+            for k, (_, _, order) in zip(dest, blocks):
+                c, n = clips[k], len(order)
+                lanes[k, :n] = res[r0:r0 + n]
+                r0 += n
+                tl = c.lane_tl_state[order, tis[k]]
+                lattr[k, :n] = np.column_stack([
+                    c.lane_on_route[order], c.lane_in_intersection[order], c.lane_is_extension[order],
+                    tl == TL_RED, (tl == TL_YELLOW) | (tl == TL_RED_YELLOW), tl == TL_GREEN])
+                lmask[k, :n] = True
     out["lanes"], out["lanes_attr"], out["lanes_mask"] = lanes / POS_SCALE, lattr, lmask
 
-    rc = clip.route_center
-    s0 = project_on_polyline(rc, origin)
-    rp = resample_polyline(rc, s0 + np.linspace(-10.0, 140.0, spec.route_points))
-    out["route"] = to_frame(rp, origin, h0) / POS_SCALE
+    # ---- route (K, R, 2): sampled from 10 m behind to 140 m ahead; one call per clip
+    route = np.empty((K, spec.route_points, 2))
+    along = np.linspace(-10.0, 140.0, spec.route_points)
+    groups: dict[int, list[int]] = {}
+    for k, c in enumerate(clips):
+        groups.setdefault(id(c), []).append(k)
+    for ks in groups.values():
+        rc = clips[ks[0]].route_center
+        s0 = project_on_polyline(rc, origin[ks])                          # (n,)
+        rp = resample_polyline(rc, (s0[:, None] + along[None, :]).ravel()).reshape(len(ks), -1, 2)
+        route[ks] = to_frame(rp, origin[ks][:, None], h0[ks][:, None]) / POS_SCALE
+    out["route"] = route
 
-    fut_idx = ti + POSE_STEPS
-    if fut_idx[-1] < clip.ego_states.shape[0]:
-        fut = clip.ego_states[fut_idx]
-        out["target"] = np.column_stack([to_frame(fut[:, :2], origin, h0), wrap_angle(fut[:, 2] - h0)])
-    else:
-        out["target"] = np.full((len(POSE_STEPS), 3), np.nan)
+    # ---- target (K, 8, 3): logged poses at +0.5 .. +4.0 s (NaN past the clip's end)
+    target = np.full((K, len(POSE_STEPS), 3), np.nan)
+    fut_idx = tis[:, None] + POSE_STEPS[None, :]
+    inside = [k for k in range(K) if fut_idx[k, -1] < clips[k].ego_states.shape[0]]
+    if inside:
+        fut = np.stack([clips[k].ego_states[fut_idx[k]] for k in inside])        # (n, 8, 4)
+        target[inside] = np.concatenate([to_frame(fut[..., :2], origin[inside][:, None], h0[inside][:, None]),
+                                         wrap_angle(fut[..., 2] - h0[inside][:, None])[..., None]], axis=-1)
+    out["target"] = target
     return {k: v.astype(np.float32) if v.dtype != bool else v for k, v in out.items()}
 
 
@@ -233,20 +343,21 @@ def stack_observations(obs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
 
 def featurize_clips(clips: list[Clip], spec: FeatureSpec, with_prev: bool = True) -> dict[str, np.ndarray]:
     """Batch features of ``clips`` at t0, and at t0 − 0.5 s as ``prev_*`` keys (where the clip
-    has no previous frame, ``prev_valid`` is False and the ``prev_*`` arrays repeat t0's)."""
-    cur = [build_observation(c, spec, 0) for c in clips]
-    out = stack_observations(cur)
+    has no previous frame, ``prev_valid`` is False and the ``prev_*`` arrays repeat t0's).
+    Both observations of every clip go through one :func:`build_observations` call."""
+    B = len(clips)
+    prev_ok = np.array([bool(with_prev and c.has_prev_frame) for c in clips], dtype=bool)
+    pk = np.flatnonzero(prev_ok)
+    obs = build_observations(list(clips) + [clips[k] for k in pk],
+                             [T0_INDEX] * B + [T0_INDEX + PREV_OFFSET] * pk.size, spec)
+    out = {k: v[:B] for k, v in obs.items()}
     out["clip_id"] = np.array([c.clip_id for c in clips], dtype=object)
     if with_prev:
-        prev, valid = [], []
-        for c, o in zip(clips, cur):
-            ok = bool(c.has_prev_frame)
-            prev.append(build_observation(c, spec, PREV_OFFSET) if ok else o)
-            valid.append(ok)
-        for k, v in stack_observations(prev).items():
-            if k in INPUT_KEYS:
-                out[f"prev_{k}"] = v
-        out["prev_valid"] = np.array(valid, bool)
+        for k in INPUT_KEYS:
+            v = out[k].copy()
+            v[pk] = obs[k][B:]
+            out[f"prev_{k}"] = v
+        out["prev_valid"] = prev_ok
     return out
 
 
