@@ -433,15 +433,17 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
             b[..., 4] = size[:, 1][None, :]
         return b, va.T.copy()
 
-    boxes, aval = _boxes(FUT_SLICE)
+    # the history (t0-1.5 s .. t0) and future (t0 .. 4 s) boxes in one pass, then split
+    hsl = slice(N_PRE, T0_INDEX + 1)
+    all_boxes, all_val = _boxes(slice(N_PRE, FUT_SLICE.stop))
+    boxes, aval = all_boxes[T0_INDEX - N_PRE:].copy(), all_val[T0_INDEX - N_PRE:].copy()  # kept by the Scene
+    hboxes, hval = all_boxes[:T0_INDEX - N_PRE + 1], all_val[:T0_INDEX - N_PRE + 1]
     speed = np.where(aval.T, np.nan_to_num(ast[:, FUT_SLICE, 3]), 0.0).T.copy()
     static = np.asarray(clip.agent_types) == AGENT_STATIC
     first = np.argmax(aval, axis=0) if A else np.zeros(0, dtype=np.int64)
     first_speed = speed[first, np.arange(A)] if A else np.zeros(0)
     stopped = static | (np.abs(first_speed) <= cfg.object_stopped_speed_threshold)
     # history contact: agent box touches the logged ego box at any step t0-1.5 .. t0
-    hsl = slice(N_PRE, T0_INDEX + 1)
-    hboxes, hval = _boxes(hsl)
     if A:
         ego_h = es[hsl]
         exy = _loc(ego_h[:, :2])

@@ -709,8 +709,11 @@ class PolygonGrid:
         if extent is not None and a.shape[0]:
             x0, y0, x1, y1 = self.extent
             m = 2.0 * cell  # the grid reaches about 1.3 cells beyond the box
-            par = (np.maximum(a[:, 1], b[:, 1]) >= y0 - m) & (np.minimum(a[:, 1], b[:, 1]) <= y1 + m)
-            flip = par & (np.maximum(a[:, 0], b[:, 0]) >= x0 - m) & (np.minimum(a[:, 0], b[:, 0]) <= x1 + m)
+            # an edge right of the box crosses the rows right of every cell centre: it would
+            # only toggle the unused column gx, so it is left out of the parity as well
+            par = ((np.maximum(a[:, 1], b[:, 1]) >= y0 - m) & (np.minimum(a[:, 1], b[:, 1]) <= y1 + m)
+                   & (np.minimum(a[:, 0], b[:, 0]) <= x1 + m))
+            flip = par & (np.maximum(a[:, 0], b[:, 0]) >= x0 - m)
         self.edge_ring, self.edge_word, self.edge_bit = edge_ring[flip], word[flip], bit[flip]
         self.grid = g = SegmentGrid(a[flip], b[flip], cell=cell, radius=0.0, extent=self.extent)
         # scan-line parity of the cell centres
@@ -845,12 +848,12 @@ def masks_test(masks: np.ndarray, bits: np.ndarray) -> np.ndarray:
 
 def lane_bits(flags: np.ndarray) -> np.ndarray:
     """``(M,)`` bool -> ``(W,)`` uint64 bitmask of the flagged rings."""
-    flags = np.asarray(flags, dtype=bool)
+    flags = np.asarray(flags, dtype=bool).reshape(-1)
     W = max(1, (flags.shape[0] + 63) // 64)
-    out = np.zeros(W, dtype=np.uint64)
-    for m in np.nonzero(flags)[0]:
-        out[m // 64] |= np.uint64(1) << np.uint64(m % 64)
-    return out
+    bits = np.zeros(64 * W, dtype=bool)
+    bits[:flags.shape[0]] = flags
+    # bit m % 64 of word m // 64: little-endian bit order within bytes, bytes within words
+    return np.packbits(bits, bitorder="little").view("<u8").astype(np.uint64)
 
 
 #: below this many (group, ego, object) triples :func:`sweep_pairs` tests every triple (a few
