@@ -287,8 +287,12 @@ class Scene:
         g = self._cache.get("lane_crop")
         if g is None or lo[0] < g.extent[0] or lo[1] < g.extent[1] or hi[0] > g.extent[2] or hi[1] > g.extent[3]:
             ext = (lo[0] - LANE_CROP_MARGIN, lo[1] - LANE_CROP_MARGIN, hi[0] + LANE_CROP_MARGIN, hi[1] + LANE_CROP_MARGIN)
+            # rings whose box misses the crop's rows or lies right of it have no edge the
+            # cropped grid keeps (PolygonGrid's margin of 2 cells)
+            bb, m = self.lane_bbox, 2.0 * GRID_CELL
+            near = np.flatnonzero((bb[:, 3] >= ext[1] - m) & (bb[:, 1] <= ext[3] + m) & (bb[:, 0] <= ext[2] + m))
             g = PolygonGrid.from_lanes(self._lane_left, self._lane_right, self._lane_offsets, cell=GRID_CELL,
-                                       extent=ext)
+                                       extent=ext, lanes=near)
             self._cache["lane_crop"] = g
         return g.query(pts)
 

@@ -740,10 +740,14 @@ class PolygonGrid:
 
     @classmethod
     def from_lanes(cls, left: np.ndarray, right: np.ndarray, offsets: np.ndarray,
-                   cell: float = 1.0, extent: tuple[float, float, float, float] | None = None) -> "PolygonGrid":
+                   cell: float = 1.0, extent: tuple[float, float, float, float] | None = None,
+                   lanes: np.ndarray | None = None) -> "PolygonGrid":
         """Grid of lane rings ``left[a:b] + reversed(right[a:b])`` given as CSR arrays
         (``left``/``right`` ``(V, 2)``, ``offsets`` ``(M + 1,)``), built without a Python loop
-        over lanes; equal to ``PolygonGrid([ring_0, ..., ring_{M-1}], cell, extent=extent)``."""
+        over lanes; equal to ``PolygonGrid([ring_0, ..., ring_{M-1}], cell, extent=extent)``.
+
+        ``lanes``: optional ascending ring indices to build from (the others are left out but
+        keep their bit positions): a crop may leave out the rings that cannot reach it."""
         off = np.asarray(offsets, dtype=np.int64)
         M = off.size - 1
         n = np.diff(off)
@@ -751,14 +755,15 @@ class PolygonGrid:
         pts = np.concatenate([np.asarray(left, np.float64).reshape(-1, 2),
                               np.asarray(right, np.float64).reshape(-1, 2)])
         # ring vertex indices into ``pts``: left a..b-1, then right b-1..a (offset by V)
-        ring_len = 2 * n
-        lane = np.repeat(np.arange(M), ring_len)
+        sel = np.arange(M) if lanes is None else np.asarray(lanes, dtype=np.int64)
+        ring_len = 2 * n[sel]
+        lane = np.repeat(sel, ring_len)
         k = np.arange(lane.size) - np.repeat(np.cumsum(ring_len) - ring_len, ring_len)
         a0, nn = off[lane], n[lane]
         idx = np.where(k < nn, a0 + k, V + a0 + (2 * nn - 1 - k))
-        nxt_k = np.where(k + 1 < ring_len[lane], k + 1, 0)
+        nxt_k = np.where(k + 1 < 2 * nn, k + 1, 0)
         nidx = np.where(nxt_k < nn, a0 + nxt_k, V + a0 + (2 * nn - 1 - nxt_k))
-        keep = ring_len[lane] >= 3
+        keep = 2 * nn >= 3
         return cls([], cell, _edges=(pts[idx[keep]], pts[nidx[keep]], lane[keep], M), extent=extent)
 
     def _edge_sides(self) -> None:
