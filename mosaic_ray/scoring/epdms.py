@@ -534,6 +534,14 @@ def comfort_signals(states: np.ndarray, yaw_accel_order: int = 3) -> dict[str, n
     }
 
 
+def warm_up() -> None:
+    """Pay the scorer's one-time costs now: import ``scipy.signal`` (about 0.7 s here) and build
+    the Savitzky–Golay operators of HC (56 states) and EC (36 states). The score stages call
+    it in ``setup()``, with the model load, so that the first shard does not pay them."""
+    comfort_signals(np.zeros((1, N_HISTORY + N_STEPS, 5)))
+    comfort_signals(np.zeros((1, N_STEPS - EC_SHIFT, 5)), yaw_accel_order=2)
+
+
 def _history_comfort(batch: "_Batch", states: np.ndarray, cfg: ScorerConfig) -> np.ndarray:
     """HC (NAVSIM ``_calculate_history_comfort``): each row's scene's 15 logged history states
     + the states ``(N, 41, 5)``; every bound of ``cfg`` (``min/max_lon_accel``,

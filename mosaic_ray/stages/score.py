@@ -84,6 +84,9 @@ class ScoreStage(ShardStage):
                                      map_location=self.device).to(self.device)
         self.model.eval()
         self.schema = scores_schema(self.model.spec.embed_dim)
+        from mosaic_ray.scoring.epdms import warm_up
+
+        warm_up()
 
     def process_shard(self, table: pa.Table) -> pa.Table:
         parts = [self.score_table(table.slice(i, self.clip_batch_size))
@@ -309,7 +312,10 @@ class EPDMSStage(ProcessingStage):
         self.resources = Resources(cpus=cpus, gpus=0.0)
 
     def setup(self) -> None:
+        from mosaic_ray.scoring.epdms import warm_up
+
         record_actor_pid(self.name)
+        warm_up()
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         shards = batch.column("_shard").to_pylist()
