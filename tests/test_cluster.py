@@ -53,10 +53,19 @@ def test_kuberay_manifests_have_required_fields(name, kind):
         assert g["groupName"] and 0 <= g["minReplicas"] <= g["maxReplicas"]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port, never one this process handed out before: the OS may give the port it just
+    released to the next bind, and Ray refuses one port for two of its components."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _stop_cluster(*temps: Path, gcs_port: int | None = None, grace_s: float = 3.0) -> None:
