@@ -12,10 +12,13 @@ or ``/ 14`` without EC when there is no previous frame.
 Entry points
 ------------
 * :func:`prepare_scene` — per-clip precomputation (a :class:`Scene`).
-* :func:`score_states` — raw terms for simulated 0.1 s states ``(N, 41, 4|5)``.
+* :func:`score_states` — raw terms for simulated 0.1 s states ``(N, 41, 4|5)``;
+  :func:`score_states_many` — the same for the rows of several scenes in one pass.
 * :func:`score_trajectories` — planner poses -> LQR-tracked states -> terms, together with
   the reference proposals and the logged human in one vectorised call; EP normalisation,
   human filter, aggregation.
+* :func:`score_many` — one planned trajectory on each of many scenes (the score step):
+  tracking, reference proposals and terms of the whole batch in one pass each.
 * :func:`score_vocabulary` — the nine terms of every vocabulary anchor ``(K, 9)`` (the
   rule-distillation targets of Hydra-MDP).
 * :func:`score_human` — the logged human future alone.
@@ -34,7 +37,9 @@ defaults) and pass it down: :func:`score_states` -> one function per term
 (``TERMS``, ``PENALTY_TERMS``, ``WEIGHTED_TERMS``, ``FILTERED_TERMS``, ``DISTILL_TERMS`` are
 derived from it); ``WEIGHTS`` is the default config's read-only weight mapping.
 
-Speed: one call scores all proposals of a clip. Map membership uses a grid index that is
+Speed: one call scores all proposals of a clip, and :func:`score_many` all clips of a batch
+(what does not depend on one clip's map or agents runs once over the rows of every clip;
+:class:`_Batch` holds the row and agent offsets). Map membership uses a grid index that is
 exact (:class:`~mosaic_ray.scoring.geometry.PolygonGrid`), cropped to the area the call's
 ego boxes cover (built at the first query of a scene, :meth:`Scene.lane_masks`);
 lane-keeping tests the ego centres against every route segment; the agent tests take a
@@ -128,7 +133,8 @@ from .simulate import (EgoGeometry, _centre_to_rear, _tracked_to_centre, initial
 __all__ = [
     "Term", "TERMS", "WEIGHTS", "PENALTY_TERMS", "WEIGHTED_TERMS", "FILTERED_TERMS", "DISTILL_TERMS",
     "ScorerConfig", "DEFAULT_SCORER_CONFIG", "Scene", "EPDMSResult",
-    "prepare_scene", "score_states", "score_states_many", "score_trajectories", "score_vocabulary", "score_human",
+    "prepare_scene", "score_states", "score_states_many", "score_trajectories", "score_many", "score_vocabulary",
+    "score_human", "warm_up",
     "comfort_signals", "normalize_progress", "apply_human_filter", "aggregate_epdms",
 ]
 
