@@ -202,12 +202,13 @@ def build_observations(clips: Sequence[Clip], steps: Sequence[int], spec: Featur
     """Features of K observations: clip ``clips[k]`` observed at step ``steps[k]`` (t0 or
     t0 − 0.5 s; a clip may appear twice), in the ego frame at that step.
 
-    Everything that does not depend on one clip's agent or lane count is computed for all
-    observations at once (frames, history, targets, the agents' and lanes' features over
-    the concatenated agents and lane points of all observations); each observation's own
-    ranking of agents and lanes (argsort), its lanes' resampling
-    (:func:`resample_lanes`) and its route projection (both observations of a clip in one
-    call) stay per observation or per clip.
+    Everything is computed for all observations at once (frames, history, targets, the
+    agents' and lanes' features over the concatenated agents and lane points of all
+    observations, the lanes' resampling in one :func:`resample_lanes_many` pass); only each
+    observation's ranking of its agents and lanes (argsort) and the route projection (both
+    observations of a clip in one call) run per observation or per clip. The arithmetic is
+    each observation's own: the result equals one observation at a time, bit for bit
+    (tests/test_batched_scoring.py against the frozen per-observation code).
 
     Args:
         clips: K clips. steps: K observation steps (index into the 61 steps).
