@@ -351,11 +351,23 @@ def clip_from_row(row: dict[str, Any]) -> Clip:
         v = row[k]
         kwargs[k] = list(v) if k == "tags" else (v.item() if hasattr(v, "item") else v)
     for name, (dtype, _) in ARRAY_FIELDS.items():
-        shape = tuple(int(s) for s in row[f"{name}__shape"])
         buf = row[name]
-        arr = np.frombuffer(buf, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
-        kwargs[name] = arr.astype(dtype)  # native byte order, writable copy
+        kwargs[name] = _from_wire(buf, dtype, [int(s) for s in row[f"{name}__shape"]], 0, len(buf))
     return Clip(**kwargs)
+
+
+def _from_wire(buf, dtype: str, shape: list[int], offset: int, nbytes: int) -> np.ndarray:
+    """One array field of a clip row: ``nbytes`` little-endian bytes at ``offset`` of ``buf``
+    (bytes or an Arrow buffer) -> a native-order, writable ``dtype`` array of ``shape``.
+
+    Raises:
+        ValueError / TypeError: the bytes do not fill the shape, or no buffer.
+    """
+    wire = np.dtype(dtype).newbyteorder("<")
+    if nbytes % wire.itemsize:
+        raise ValueError(f"{nbytes} bytes are not whole {dtype} values")
+    arr = np.frombuffer(buf, dtype=wire, count=nbytes // wire.itemsize, offset=offset)
+    return arr.reshape(shape).astype(dtype)  # native byte order, writable copy
 
 
 def clips_from_table(table: pa.Table) -> list[Clip]:
@@ -378,18 +390,14 @@ def clips_from_table(table: pa.Table) -> list[Clip]:
         shp = table.column(f"{name}__shape").combine_chunks()
         if not pa.types.is_binary(col.type) or col.null_count or shp.null_count:
             raise ValueError(f"{name}: not a binary column without nulls")
-        offs = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + n + 1].astype(np.int64)
-        data = col.buffers()[2] if len(col.buffers()) > 2 and col.buffers()[2] is not None else b""
-        lo = np.asarray(shp.offsets)
-        dims = np.asarray(shp.flatten()).astype(np.int64)
-        k = np.diff(lo)
+        bufs = col.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int32)[col.offset:col.offset + n + 1].tolist()
+        data = bufs[2] if len(bufs) > 2 and bufs[2] is not None else b""
+        k = np.diff(np.asarray(shp.offsets))
         if n and (k != k[0]).any():
             raise ValueError(f"{name}__shape: rows of different rank")
-        shapes = dims.reshape(n, int(k[0]) if n else 0).tolist()
-        wire = np.dtype(dtype).newbyteorder("<")
-        size = wire.itemsize
-        arrays[name] = [np.frombuffer(data, dtype=wire, count=int(offs[i + 1] - offs[i]) // size,
-                                      offset=int(offs[i])).reshape(shapes[i]).astype(dtype) for i in range(n)]
+        shapes = np.asarray(shp.flatten()).reshape(n, int(k[0]) if n else 0).tolist()
+        arrays[name] = [_from_wire(data, dtype, shapes[i], offs[i], offs[i + 1] - offs[i]) for i in range(n)]
     out = []
     for i in range(n):
         kw: dict[str, Any] = {k: (list(v[i]) if k == "tags" else v[i]) for k, v in meta.items()}

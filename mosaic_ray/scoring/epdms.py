@@ -152,6 +152,15 @@ FAR = 1e7  # m, where invalid agents are parked
 
 
 # ====================================================================================== scene
+def _to_local_xy(xy: np.ndarray, x0, y0, h0) -> np.ndarray:
+    """Global points ``(..., 2)`` (m) -> the frame at ``(x0, y0)`` with heading ``h0`` (rad):
+    x along the heading, y to its left. ``x0``, ``y0``, ``h0`` are scalars or arrays that
+    broadcast against ``xy[..., 0]`` (one frame per row of a batch)."""
+    c, s = np.cos(h0), np.sin(h0)
+    dx, dy = xy[..., 0] - x0, xy[..., 1] - y0
+    return np.stack([c * dx + s * dy, -s * dx + c * dy], axis=-1)
+
+
 @dataclass
 class Scene:
     """Per-clip precomputation for :func:`score_states` (local frame, see module docstring).
@@ -233,11 +242,7 @@ class Scene:
     # ---- frames
     def to_local_xy(self, xy: np.ndarray) -> np.ndarray:
         """Global (..., 2) -> local (..., 2)."""
-        x0, y0, h0 = self.origin
-        c, s = np.cos(h0), np.sin(h0)
-        dx = xy[..., 0] - x0
-        dy = xy[..., 1] - y0
-        return np.stack([c * dx + s * dy, -s * dx + c * dy], axis=-1)
+        return _to_local_xy(xy, *self.origin)
 
     def to_local_states(self, states: np.ndarray) -> np.ndarray:
         """Global (..., 4|5) ``[x, y, heading, speed(, accel)]`` -> local (same columns)."""
@@ -293,12 +298,8 @@ class Scene:
         g = self._cache.get("lane_crop")
         if g is None or lo[0] < g.extent[0] or lo[1] < g.extent[1] or hi[0] > g.extent[2] or hi[1] > g.extent[3]:
             ext = (lo[0] - LANE_CROP_MARGIN, lo[1] - LANE_CROP_MARGIN, hi[0] + LANE_CROP_MARGIN, hi[1] + LANE_CROP_MARGIN)
-            # rings whose box misses the crop's rows or lies right of it have no edge the
-            # cropped grid keeps (PolygonGrid's margin of 2 cells)
-            bb, m = self.lane_bbox, 2.0 * GRID_CELL
-            near = np.flatnonzero((bb[:, 3] >= ext[1] - m) & (bb[:, 1] <= ext[3] + m) & (bb[:, 0] <= ext[2] + m))
             g = PolygonGrid.from_lanes(self._lane_left, self._lane_right, self._lane_offsets, cell=GRID_CELL,
-                                       extent=ext, lanes=near)
+                                       extent=ext, lane_bbox=self.lane_bbox)
             self._cache["lane_crop"] = g
         return g.query(pts)
 
@@ -396,11 +397,8 @@ def prepare_scene(clip: Clip, config: ScorerConfig | None = None) -> Scene:
     human_poses = _poses_in_frame(es[T0_INDEX + POSE_STEPS], start)
     human_prev = _poses_in_frame(es[pi + POSE_STEPS], prev_start)
 
-    c0, s0 = np.cos(origin[2]), np.sin(origin[2])
-
     def _loc(xy: np.ndarray) -> np.ndarray:
-        dx, dy = xy[..., 0] - origin[0], xy[..., 1] - origin[1]
-        return np.stack([c0 * dx + s0 * dy, -s0 * dx + c0 * dy], axis=-1)
+        return _to_local_xy(xy, *origin)
 
     # ---- lanes
     M = clip.num_lanes
@@ -748,15 +746,13 @@ class EgoTrack:
 
 def _ego_track(batch: _Batch, states: np.ndarray) -> EgoTrack:
     """Global states ``(N, 41, 5)`` -> :class:`EgoTrack` (each row in its scene's local frame,
-    the arithmetic of :meth:`Scene.to_local_states`)."""
-    x0, y0, h0 = batch.origin[:, 0:1], batch.origin[:, 1:2], batch.origin[:, 2:3]
-    c0, s0 = np.cos(h0), np.sin(h0)
-    dx, dy = states[..., 0] - x0, states[..., 1] - y0
-    x, y = c0 * dx + s0 * dy, -s0 * dx + c0 * dy
-    h, v = wrap_angle(states[..., 2] - h0), states[..., 3]
+    as :meth:`Scene.to_local_states`)."""
+    o = batch.origin
+    centre = _to_local_xy(states[..., :2], o[:, 0:1], o[:, 1:2], o[:, 2:3])
+    x, y = centre[..., 0], centre[..., 1]
+    h, v = wrap_angle(states[..., 2] - o[:, 2:3]), states[..., 3]
     ch, sh = np.cos(h), np.sin(h)
     corners = box_corners(x, y, h, batch.length, batch.width)   # (N, T, 4, 2)
-    centre = np.stack([x, y], axis=-1)
     ro = batch.rear_offset
     rear = np.stack([x - ro * ch, y - ro * sh], axis=-1)
     return EgoTrack(x=x, y=y, h=h, v=v, ch=ch, sh=sh, corners=corners, centre=centre, rear=rear,

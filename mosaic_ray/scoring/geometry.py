@@ -652,6 +652,20 @@ def _segments_cross(p, q, a, b) -> np.ndarray:
     return ((o1 > 0) != (o2 > 0)) & ((o3 > 0) != (o4 > 0))
 
 
+_CROP_REACH = 2.0  # cells: a cropped grid reaches about 1.3 cells beyond its box
+
+
+def _crop_parity_edges(a: np.ndarray, b: np.ndarray, extent, cell: float) -> np.ndarray:
+    """``(E,)`` bool: the segments ``a -> b`` (``(E, 2)``, or boxes given as their two
+    corners) that can set a cropped :class:`PolygonGrid`'s parity: in the box's rows and not
+    right of it (an edge right of the box crosses the rows right of every cell centre and
+    would only toggle the unused column ``gx``)."""
+    x0, y0, x1, y1 = extent
+    m = _CROP_REACH * cell
+    return ((np.maximum(a[:, 1], b[:, 1]) >= y0 - m) & (np.minimum(a[:, 1], b[:, 1]) <= y1 + m)
+            & (np.minimum(a[:, 0], b[:, 0]) <= x1 + m))
+
+
 class PolygonGrid:
     """Exact even-odd membership of points in M polygon rings, answered per point as a lane
     bitmask.
@@ -707,13 +721,8 @@ class PolygonGrid:
         # and, among them, the edges listed per cell (those that reach the crop)
         par = flip = slice(None)
         if extent is not None and a.shape[0]:
-            x0, y0, x1, y1 = self.extent
-            m = 2.0 * cell  # the grid reaches about 1.3 cells beyond the box
-            # an edge right of the box crosses the rows right of every cell centre: it would
-            # only toggle the unused column gx, so it is left out of the parity as well
-            par = ((np.maximum(a[:, 1], b[:, 1]) >= y0 - m) & (np.minimum(a[:, 1], b[:, 1]) <= y1 + m)
-                   & (np.minimum(a[:, 0], b[:, 0]) <= x1 + m))
-            flip = par & (np.maximum(a[:, 0], b[:, 0]) >= x0 - m)
+            par = _crop_parity_edges(a, b, self.extent, cell)
+            flip = par & (np.maximum(a[:, 0], b[:, 0]) >= self.extent[0] - _CROP_REACH * cell)
         self.edge_ring, self.edge_word, self.edge_bit = edge_ring[flip], word[flip], bit[flip]
         self.grid = g = SegmentGrid(a[flip], b[flip], cell=cell, radius=0.0, extent=self.extent)
         # scan-line parity of the cell centres
@@ -741,13 +750,14 @@ class PolygonGrid:
     @classmethod
     def from_lanes(cls, left: np.ndarray, right: np.ndarray, offsets: np.ndarray,
                    cell: float = 1.0, extent: tuple[float, float, float, float] | None = None,
-                   lanes: np.ndarray | None = None) -> "PolygonGrid":
+                   lane_bbox: np.ndarray | None = None) -> "PolygonGrid":
         """Grid of lane rings ``left[a:b] + reversed(right[a:b])`` given as CSR arrays
         (``left``/``right`` ``(V, 2)``, ``offsets`` ``(M + 1,)``), built without a Python loop
         over lanes; equal to ``PolygonGrid([ring_0, ..., ring_{M-1}], cell, extent=extent)``.
 
-        ``lanes``: optional ascending ring indices to build from (the others are left out but
-        keep their bit positions): a crop may leave out the rings that cannot reach it."""
+        ``lane_bbox``: optional ``(M, 4)`` ``[xmin, ymin, xmax, ymax]`` of each ring (m); with
+        an ``extent``, the rings whose box cannot reach the crop (the edge tests of
+        :class:`PolygonGrid` applied to the box) are not built at all (they keep their bits)."""
         off = np.asarray(offsets, dtype=np.int64)
         M = off.size - 1
         n = np.diff(off)
@@ -755,7 +765,10 @@ class PolygonGrid:
         pts = np.concatenate([np.asarray(left, np.float64).reshape(-1, 2),
                               np.asarray(right, np.float64).reshape(-1, 2)])
         # ring vertex indices into ``pts``: left a..b-1, then right b-1..a (offset by V)
-        sel = np.arange(M) if lanes is None else np.asarray(lanes, dtype=np.int64)
+        sel = np.arange(M)
+        if extent is not None and lane_bbox is not None:
+            bb = np.asarray(lane_bbox, dtype=np.float64).reshape(-1, 4)
+            sel = np.flatnonzero(_crop_parity_edges(bb[:, :2], bb[:, 2:], extent, cell))
         ring_len = 2 * n[sel]
         lane = np.repeat(sel, ring_len)
         k = np.arange(lane.size) - np.repeat(np.cumsum(ring_len) - ring_len, ring_len)

@@ -176,10 +176,15 @@ def _setup(scene: Any, fractions: Sequence[float]) -> dict:
         e_arc, _, e_dist = project_to_polyline(entries, path)
         red_arc[lanes] = np.where(e_dist <= 0.5 * W + 2.0, e_arc, np.inf)
 
-    su = dict(path=path, cum=cum, vh=vh, start=start, d0=d0, s0=s0, v0=v0, v_target=v_target, L=L, R=R, A=A,
+    su = dict(path=path, cum=cum, vh=vh, start=start, d0=d0, s0=s0, v0=v0, v_target=v_target, L=L, R=R, A=0,
               red=red, red_arc=red_arc)
     if A:
-        su.update(a_arc=a_arc, a_vlong=a_vlong, in_corr=in_corr, half=half)
+        # the roll-out keeps only the agents in the corridor at some step: the others' gap is
+        # inf at every step, so they never lead; the rest keep their order, so the first
+        # argmin picks the same agent
+        lead = np.flatnonzero(in_corr.any(axis=0))
+        su.update(A=lead.size, a_arc=a_arc[:, lead], a_vlong=a_vlong[:, lead], in_corr=in_corr[:, lead],
+                  half=half[:, lead])
     return su
 
 
@@ -193,7 +198,7 @@ def _idm_rollout(sus: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     Rs = [su["R"] for su in sus]
     rows = np.repeat(np.arange(B), Rs)
     n = len(rows)
-    A = max(int(su["in_corr"].any(axis=0).sum()) if su["A"] else 0 for su in sus)  # agents that can lead
+    A = max(su["A"] for su in sus)
     M = max(su["red"].shape[1] for su in sus)
     s = np.concatenate([np.full(su["R"], su["s0"]) for su in sus])
     v = np.concatenate([np.full(su["R"], su["v0"]) for su in sus])
@@ -205,14 +210,10 @@ def _idm_rollout(sus: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
         half = np.zeros((B, N_STEPS, A))
         a_vlong = np.zeros((B, N_STEPS, A))
         for b, su in enumerate(sus):
-            if su["A"]:
-                # only agents in the corridor at some step can lead (the others' gap is inf at
-                # every step); dropping them keeps the order of the rest, so argmin's first
-                # index picks the same agent
-                lead = np.flatnonzero(su["in_corr"].any(axis=0))
-                k = lead.size
-                in_corr[b, :, :k], a_arc[b, :, :k] = su["in_corr"][:, lead], su["a_arc"][:, lead]
-                half[b, :, :k], a_vlong[b, :, :k] = su["half"][:, lead], su["a_vlong"][:, lead]
+            k = su["A"]
+            if k:
+                in_corr[b, :, :k], a_arc[b, :, :k] = su["in_corr"], su["a_arc"]
+                half[b, :, :k], a_vlong[b, :, :k] = su["half"], su["a_vlong"]
         in_corr, a_arc, half, a_vlong = in_corr[rows], a_arc[rows], half[rows], a_vlong[rows]  # (n, 41, A)
     if M:
         red = np.zeros((B, N_STEPS, M), bool)
