@@ -20,6 +20,9 @@ config's ``planner.*`` recipe: AdamW, lr, warm-up then cosine decay, batch, mirr
   data, as the paper's trainings do), with the original ``mlp`` scoring head.
 * ``scratch_60ep_additive``: the same with the ``additive`` scoring head (``planner.head``,
   half the training step's cost).
+* ``scratch_12ep_additive`` / ``scratch_24ep_additive``: for runs in the paper's clip unit
+  (``ingest.clip_s``: 10 s clips of frames 0.5 s apart, about 5 frames per clip): 12 epochs over
+  frames are the optimizer steps of 60 epochs over one window per clip; 24 doubles them.
 
 The ``continue_*`` recipes continue ``planner/base.pt`` and so keep its head.
 
@@ -55,6 +58,10 @@ RECIPES = {
     "continue_steps": {"init": "base", "steps": None},  # --steps
     "scratch_60ep": {"init": "scratch", "epochs": 60, "head": "mlp"},
     "scratch_60ep_additive": {"init": "scratch", "epochs": 60, "head": "additive"},
+    # the paper's clip unit (ingest.clip_s: 10, stride_s: 0.5): ~5 frames per clip, so 12 epochs over
+    # frames take the optimizer steps of 60 over one window per clip; 24 doubles them
+    "scratch_12ep_additive": {"init": "scratch", "epochs": 12, "head": "additive"},
+    "scratch_24ep_additive": {"init": "scratch", "epochs": 24, "head": "additive"},
 }
 
 
@@ -104,8 +111,10 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
                                     recipe=base_recipe, label="recipe_bench")
     train_cpu = time.process_time() - c0
     util = evaluate_checkpoint(st, info["checkpoint"], clips=load_clips(st, CALIBRATION))
+    n_rows = int(info.get("n_train", n_rows))  # training rows (frames) as trained
+    per_epoch = math.ceil(n_rows / base_recipe.batch_size)
     res = {"recipe": recipe, "budget": budget, "seed": seed, "init": spec["init"], "epochs": epochs,
-           "rows": info.get("rows", n_rows), "optimizer_steps": epochs * per_epoch,
+           "rows": n_rows, "optimizer_steps": epochs * per_epoch,
            "train_cpu_s": round(train_cpu, 1), "cell_wall_s": round(time.time() - t0, 1),
            "calibration": util}
     st.write_json(out, res)

@@ -101,7 +101,11 @@ class IngestConfig(_Strict):
         "recorded vehicle; segment = the whole map segment")
     history_s: float = Field(1.5, description="must be 1.5 (NAVSIM) in this version")
     future_s: float = Field(4.0, description="must be 4.0 (NAVSIM) in this version")
-    stride_s: float | None = Field(None, gt=0, description="t0 spacing per vehicle; None = non-overlapping (5.5 s)")
+    stride_s: float | None = Field(None, gt=0, description="frame (t0) spacing per vehicle; None = non-overlapping "
+                                   "windows (5.6 s); the paper's unit: 0.5")
+    clip_s: float | None = Field(None, gt=0, description="clip length: a vehicle's track is split into consecutive "
+                                 "clips of this many seconds whose frames are selected together (MOSAIC §7.1: 10); "
+                                 "None = every frame is its own clip")
     min_speed_mps: float = Field(0.0, ge=0, description="drop clips whose ego never exceeds this speed")
     map_extension_m: float = Field(60.0, ge=0, description="straight extension of lanes that leave the map crop")
     agent_radius_m: float = Field(120.0, gt=0, description="keep agents that come this close to the ego")

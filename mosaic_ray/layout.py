@@ -15,7 +15,7 @@ with its size. ``<record>/_STARTED.json`` holds the fingerprint a step last star
     planner/base.pt                 the base planner                         (base)
     planner/base_eval.json          its calibration and test EPDMS, the human's (base)
     planner/external.pt             score.checkpoint, copied in              (score)
-    score/scores/*.parquet          one row per pool clip                    (score)
+    score/scores/*.parquet          one row per pool frame (load_scores: per clip) (score)
     score_train/scores/*.parquet    one row per D_train clip (coreset only)  (score_train)
     domains/<variant>.parquet|json  domain label per pool clip, description  (domains)
     pilot/<set>.parquet             ΔU per (domain, n, seed)                 (pilot)

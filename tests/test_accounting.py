@@ -87,7 +87,7 @@ def test_same_recording_under_another_segment_is_a_duplicate(accounted):
     assert {r["clip_id"] for r in dups}.isdisjoint(ids)
 
 
-def test_run_score_names_duplicated_clip_ids(accounted, tmp_path):
+def test_run_score_names_duplicated_frame_ids(accounted, tmp_path):
     from mosaic_ray.stages.score import run_score
 
     _, src, _ = accounted
@@ -97,8 +97,8 @@ def test_run_score_names_duplicated_clip_ids(accounted, tmp_path):
     st = Storage(cfg.run_uri)
     st.write_table("ingest/clips/pool/part-00000.parquet", t)
     st.write_table("ingest/clips/pool/part-00001.parquet", t.slice(0, 2))  # two ids again
-    want = sorted(t.column("clip_id").to_pylist()[:2])
-    with pytest.raises(ValueError, match=r"duplicated clip ids in the pool shards \(2\)") as e:
+    want = sorted(t.column("frame_id").to_pylist()[:2])
+    with pytest.raises(ValueError, match=r"duplicated frame ids in the pool shards \(2\)") as e:
         run_score(cfg, st, "planner/none.pt")
     assert all(i in str(e.value) for i in want)
 

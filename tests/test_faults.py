@@ -140,7 +140,7 @@ def test_bad_shards_are_reported_before_work_starts(prepared):
         victim.write_bytes(good)
         dup = Path(st.path("ingest/clips/pool/shard-99999.parquet"))
         dup.write_bytes(good)  # the same clips twice
-        with pytest.raises(ValueError, match="duplicated clip ids"):
+        with pytest.raises(ValueError, match="duplicated frame ids"):
             run_score(cfg, st, "planner/base.pt", out="score_bad")
         dup.unlink()
     finally:

@@ -128,7 +128,9 @@ def test_candidates_mismatch_warning():
     s = {"data": {"candidates": 10, "clips": 7, "quarantined": 2}}
     assert "Warning" in render_report(s)
     s = {"data": {"clips": 7, "quarantined": 3}}
-    assert "candidates (= clips + quarantined) | 10" in render_report(s)
+    assert "candidate frames (= frames + quarantined) | 10" in render_report(s)  # a frame per clip
+    s = {"data": {"clips": 2, "frames": 7, "quarantined": 3}}
+    assert "candidate frames (= frames + quarantined) | 10" in render_report(s) and "Warning" not in render_report(s)
 
 
 def test_brmr_hand_computed():

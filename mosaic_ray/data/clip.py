@@ -1,9 +1,17 @@
-"""The clip: one pseudo-ego's 1.5 s of history and 4 s of future with its scene.
+"""Clips and frames: one pseudo-ego's 1.5 s of history and 4 s of future with its scene.
 
-A clip is the unit MOSAIC selects. It follows NAVSIM's scene layout (history, current frame
-t0, future) at the 0.1 s step of the CommonRoad/NGSIM recordings, with everything in the
-scenario's global frame (metres, radians, m/s). Planner inputs are made ego-relative later
-(:mod:`mosaic_ray.planner.features`).
+A **frame** is one t0 of one vehicle: its 1.5 s of history, 4 s of future and the scene around
+it, in NAVSIM's scene layout (history, current frame t0, future) at the 0.1 s step of the
+CommonRoad/NGSIM recordings, with everything in the scenario's global frame (metres, radians,
+m/s). Planner inputs are made ego-relative later (:mod:`mosaic_ray.planner.features`). A frame
+is one row of a shard and one training / evaluation sample.
+
+A **clip** is the unit MOSAIC selects: up to ``clip_s`` = 10 s of one vehicle's track (a longer
+track is split into consecutive 10 s clips from its first step, MOSAIC §4.1 and §7.1); its frames
+are the t0s inside those 10 s, ``stride_s`` = 0.5 s apart, that have 1.5 s of history and 4 s of
+future inside the track (:func:`clip_start`). Every frame row carries its ``clip_id`` (shared by
+the clip's frames) and its own ``frame_id``. With ``clip_s`` unset every frame is its own clip
+(``clip_id == frame_id``: the pre-issue-12 unit of one 5.5 s window per clip).
 
 Time axis
 ---------
@@ -78,6 +86,7 @@ ARRAY_FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
 
 META_FIELDS: dict[str, pa.DataType] = {
     "clip_id": pa.string(),
+    "frame_id": pa.string(),
     "dataset": pa.string(),
     "site": pa.string(),
     "segment": pa.string(),
@@ -97,7 +106,12 @@ class ClipValidationError(ValueError):
 
 @dataclass
 class Clip:
-    """One driving clip in the scenario's global frame.
+    """One frame of a driving clip (a shard row) in the scenario's global frame.
+
+    ``clip_id`` names the clip the frame belongs to (shared by its frames; the selection unit)
+    and ``frame_id`` the frame itself (unique; empty on construction means ``clip_id``: a clip
+    of one frame). The class keeps the name ``Clip`` because a row was a whole clip before
+    clips had several frames.
 
     Attributes (``A`` agents, ``L`` lanes, ``V`` lane vertices in all, ``P`` route points,
     ``S`` stop lines; all coordinates in metres, headings in rad, speeds in m/s):
@@ -155,7 +169,12 @@ class Clip:
     route_lane_ids: np.ndarray
     route_center: np.ndarray
     stop_lines: np.ndarray
+    frame_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.frame_id:
+            self.frame_id = self.clip_id
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -247,6 +266,58 @@ def make_clip_id(segment: str, t0: int, start_xy: Sequence[float]) -> str:
     """
     key = f"{segment}|{int(t0)}|{float(start_xy[0]):.1f}|{float(start_xy[1]):.1f}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def make_group_clip_id(segment: str, source_file: str, ego_id: int, start_step: int) -> str:
+    """Deterministic id of a clip of several frames: same (segment, file, ego, first step) ->
+    same id. The file is part of it because the files of one NGSIM segment number their
+    vehicles and steps each from the start (``USA_US101-10_1`` and ``_3`` both have a vehicle 12
+    at step 0, different vehicles).
+
+    Args:
+        segment: the clip's map segment or ScenarioNet segment.
+        source_file: the file the frames were cut from (base name).
+        ego_id: the vehicle's id in that file.
+        start_step: the recording step the clip's 10 s start at (:func:`clip_start`).
+
+    Returns:
+        16 lowercase hex characters (a SHA-1 prefix of a key no frame id uses).
+    """
+    key = f"clip|{segment}|{source_file}|{int(ego_id)}|{int(start_step)}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def clip_start(track_first_step: int, t0: int, clip_steps: int | None) -> int | None:
+    """The recording step at which the clip holding frame ``t0`` starts (MOSAIC §7.1: a track
+    is split into consecutive clips of ``clip_steps`` steps from its first step).
+
+    Args:
+        track_first_step: first recorded step of the vehicle's (contiguous) track.
+        t0: the frame's t0 step (>= ``track_first_step``).
+        clip_steps: clip length in steps of :data:`DT` (100 = 10 s); None = no grouping.
+
+    Returns:
+        The clip's first step, or None when ``clip_steps`` is None (every frame its own clip).
+
+    Raises:
+        ValueError: ``t0`` before the track or ``clip_steps`` < 1.
+    """
+    if clip_steps is None:
+        return None
+    if clip_steps < 1 or t0 < track_first_step:
+        raise ValueError(f"clip_start: clip_steps={clip_steps}, t0={t0}, track starts at {track_first_step}")
+    return track_first_step + ((t0 - track_first_step) // clip_steps) * clip_steps
+
+
+def group_frame(frame: "Clip", track_first_step: int, clip_steps: int | None) -> "Clip":
+    """Give ``frame`` its clip: ``frame_id`` keeps the frame's own id and ``clip_id`` becomes the
+    id of the clip of ``clip_steps`` steps that holds it (:func:`clip_start`,
+    :func:`make_group_clip_id`); unchanged when ``clip_steps`` is None. Returns ``frame``."""
+    start = clip_start(track_first_step, frame.t0, clip_steps)
+    if start is not None:
+        frame.frame_id = frame.frame_id or frame.clip_id
+        frame.clip_id = make_group_clip_id(frame.segment, frame.source_file, frame.ego_id, start)
+    return frame
 
 
 def content_key(ego_states: np.ndarray, t0: int) -> str:
@@ -348,7 +419,7 @@ def clip_from_row(row: dict[str, Any]) -> Clip:
     """Decode one row (a dict as from ``Table.to_pylist()`` or a Ray Data row)."""
     kwargs: dict[str, Any] = {}
     for k in META_FIELDS:
-        v = row[k]
+        v = row.get(k, "") if k == "frame_id" else row[k]  # shards from before frames: ""
         kwargs[k] = list(v) if k == "tags" else (v.item() if hasattr(v, "item") else v)
     for name, (dtype, _) in ARRAY_FIELDS.items():
         buf = row[name]
@@ -383,7 +454,8 @@ def clips_from_table(table: pa.Table) -> list[Clip]:
             the bad rows).
     """
     n = table.num_rows
-    meta = {k: table.column(k).to_pylist() for k in META_FIELDS}
+    meta = {k: table.column(k).to_pylist() if k in table.column_names or k != "frame_id" else [""] * n
+            for k in META_FIELDS}
     arrays: dict[str, list[np.ndarray]] = {}
     for name, (dtype, _) in ARRAY_FIELDS.items():
         col = table.column(name).combine_chunks()

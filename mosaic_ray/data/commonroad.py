@@ -41,7 +41,7 @@ import numpy as np
 from mosaic_ray.data.clip import (
     AGENT_CYCLIST, AGENT_PEDESTRIAN, AGENT_STATIC, AGENT_VEHICLE, N_FUT, N_HIST, N_PRE, T0_INDEX,
     T_ALL, TL_GREEN, TL_INACTIVE, TL_NONE, TL_RED, TL_RED_YELLOW, TL_YELLOW, Clip,
-    ClipValidationError, make_clip_id, near_ego, window_fields,
+    ClipValidationError, group_frame, make_clip_id, near_ego, window_fields,
 )
 from mosaic_ray.data.maps import LaneLists, MapArrays, add_straight_extensions, assemble_map, plan_route
 
@@ -98,6 +98,7 @@ class CutOptions:
     """Clip-cutting options (a subset of :class:`mosaic_ray.config.IngestConfig`)."""
 
     stride_steps: int | None = None  # None: non-overlapping windows (56 steps)
+    clip_steps: int | None = None  # frames grouped into clips of this many steps (100 = 10 s); None: a frame per clip
     min_speed_mps: float = 0.0
     map_extension_m: float = 60.0
     agent_radius_m: float = 120.0
@@ -363,7 +364,7 @@ def cut_file(path: str, opts: CutOptions | None = None) -> tuple[list[Clip], lis
                     n_slow += 1
                     continue
                 clip.validate()
-                clips.append(clip)
+                clips.append(group_frame(clip, ego.first_step, opts.clip_steps))
             except ClipValidationError as e:
                 bad.append(QuarantineRecord(name, segment, site, ego.obstacle_id, t0, "invalid_clip", str(e)))
             except Exception as e:  # never crash a worker on one bad vehicle

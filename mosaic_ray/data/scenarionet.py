@@ -135,7 +135,8 @@ import shapely
 
 from mosaic_ray.data.clip import (
     AGENT_CYCLIST, AGENT_PEDESTRIAN, AGENT_STATIC, AGENT_VEHICLE, DT, N_PRE, T0_INDEX, T_ALL,
-    TL_GREEN, TL_NONE, TL_RED, TL_YELLOW, Clip, ClipValidationError, make_clip_id, near_ego, window_fields,
+    TL_GREEN, TL_NONE, TL_RED, TL_YELLOW, Clip, ClipValidationError, group_frame, make_clip_id, near_ego,
+    window_fields,
 )
 from mosaic_ray.data.commonroad import CutOptions, QuarantineRecord, cut_each, window_starts
 from mosaic_ray.data.maps import (
@@ -786,8 +787,9 @@ def _runs(valid: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def candidate_windows(ps: ParsedScenario, opts: ScenarioNetOptions) -> list[tuple[SNTrack, int]]:
-    """(ego track, t0 step) of every candidate clip, sdc first (see the module docstring)."""
+def candidate_windows(ps: ParsedScenario, opts: ScenarioNetOptions) -> list[tuple[SNTrack, int, int]]:
+    """(ego track, t0 step, first step of the contiguous valid run holding t0) of every candidate
+    frame, sdc first (see the module docstring); the run's first step is where its clips start."""
     egos = [ps.sdc]
     if opts.other_egos:
         egos += [t for t in ps.tracks if t is not ps.sdc and t.agent_type == AGENT_VEHICLE
@@ -801,7 +803,7 @@ def candidate_windows(ps: ParsedScenario, opts: ScenarioNetOptions) -> list[tupl
                     w, v = ego.window(t0 - T0_INDEX, t0 - T0_INDEX + T_ALL)
                     if np.nanmax(np.where(v, w[:, 3], 0.0)) < opts.other_ego_min_speed_mps:
                         continue
-                out.append((ego, t0))
+                out.append((ego, t0, start))
     return out
 
 
@@ -825,14 +827,14 @@ def cut_scenario(scn: dict, source_file: str, opts: ScenarioNetOptions | None = 
                                      f"(scenario of {ps.n_steps} steps at 0.1 s)")]
     clips, bad = [], []
     n_slow = 0
-    for ego, t0 in cands:
+    for ego, t0, run_start in cands:
         try:
             clip = _make_clip(ps, ego, t0, opts, source_file)
             if clip is None:  # the ego stays below min_speed_mps
                 n_slow += 1
                 continue
             clip.validate()
-            clips.append(clip)
+            clips.append(group_frame(clip, run_start, opts.clip_steps))
         except ClipValidationError as e:
             bad.append(QuarantineRecord(source_file, ps.segment, ps.site, ego.int_id, t0, "invalid_clip", str(e)))
         except Exception as e:  # never crash a worker on one bad vehicle

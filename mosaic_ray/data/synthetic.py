@@ -72,7 +72,7 @@ def transform_clip(clip: Clip, k: int) -> Clip:
     if mirror:  # mirroring swaps the sides of every lane
         left, right = right, left
     return dataclasses.replace(
-        clip, clip_id=f"{clip.clip_id}-s{k}", dataset=f"synthetic-{clip.dataset}",
+        clip, clip_id=f"{clip.clip_id}-s{k}", frame_id=f"{clip.frame_id}-s{k}", dataset=f"synthetic-{clip.dataset}",
         ego_states=ego, agent_states=ag, lane_left=left, lane_right=right,
         lane_center=pts(clip.lane_center), route_center=pts(clip.route_center),
         stop_lines=pts(clip.stop_lines) if clip.stop_lines.size else clip.stop_lines.copy())

@@ -1,8 +1,9 @@
-"""Score a planner on clips: its chosen trajectory's EPDMS and nine terms per clip.
+"""Score a planner on clips: its chosen trajectory's EPDMS and nine terms per frame and per clip.
 
 Used for the importance of pool clips (EPDMS of the base model on each clip, MOSAIC §3.2.1),
 for pilot-run ΔU and for the final validation utility U = mean EPDMS over validation clips
-(the paper reports ×100). EC needs the planner's output 0.5 s earlier in the same log: the
+(the paper reports ×100). A clip with several frames (``ingest.clip_s``) counts once: its score
+is the mean over its frames, and U is the mean over clips (:meth:`ClipScores.utility`). EC needs the planner's output 0.5 s earlier in the same log: the
 planner is run on the clip's previous-frame observation where the clip has one; elsewhere EC
 and its weight are dropped for that clip (EPDMS.md).
 """
@@ -21,10 +22,10 @@ from mosaic_ray.scoring.epdms import TERMS, prepare_scene, score_many
 
 @dataclass
 class ClipScores:
-    """Per-clip results of one planner on ``n`` clips.
+    """Per-frame results of one planner on ``n`` frames (rows; a clip of one frame is a row).
 
     Attributes:
-        clip_ids: (n,) object str.
+        clip_ids: (n,) object str: the clip of each frame (repeated for a clip's frames).
         epdms: (n,) float64 in [0, 1], human-filtered.
         terms: (n, 9) float64, columns in :data:`TERMS` order; EC is NaN where unavailable.
         ec_available: (n,) bool.
@@ -32,6 +33,7 @@ class ClipScores:
         embedding: (n, E) float32 scene embeddings.
         choice: (n,) int64 chosen vocabulary index.
         trajectory: (n, 8, 3) float32 chosen poses (ego frame, m / rad).
+        frame_ids: (n,) object str, or None (= ``clip_ids``: a frame per clip).
     """
 
     clip_ids: np.ndarray
@@ -42,30 +44,69 @@ class ClipScores:
     embedding: np.ndarray
     choice: np.ndarray
     trajectory: np.ndarray
+    frame_ids: np.ndarray | None = None
+
+    def _groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(clip ids sorted (C,), clip index of every frame (n,), frames per clip (C,))."""
+        ids = np.asarray([str(c) for c in self.clip_ids], dtype=object).astype(str)
+        uniq, inv = np.unique(ids, return_inverse=True)
+        return uniq, inv, np.bincount(inv, minlength=uniq.size)
+
+    def per_clip(self) -> dict:
+        """Per-clip EPDMS for the bootstrap intervals (:mod:`mosaic_ray.evaluate.stats`):
+        ``{"clip_id": [str] (C, sorted), "epdms": [float] (mean over the clip's frames),
+        "n_frames": [int]}``."""
+        uniq, inv, k = self._groups()
+        if uniq.size == len(self.epdms):  # a frame per clip: the rows as they are
+            return {"clip_id": [str(c) for c in self.clip_ids], "epdms": [float(v) for v in self.epdms],
+                    "n_frames": [1] * len(self.epdms)}
+        mean = np.bincount(inv, weights=np.asarray(self.epdms, np.float64), minlength=uniq.size) / k
+        return {"clip_id": uniq.tolist(), "epdms": [float(v) for v in mean], "n_frames": [int(v) for v in k]}
 
     def utility(self) -> dict:
-        """Mean EPDMS and mean of each term (EC over clips where available)."""
+        """U = mean over clips of the clip's mean EPDMS over its frames (with a frame per clip:
+        the mean over rows), and each term the same way over the frames where it is defined
+        (EC). Keys ``epdms``, ``epdms_std_clips`` (over clips), ``n_clips``, ``n_frames``,
+        ``terms``; all on the 0..1 scale.
+
+        Raises:
+            ValueError: nothing scored.
+        """
         if len(self.epdms) == 0:
             raise ValueError("no clips scored")
+        uniq, inv, k = self._groups()
+        C = uniq.size
+        if C == len(self.epdms):  # a frame per clip: plain means over the rows (bitwise as before frames)
+            inv, k = np.arange(C), np.ones(C, np.int64)
+        clip_epdms = np.bincount(inv, weights=np.asarray(self.epdms, np.float64), minlength=C) / k
         terms = {}
         for j, t in enumerate(TERMS):
-            col = self.terms[:, j]
-            terms[t] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
-        return {"epdms": float(np.mean(self.epdms)), "epdms_std_clips": float(np.std(self.epdms)),
-                "n_clips": int(len(self.epdms)), "terms": terms}
+            col = np.asarray(self.terms[:, j], np.float64)
+            fin = np.isfinite(col)
+            if not fin.any():
+                terms[t] = float("nan")
+                continue
+            if C == len(self.epdms):
+                terms[t] = float(np.nanmean(col))
+                continue
+            n_def = np.bincount(inv, weights=fin.astype(float), minlength=C)
+            tot = np.bincount(inv, weights=np.where(fin, col, 0.0), minlength=C)
+            terms[t] = float(np.mean(tot[n_def > 0] / n_def[n_def > 0]))
+        return {"epdms": float(np.mean(clip_epdms)), "epdms_std_clips": float(np.std(clip_epdms)),
+                "n_clips": int(C), "n_frames": int(len(self.epdms)), "terms": terms}
 
 
 class SceneCache:
-    """Prepared scorer scenes by clip id (scene preparation is per clip, model independent)."""
+    """Prepared scorer scenes by frame id (scene preparation is per frame, model independent)."""
 
     def __init__(self):
         self._scenes: dict[str, object] = {}
 
     def get(self, clip: Clip):
-        s = self._scenes.get(clip.clip_id)
+        s = self._scenes.get(clip.frame_id)
         if s is None:
             s = prepare_scene(clip)
-            self._scenes[clip.clip_id] = s
+            self._scenes[clip.frame_id] = s
         return s
 
 
@@ -101,7 +142,7 @@ def score_planner(model, clips: list[Clip], spec: FeatureSpec, cache: SceneCache
         ec_ok[i] = res.ec_available
     return ClipScores(np.array([c.clip_id for c in clips], dtype=object), epdms, terms, ec_ok,
                       cur["entropy"].astype(np.float64), cur["embedding"], cur["choice"].astype(np.int64),
-                      cur["trajectory"])
+                      cur["trajectory"], np.array([c.frame_id for c in clips], dtype=object))
 
 
 def score_human(clips: list[Clip], cache: SceneCache | None = None) -> dict:

@@ -353,6 +353,7 @@ def featurize_clips(clips: list[Clip], spec: FeatureSpec, with_prev: bool = True
                              [T0_INDEX] * B + [T0_INDEX + PREV_OFFSET] * pk.size, spec)
     out = {k: v[:B] for k, v in obs.items()}
     out["clip_id"] = np.array([c.clip_id for c in clips], dtype=object)
+    out["frame_id"] = np.array([c.frame_id for c in clips], dtype=object)
     if with_prev:
         for k in INPUT_KEYS:
             v = out[k].copy()

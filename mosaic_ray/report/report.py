@@ -167,26 +167,30 @@ def _section_data(s: Mapping[str, Any]) -> list[str]:
         return []
     lines = ["## Data and splits", ""]
     clips, quar, cand = data.get("clips"), data.get("quarantined"), data.get("candidates")
+    frames = data.get("frames")
+    frames = clips if frames is None else frames  # runs from before frames: one frame per clip
     derived = None
-    if clips is not None and quar is not None:
-        derived = int(clips) + int(quar)
+    if frames is not None and quar is not None:
+        derived = int(frames) + int(quar)
     if cand is None and derived is not None:
         cand = derived
     rows = []
     if cand is not None:
-        rows.append(["candidates (= clips + quarantined)", _int(cand)])
+        rows.append(["candidate frames (= frames + quarantined)", _int(cand)])
+    if frames is not None:
+        rows.append(["frames kept", _int(frames)])
     if clips is not None:
-        rows.append(["clips kept", _int(clips)])
+        rows.append(["clips kept (the selection unit)", _int(clips)])
     if quar is not None:
         rows.append(["quarantined", _int(quar)])
     if rows:
-        lines += _table(["count", "clips"], rows)
+        lines += _table(["count", "n"], rows)
     if cand is not None and derived is not None and int(cand) != derived:
-        lines += [f"**Warning:** candidates ({int(cand):,}) ≠ clips + quarantined ({derived:,}).", ""]
+        lines += [f"**Warning:** candidates ({int(cand):,}) ≠ frames + quarantined ({derived:,}).", ""]
     reasons = data.get("quarantine_reasons") or {}
     if reasons:
         lines += ["Quarantine reasons:", ""]
-        lines += _table(["reason", "clips"], [[str(k), _int(v)] for k, v in
+        lines += _table(["reason", "frames"], [[str(k), _int(v)] for k, v in
                                               sorted(reasons.items(), key=lambda kv: -_f(kv[1]))])
     splits = data.get("splits") or {}
     segs = data.get("segments") or {}
@@ -196,9 +200,10 @@ def _section_data(s: Mapping[str, Any]) -> list[str]:
         for k in names:
             sl = [str(x) for x in (segs.get(k) or [])]
             shown = ", ".join(sl[:6]) + (f", … (+{len(sl) - 6})" if len(sl) > 6 else "")
-            srows.append([k, _int(splits.get(k)), str(len(sl)) if k in segs else "—", shown or "—"])
+            fps = data.get("frames_per_split") or splits
+            srows.append([k, _int(splits.get(k)), _int(fps.get(k)), str(len(sl)) if k in segs else "—", shown or "—"])
         lines += ["Splits:", ""]
-        lines += _table(["split", "clips", "segments", "segment names"], srows)
+        lines += _table(["split", "clips", "frames", "segments", "segment names"], srows)
     per_site = data.get("clips_per_site") or {}
     if per_site and data.get("site_mix"):
         sites = sorted(set(data["site_mix"]) | {x for v in per_site.values() for x in (v or {})})

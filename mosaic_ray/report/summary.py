@@ -61,13 +61,15 @@ class RunInfo(_Section):
 
 
 class DataInfo(_Section):
-    """Ingest counts: candidates = clips + quarantined; clips per split / segment / site."""
+    """Ingest counts: candidates = frames + quarantined; clips per split / segment / site."""
 
     candidates: int | None = None
     clips: int | None = None
+    frames: int | None = None  #: rows (t0s); candidates = frames + quarantined (None: a frame per clip)
     quarantined: int | None = None
     quarantine_reasons: dict[str, int] | None = None
     splits: dict[str, int] | None = None
+    frames_per_split: dict[str, int] | None = None
     segments: dict[str, list[str]] | None = None
     pool_by_domain: dict[str, int] | None = None
     clips_per_site: dict[str, dict[str, int]] | None = None
@@ -428,8 +430,9 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
                     total_wall_time_s=round(sum((timings or {}).values()), 1),
                     finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     config=cfg.model_dump(mode="json")),
-        data=DataInfo(candidates=ing["candidates"], clips=ing["clips"], quarantined=ing["quarantined"],
-                      quarantine_reasons=ing["quarantine_reasons"], splits=ing["splits"],
+        data=DataInfo(candidates=ing["candidates"], clips=ing["clips"], frames=ing.get("frames"),
+                      quarantined=ing["quarantined"], quarantine_reasons=ing["quarantine_reasons"],
+                      splits=ing["splits"], frames_per_split=ing.get("frames_per_split"),
                       segments=ing["segments"], pool_by_domain=dict(sorted(sizes.items())),
                       clips_per_site=ing.get("clips_per_site"), notes=ing.get("notes", []),
                       split_unit=ing.get("split_unit"), units=ing.get("units"), site_mix=ing.get("site_mix"),

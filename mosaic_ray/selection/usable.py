@@ -7,6 +7,11 @@ used in a pilot run or trained on. :func:`usable` is the only place that decides
 go on: a row is usable when its ``status`` is ``"ok"`` and its importance, entropy and
 embedding are finite (an ``ok`` row with a NaN score is rejected as ``non_finite_score``).
 
+The score stage scores frames (one row per t0); selection works on clips. :func:`clip_rows`
+turns the frame rows into one row per clip first (importance and entropy averaged over the
+clip's frames, MOSAIC §3.2.1 and §7.3), and a clip is usable only when every one of its frames
+is.
+
 The rows it drops stay accounted for: :class:`UsableScores` counts them by reason (the part of
 ``status`` before the first ``:``) and keeps their ids; the domains and select steps write
 these counts into their outputs (``domains/<variant>.json`` and ``select/laws.json``:
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["OK", "NON_FINITE_SCORE", "NO_STATUS", "UsableScores", "usable", "rejection_reason"]
+__all__ = ["OK", "NON_FINITE_SCORE", "NO_STATUS", "UsableScores", "usable", "rejection_reason", "clip_rows"]
 
 OK = "ok"
 #: status "ok" but a NaN / inf importance, entropy or embedding
@@ -127,3 +132,79 @@ def usable(scores: pa.Table) -> UsableScores:
     dropped = [str(i) for i, k in zip(ids, keep) if not k]
     counts = Counter(r for r in reasons if r is not None)
     return UsableScores(scores.filter(pa.array(keep)), dict(sorted(counts.items())), tuple(dropped), n)
+
+
+#: per-frame score columns averaged into a clip's row (NaN propagates: a clip is usable only when
+#: every frame is); the nine terms are averaged over the frames where they are defined (EC)
+_MEAN_COLUMNS = ("importance", "entropy")
+
+
+def clip_rows(scores: pa.Table) -> pa.Table:
+    """One score row per clip from a score table of frames (rows sharing a ``clip_id``).
+
+    A clip's ``importance`` is the mean EPDMS of the base model over its frames and its
+    ``entropy`` the mean entropy (MOSAIC §3.2.1, §7.3: scores of a virtual clip are averaged
+    over its frames); the nine terms are means over the frames where defined (EC); the
+    ``embedding`` is the frames' mean; ``ec_available`` is True when any frame has EC;
+    ``choice`` and the metadata are the first frame's; ``status`` is ``"ok"`` when every frame
+    is, else the first failing frame's status (so :func:`usable` rejects the whole clip with
+    that frame's reason). ``frame_id`` is dropped and ``n_frames`` (int64) added. Clips keep
+    the order of their first frame.
+
+    Args:
+        scores: a frame score table (:func:`mosaic_ray.stages.score.scores_schema`) with at
+            least ``clip_id``. A table without ``frame_id``, or where every clip has one
+            frame, is returned unchanged (a clip per frame).
+
+    Returns:
+        The clip table: C rows, the input's columns less ``frame_id``, plus ``n_frames``.
+    """
+    n = scores.num_rows
+    if "frame_id" not in scores.column_names or n == 0:
+        return scores
+    ids = np.asarray(scores.column("clip_id").to_pylist(), dtype=object).astype(str)
+    uniq, first, inv = np.unique(ids, return_index=True, return_inverse=True)
+    if uniq.size == n:
+        return scores
+    order = np.argsort(first, kind="stable")  # clips in the order of their first frame
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    g = rank[inv]  # (n,) clip index of every frame, in output order
+    C = uniq.size
+    counts = np.bincount(g, minlength=C)
+    out = scores.take(pa.array(first[order], pa.int64())).drop_columns(["frame_id"])
+    cols: dict[str, pa.Array] = {}
+    for name in out.column_names:
+        if name in _MEAN_COLUMNS:
+            v = np.asarray(scores.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+            cols[name] = pa.array(np.bincount(g, weights=v, minlength=C) / counts, pa.float64())
+        elif name == "embedding":
+            col = scores.column(name).combine_chunks()
+            flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+            if col.null_count == 0 and flat.size % n == 0 and flat.size:
+                emb = flat.reshape(n, -1)
+                mean = np.zeros((C, emb.shape[1]))
+                np.add.at(mean, g, emb)
+                mean /= counts[:, None]
+                cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(mean.astype(np.float32).ravel()),
+                                                               emb.shape[1]).cast(out.schema.field(name).type)
+        elif name == "ec_available":
+            v = np.asarray(scores.column(name).to_numpy(zero_copy_only=False), dtype=bool)
+            cols[name] = pa.array(np.bincount(g, weights=v.astype(float), minlength=C) > 0)
+        elif name == "status":
+            st = scores.column(name).to_pylist()
+            worst: list = [OK] * C
+            for i in np.flatnonzero([x != OK for x in st]):  # frames not ok: the clip's first one
+                if worst[g[i]] == OK:
+                    worst[g[i]] = st[i]
+            cols[name] = pa.array(worst, pa.string())
+        elif pa.types.is_floating(out.schema.field(name).type):  # a term: mean where defined
+            v = np.asarray(scores.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+            fin = np.isfinite(v)
+            k = np.bincount(g, weights=fin.astype(float), minlength=C)
+            tot = np.bincount(g, weights=np.where(fin, v, 0.0), minlength=C)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cols[name] = pa.array(np.where(k > 0, tot / np.maximum(k, 1), np.nan), pa.float64())
+    for name, arr in cols.items():
+        out = out.set_column(out.schema.get_field_index(name), out.schema.field(name), arr)
+    return out.append_column("n_frames", pa.array(counts.astype(np.int64)))

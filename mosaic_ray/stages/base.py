@@ -65,7 +65,7 @@ def evaluate_checkpoint(storage: Storage, checkpoint: str, clips=None, cache: Sc
     scores = score_planner(model, clips, model.spec.features, cache=cache, feats=feats)
     util = scores.utility()
     # per-clip scores, so that the report's bootstrap intervals can be recomputed from the run
-    util["per_clip"] = {"clip_id": [str(c) for c in scores.clip_ids], "epdms": [float(v) for v in scores.epdms]}
+    util["per_clip"] = scores.per_clip()  # a clip's frames averaged: the bootstrap resamples clips
     if not np.isfinite(util["epdms"]):
         raise NonFiniteTrainingError(f"checkpoint {storage.uri(checkpoint)}: EPDMS is "
                                      f"{util['epdms']}; no result is reported for it")

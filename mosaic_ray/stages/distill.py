@@ -45,7 +45,7 @@ DISTILL_COLUMNS = [TERMS.index(t) for t in DISTILL_TERMS]  #: the 8 predicted co
 
 
 def targets_schema(K: int) -> pa.Schema:
-    return pa.schema([pa.field("clip_id", pa.string()), pa.field("split", pa.string()),
+    return pa.schema([pa.field("clip_id", pa.string()), pa.field("frame_id", pa.string()), pa.field("split", pa.string()),
                       pa.field("targets", pa.list_(pa.float32(), K * len(TERMS))),
                       pa.field("K", pa.int32()), pa.field("status", pa.string())],
                      metadata={b"terms": ",".join(TERMS).encode()})
@@ -84,6 +84,7 @@ class DistillStage(ShardStage):
         out = {c: [] for c in self.schema.names}
         for row in table.to_pylist():
             out["clip_id"].append(row.get("clip_id"))
+            out["frame_id"].append(row.get("frame_id") or row.get("clip_id"))
             out["split"].append(self.split)
             out["K"].append(K)
             try:
@@ -129,17 +130,17 @@ def run_distill(cfg: ExperimentConfig, storage: Storage, splits: tuple[str, ...]
         shards = storage.list(f"ingest/clips/{split}", ".parquet")
         if not shards:
             raise FileNotFoundError(f"no clip shards for split {split!r}; run ingest first")
-        preflight_shards(storage, shards, ["clip_id", "ego_states", "lane_offsets"])
+        preflight_shards(storage, shards, ["clip_id", "frame_id", "ego_states", "lane_offsets"])
         n_actors = min(num_actors or default_num_actors(cfg), len(shards))
         stage = DistillStage(storage, vocabulary, split, f"{TARGETS_DIR}/{split}", cpus=cfg.score.num_cpus_per_actor)
         log.info("[distill] %s: %d shards through %d actor(s)", split, len(shards), n_actors)
         run_shard_stage(stage, shards, n_actors)
-        want = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
-        got_t = storage.read_table(f"{TARGETS_DIR}/{split}", columns=["clip_id", "status", "K"])
-        got = got_t.column("clip_id").to_pylist()
+        want = storage.read_table(f"ingest/clips/{split}", columns=["frame_id"]).column("frame_id").to_pylist()
+        got_t = storage.read_table(f"{TARGETS_DIR}/{split}", columns=["frame_id", "status", "K"])
+        got = got_t.column("frame_id").to_pylist()
         if sorted(got) != sorted(want):
             missing, extra = set(want) - set(got), len(got) - len(set(got))
-            raise RuntimeError(f"distill output mismatch for {split}: {len(missing)} clips missing, "
+            raise RuntimeError(f"distill output mismatch for {split}: {len(missing)} frames missing, "
                                f"{extra} duplicated rows")
         n_ok = sum(s == "ok" for s in got_t.column("status").to_pylist())
         K = int(got_t.column("K")[0].as_py()) if got_t.num_rows else K
@@ -175,7 +176,8 @@ def ensure_targets(cfg: ExperimentConfig, storage: Storage, vocabulary: str = "p
     done = storage.is_done(STAGE) and storage.done_payload(STAGE).get("vocabulary_sha1") == digest
     if not done:
         run_distill(cfg, storage, vocabulary=vocabulary, force=storage.is_done(STAGE))
-    return load_targets(storage).select(["clip_id", "targets", "K", "status"])
+    t = load_targets(storage)
+    return t.select([c for c in ("clip_id", "frame_id", "targets", "K", "status") if c in t.column_names])
 
 
 def load_targets(storage: Storage, splits: tuple[str, ...] | None = None) -> pa.Table:
@@ -191,8 +193,9 @@ def load_targets(storage: Storage, splits: tuple[str, ...] | None = None) -> pa.
 
 
 def targets_for(table: pa.Table | None, clip_ids, K: int) -> np.ndarray:
-    """Distillation targets aligned with ``clip_ids``: ``(B, K, 8)`` float32 (NaN for clips
-    without an ``ok`` row), columns in :data:`~mosaic_ray.scoring.epdms.DISTILL_TERMS` order.
+    """Distillation targets aligned with ``clip_ids`` (frame ids; a table from before frames is
+    matched on its ``clip_id``): ``(B, K, 8)`` float32 (NaN for frames without an ``ok`` row),
+    columns in :data:`~mosaic_ray.scoring.epdms.DISTILL_TERMS` order.
 
     Raises:
         ValueError: the table's vocabulary size differs from ``K``.
@@ -201,7 +204,8 @@ def targets_for(table: pa.Table | None, clip_ids, K: int) -> np.ndarray:
     out = np.full((len(ids), K, len(DISTILL_COLUMNS)), np.nan, np.float32)
     if table is None or table.num_rows == 0 or not ids:
         return out
-    sub = table.filter(pc.is_in(table.column("clip_id"), value_set=pa.array(ids, pa.string())))
+    key = "frame_id" if "frame_id" in table.column_names else "clip_id"
+    sub = table.filter(pc.is_in(table.column(key), value_set=pa.array(ids, pa.string())))
     if sub.num_rows == 0:
         return out
     ks = set(sub.column("K").to_pylist())
@@ -210,7 +214,7 @@ def targets_for(table: pa.Table | None, clip_ids, K: int) -> np.ndarray:
     index = {c: i for i, c in enumerate(ids)}
     flat = sub.column("targets").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vals = flat.reshape(sub.num_rows, K, len(TERMS))[:, :, DISTILL_COLUMNS]
-    for r, (cid, status) in enumerate(zip(sub.column("clip_id").to_pylist(), sub.column("status").to_pylist())):
+    for r, (cid, status) in enumerate(zip(sub.column(key).to_pylist(), sub.column("status").to_pylist())):
         if status == "ok":
             out[index[cid]] = vals[r]
     return out

@@ -110,6 +110,7 @@ def cut_options(cfg: ExperimentConfig) -> CutOptions:
     """Cutting options of the configured source (:class:`ScenarioNetOptions` for scenarionet)."""
     ic = cfg.ingest
     common = dict(stride_steps=None if ic.stride_s is None else max(1, round(ic.stride_s / 0.1)),
+                  clip_steps=None if ic.clip_s is None else max(1, round(ic.clip_s / 0.1)),
                   min_speed_mps=ic.min_speed_mps, map_extension_m=ic.map_extension_m,
                   agent_radius_m=ic.agent_radius_m)
     if ic.source == "scenarionet":
@@ -125,8 +126,11 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         The ingest summary (also written to ``ingest/summary.json``): counts of ``files``
         (= ``files_with_clips`` + ``files_quarantined`` + ``files_without_usable_track``, with
         ``files_quarantined_reasons`` / ``files_without_usable_track_reasons`` per reason),
-        ``candidates`` (= ``clips`` + ``quarantined``), ``quarantine_reasons`` (records per
-        reason), ``raw_clips``, ``duplicates``, the splits and their segments.
+        ``candidates`` (= ``frames`` + ``quarantined``: a candidate is one frame, a t0 of one
+        vehicle), ``clips`` (the frames' distinct clips, ``ingest.clip_s``), ``quarantine_reasons``
+        (records per reason), ``raw_clips`` (frames cut, before deduplication), ``duplicates``,
+        the splits (``splits``: clips, ``frames_per_split``: frames) and their segments;
+        ``clips_per_site`` / ``frames_per_site`` per split.
 
     Raises:
         FileNotFoundError: the data folder(s) hold no input file (``*.xml`` for commonroad,
@@ -175,15 +179,16 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
     n_raw = clips_table.num_rows
 
     # ---- dedup by recorded content (t0 + ego track), never by file, segment or obstacle id
-    meta = clips_table.select(["clip_id", "source_file", "ego_id", "t0", "segment", "site"]).to_pylist()
-    keep, dup = dedup_clips(content_keys(clips_table), [m["clip_id"] for m in meta],
+    meta = clips_table.select(["clip_id", "frame_id", "source_file", "ego_id", "t0", "segment", "site"]).to_pylist()
+    keep, dup = dedup_clips(content_keys(clips_table), [m["frame_id"] for m in meta],
                             [dedup_order_key(m["source_file"], m["ego_id"], m["t0"]) for m in meta])
     for i, (j, why) in sorted(dup.items()):
         m, o = meta[i], meta[j]
         what = "same recorded ego track and t0 as" if why == "content" else "same clip id (other content) as"
         quarantine.append({"source_file": m["source_file"], "segment": m["segment"], "site": m["site"],
                            "ego_id": m["ego_id"], "t0": m["t0"], "reason": "duplicate",
-                           "detail": f"{what} {o['source_file']} vehicle {o['ego_id']} (clip {o['clip_id']})",
+                           "detail": f"{what} {o['source_file']} vehicle {o['ego_id']} (frame {o['frame_id']} "
+                                     f"of clip {o['clip_id']})",
                            "clip_id": m["clip_id"]})
         rec_file.append(row_file[i])
     # files that replay one recorded vehicle (content duplicates) are one recording unit
@@ -222,7 +227,7 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         unit_of = [unit_of_file[m["source_file"]] for m in meta]
     else:
         unit_of = [m["segment"] for m in meta]
-    per_unit = Counter(unit_of)
+    per_unit = Counter(u for u, _ in {(u, m["clip_id"]) for u, m in zip(unit_of, meta)})  # clips per unit
     site_of = {u: m["site"] for u, m in zip(unit_of, meta)}
     seg_of = {u: m["segment"] for u, m in zip(unit_of, meta)}
     if ic.split_mode == "auto":
@@ -248,11 +253,12 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
     shards = {}
     for split in SPLITS:
         mask = pc.equal(split_col, split)
-        part = clips_table.filter(mask).sort_by("clip_id")
+        part = clips_table.filter(mask).sort_by([("clip_id", "ascending"), ("t0", "ascending")])  # a clip's frames together
         shards[split] = write_shards(storage, f"{STAGE}/clips/{split}", part, cfg.ingest.shard_size)
     storage.write_table(f"{STAGE}/quarantine.parquet",
                         pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
     reasons = Counter(q["reason"] for q in quarantine)
+    n_frames = Counter(split_col.to_pylist())
     summary = {
         "data_dir": data_dir, "source": source, "split_mode": ic.split_mode, "files": len(files),
         "files_with_clips": file_outcomes["clips"],
@@ -261,25 +267,30 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         "files_quarantined_reasons": dict(sorted(quarantined_files.items())),
         "files_without_usable_track_reasons": dict(sorted(no_track_files.items())),
         "candidates": n_raw + sum(1 for q in quarantine if q["reason"] != "duplicate"),
-        "clips": len(keep), "quarantined": len(quarantine),
+        # a candidate is a frame; clips group frames (ingest.clip_s; without it, a clip per frame)
+        "frames": len(keep), "clips": len({m["clip_id"] for m in meta}), "quarantined": len(quarantine),
         "quarantine_reasons": dict(sorted(reasons.items())),
         "raw_clips": n_raw, "duplicates": len(dup),
-        "splits": plan.counts(),
+        "splits": plan.counts(),  # clips (the split plan counts clips per unit)
+        "frames_per_split": {sp: n_frames.get(sp, 0) for sp in SPLITS},
         "segments": {s: plan.segments(s) for s in SPLITS},
         "split_unit": ic.split_unit,
         "units": {s: plan.units(s) for s in SPLITS},
         "clips_per_segment": dict(sorted(Counter(m["segment"] for m in meta).items())),
         "clips_per_unit": dict(sorted(per_unit.items())),
         "site_of_segment": dict(sorted({m["segment"]: m["site"] for m in meta}.items())),
-        "clips_per_site": {sp: dict(Counter(m["site"] for m, s in zip(meta, split_col.to_pylist()) if s == sp))
+        "clips_per_site": {sp: dict(Counter(site for (cid, site) in {(m["clip_id"], m["site"]) for m, s in
+                                                                      zip(meta, split_col.to_pylist()) if s == sp}))
                            for sp in SPLITS},
+        "frames_per_site": {sp: dict(Counter(m["site"] for m, s in zip(meta, split_col.to_pylist()) if s == sp))
+                            for sp in SPLITS},
         "site_mix": plan.mix, "mix_deviation": plan.mix_deviation(),
         "notes": plan.notes,
         "shards": {k: len(v) for k, v in shards.items()},
         "wall_time_s": round(time.time() - t_start, 1), "files_resumed": resumed,
     }
-    if summary["candidates"] != summary["clips"] + summary["quarantined"]:
-        raise RuntimeError(f"ingest accounting: candidates {summary['candidates']} != clips {summary['clips']} "
+    if summary["candidates"] != summary["frames"] + summary["quarantined"]:
+        raise RuntimeError(f"ingest accounting: candidates {summary['candidates']} != frames {summary['frames']} "
                            f"+ quarantined {summary['quarantined']}")
     if summary["files"] != (summary["files_with_clips"] + summary["files_quarantined"]
                             + summary["files_without_usable_track"]):
@@ -287,7 +298,8 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
                            f"+ {summary['files_quarantined']} quarantined + {summary['files_without_usable_track']} "
                            "without a usable track")
     storage.write_json(f"{STAGE}/summary.json", summary)
-    log.info(f"[ingest] candidates {summary['candidates']} = clips {summary['clips']} + quarantined "
+    log.info(f"[ingest] candidate frames {summary['candidates']} = frames {summary['frames']} (in {summary['clips']} "
+             f"clips) + quarantined "
           f"{summary['quarantined']} ({', '.join(f'{k}: {v}' for k, v in summary['quarantine_reasons'].items())})")
     log.info(f"[ingest] files {summary['files']} = with clips {summary['files_with_clips']} + quarantined "
              f"{summary['files_quarantined']} {summary['files_quarantined_reasons']} + without a usable track "
@@ -310,11 +322,13 @@ def load_clips(storage: Storage, split: str):
 
 def _run_step(ctx: Context) -> dict:
     s = run_ingest(ctx.cfg, ctx.storage, force=ctx.force)
-    return {"clips": s["clips"], "quarantined": s["quarantined"], "splits": s["splits"]}
+    return {"clips": s["clips"], "frames": s.get("frames", s["clips"]), "quarantined": s["quarantined"],
+            "splits": s["splits"]}
 
 
 #: the ingest step: CommonRoad / ScenarioNet files -> clip shards per split, quarantine
 STEP = Step("ingest", _run_step, outputs=(layout.INGEST_SUMMARY, *map(layout.clips, layout.SPLITS), layout.QUARANTINE),
             record=layout.INGEST, config_keys=("ingest",),
             depends=lambda cfg: {"input files": file_listing(cfg.resolved_data_dirs())},
-            describe=lambda p: f"{p['clips']} clips, {p['quarantined']} quarantined, splits {p['splits']}")
+            describe=lambda p: f"{p['clips']} clips ({p.get('frames', p['clips'])} frames), {p['quarantined']} "
+                               f"quarantined, splits {p['splits']}")

@@ -11,7 +11,8 @@ Two pipelines (``score.pipeline``):
   store, with no storage round trip; the EPDMS stage writes the shard's output.
 * ``single``: one pool of :class:`ScoreStage` actors does both (the pre-issue-14 layout).
 
-Output (``<run>/score/scores/*.parquet``), one row per pool clip and one output shard per
+Output (``<run>/score/scores/*.parquet``), one row per pool frame (a row of the clip shards;
+:func:`load_scores` averages a clip's frames into one row per clip) and one output shard per
 input shard (a shard whose output exists is not redone: per-shard resume): metadata for domain
 assignment, ``importance`` (EPDMS of the base model on the clip, MOSAIC §3.2.1), the nine
 terms, ``ec_available``, ``entropy`` and ``embedding``, and ``status`` ("ok" or the reason the
@@ -44,7 +45,7 @@ from mosaic_ray.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 STAGE = "score"
-META_COLUMNS = ("clip_id", "dataset", "site", "segment", "scenario_id")
+META_COLUMNS = ("clip_id", "frame_id", "dataset", "site", "segment", "scenario_id")
 
 
 def scores_schema(embed_dim: int) -> pa.Schema:
@@ -109,7 +110,7 @@ class ScoreStage(ShardStage):
                 try:
                     good.append(clip_from_row(r))
                 except Exception as e:
-                    bad[r.get("clip_id")] = f"decode_error: {type(e).__name__}: {e}"[:300]
+                    bad[(r.get("clip_id"), r.get("frame_id") or r.get("clip_id"))] = f"decode_error: {type(e).__name__}: {e}"[:300]
         out = {c: [] for c in self.schema.names}
         results: list[tuple] = []  # (ClipScores or None, row index, error or None) per good clip
         if good:
@@ -136,9 +137,10 @@ class ScoreStage(ShardStage):
             out["embedding"].append(one.embedding[i].astype(np.float32))
             out["choice"].append(int(one.choice[i]))
             out["status"].append("ok")
-        for cid, err in bad.items():
+        for (cid, fid), err in bad.items():
             out["clip_id"].append(cid)
-            for m in META_COLUMNS[1:]:
+            out["frame_id"].append(fid)
+            for m in META_COLUMNS[2:]:
                 out[m].append(None)
             self._nan_row(out, E, err)
         return pa.Table.from_pydict(out, schema=self.schema)
@@ -365,6 +367,7 @@ class EPDMSStage(ProcessingStage):
         schema = scores_schema(E)
         out = {c: [] for c in schema.names}
         ids = part.column("clip_id").to_pylist()
+        fids = part.column("frame_id").to_pylist()
         emb = part.column("_embedding").combine_chunks().flatten().to_numpy().reshape(n, E)
         entropy, choice = part.column("_entropy").to_numpy(), part.column("_choice").to_numpy()
         for i in range(n):
@@ -374,7 +377,8 @@ class EPDMSStage(ProcessingStage):
                     out[m].append(getattr(c, m))
             else:  # undecodable row: its id, no metadata
                 out["clip_id"].append(ids[i])
-                for m in META_COLUMNS[1:]:
+                out["frame_id"].append(fids[i] or ids[i])
+                for m in META_COLUMNS[2:]:
                     out[m].append(None)
             r = res.get(i)
             if r is None:
@@ -437,12 +441,12 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     # every column the scorer decodes (the whole clip schema: a shard without, e.g., agent_states
     # would otherwise score to decode_error rows with no metadata)
     preflight_shards(storage, shards, clip_schema().names)
-    ids = storage.read_table(f"ingest/clips/{split}", columns=["clip_id"]).column("clip_id").to_pylist()
+    ids = storage.read_table(f"ingest/clips/{split}", columns=["frame_id"]).column("frame_id").to_pylist()
 
     dups = duplicated(ids)
     if dups:
-        raise ShardInputError(f"duplicated clip ids in the {split} shards ({len(dups)}), e.g. {dups[:5]}: "
-                              "every clip must appear once; re-run ingest or remove the duplicates")
+        raise ShardInputError(f"duplicated frame ids in the {split} shards ({len(dups)}), e.g. {dups[:5]}: "
+                              "every frame must appear once; re-run ingest or remove the duplicates")
     if force and storage.exists(f"{out}/scores"):
         storage.delete(f"{out}/scores")
     if cfg.score.pipeline == "single":
@@ -474,11 +478,11 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
     skipped = int(sum(records.column("skipped").to_pylist()))
     # exactly one row per input clip
     want = ids
-    got_t = storage.read_table(f"{out}/scores", columns=["clip_id", "status"])
-    got = got_t.column("clip_id").to_pylist()
+    got_t = storage.read_table(f"{out}/scores", columns=["frame_id", "status"])
+    got = got_t.column("frame_id").to_pylist()
     if sorted(got) != sorted(want):
         missing, extra = set(want) - set(got), len(got) - len(set(got))
-        raise RuntimeError(f"score output mismatch: {len(missing)} clips missing, {extra} duplicated rows")
+        raise RuntimeError(f"score output mismatch: {len(missing)} frames missing, {extra} duplicated rows")
     status = got_t.column("status").to_pylist()
     n_ok = sum(s == "ok" for s in status)
     payload = {"rows": len(got), "ok": n_ok, "errors": len(got) - n_ok, "actors": actors,
@@ -493,13 +497,14 @@ def run_score(cfg: ExperimentConfig, storage: Storage, checkpoint: str, split: s
                    "plan_cpu_s": round(float(sum(records.column("plan_cpu_s").to_pylist())), 2)}
                   if "plan_cpu_s" in records.column_names else {}),
                "checkpoint": checkpoint, "wall_time_s": round(time.time() - t0, 1)}
-    log.info(f"[score] {payload['rows']} clips scored ({payload['errors']} errors, {skipped} shards already done) "
+    log.info(f"[score] {payload['rows']} frames scored ({payload['errors']} errors, {skipped} shards already done) "
           f"in {payload['wall_time_s']} s")
     return payload
 
 
 def load_scores(storage: Storage, out: str = STAGE):
-    """The score table of ``out`` (``score``: the pool, ``score_train``: D_train) through the
+    """The score table of ``out`` (``score``: the pool, ``score_train``: D_train), one row per
+    clip (:func:`~mosaic_ray.selection.usable.clip_rows`: frames averaged), through the
     one filter of rejected clips (:func:`mosaic_ray.selection.usable.usable`): only rows with
     ``status == "ok"`` and finite scores reach domains, ranking, pilots and selection.
 
@@ -510,9 +515,9 @@ def load_scores(storage: Storage, out: str = STAGE):
     Raises:
         StorageError: no score table (run the score step).
     """
-    from mosaic_ray.selection.usable import usable
+    from mosaic_ray.selection.usable import clip_rows, usable
 
-    return usable(storage.read_table(f"{out}/scores"))
+    return usable(clip_rows(storage.read_table(f"{out}/scores")))
 
 
 def import_checkpoint(storage: Storage, uri: str) -> str:
@@ -569,7 +574,7 @@ def _describe(p: dict) -> str:
     a = p["actors"]
     how = (f"through {a} actor(s)" if not isinstance(a, dict) else
            f"through {a['plan'][1]} planner and {a['epdms'][1]} EPDMS actor(s) at most")
-    return f"{p['rows']} clips scored ({p['errors']} errors, {p['shards_resumed']} shards already done) {how}"
+    return f"{p['rows']} frames scored ({p['errors']} errors, {p['shards_resumed']} shards already done) {how}"
 
 
 #: the score step: the base planner (or ``score.checkpoint``) and EPDMS over every pool clip

@@ -48,11 +48,12 @@ def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = 
     """Ray Data UDF (stateless task): clip rows (those whose id is in ``keep``, if given) ->
     feature arrays at t0 for training (:data:`FEATURE_KEYS`, shapes of
     :meth:`~mosaic_ray.planner.features.FeatureSpec.shapes`, float32 / bool masks) plus
-    ``clip_id`` (B,) str and ``finite`` (B,) bool (False: a NaN/inf in the row's features or
+    ``clip_id`` (B,) str (a clip's frames share it), ``frame_id`` (B,) str and ``finite`` (B,) bool (False: a NaN/inf in the row's features or
     target, :func:`~mosaic_ray.planner.training.finite_rows`; :func:`training_dataset` drops
     such rows). With ``targets`` (the rule-distillation table of
     :mod:`mosaic_ray.stages.distill`) the rows also get ``distill_targets`` (B, K, 8) float32,
-    joined by clip id (NaN for clips without targets)."""
+    joined by frame id (NaN for frames without targets). ``keep`` holds clip ids: every frame
+    of a kept clip is a row."""
     if keep is not None:
         batch = batch.filter(pc.is_in(batch.column("clip_id"), value_set=keep))
     K = int(targets.column("K")[0].as_py()) if targets is not None and targets.num_rows else 0
@@ -60,6 +61,7 @@ def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = 
         out = {k: np.zeros((0,) + shape, np.float32) for k, shape in spec.features.shapes().items()
                if k in FEATURE_KEYS}
         out["clip_id"] = np.zeros(0, dtype=str)
+        out["frame_id"] = np.zeros(0, dtype=str)
         out[FINITE_KEY] = np.zeros(0, dtype=bool)
         if targets is not None:
             out[DISTILL_KEY] = np.zeros((0, K, len(DISTILL_COLUMNS)), np.float32)
@@ -67,9 +69,10 @@ def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = 
     f = featurize_clips(clips_from_table(batch), spec.features, with_prev=False)
     out = {k: f[k] for k in FEATURE_KEYS}
     out["clip_id"] = np.asarray(f["clip_id"]).astype(str)
+    out["frame_id"] = np.asarray(f["frame_id"]).astype(str)
     out[FINITE_KEY] = finite_rows(out, FEATURE_KEYS)
     if targets is not None:
-        out[DISTILL_KEY] = targets_for(targets, f["clip_id"], K)
+        out[DISTILL_KEY] = targets_for(targets, f["frame_id"], K)
     return out
 
 
@@ -233,7 +236,8 @@ def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = Tru
 
     Returns:
         ``{key: (N, ...) array}`` for :data:`FEATURE_KEYS` (+ ``distill_targets`` with
-        ``targets``) and ``clip_id`` (N,) str.
+        ``targets``), ``clip_id`` (N,) str and ``frame_id`` (N,) str: a selected clip gives
+        one row per frame.
 
     Raises:
         ValueError: the union is empty or a selected pool clip is missing from the pool.
@@ -257,8 +261,9 @@ def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = Tru
     if pool_ids:
         keep = sorted(set(pool_ids))
         parts.append(split_rows("pool", keep))
-        if len(parts[-1]["clip_id"]) != len(keep):
-            raise ValueError(f"{len(parts[-1]['clip_id'])} of {len(keep)} selected clips found in the pool shards")
+        found = len(set(parts[-1]["clip_id"].tolist()))
+        if found != len(keep):
+            raise ValueError(f"{found} of {len(keep)} selected clips found in the pool shards")
     if include_train:
         parts.append(split_rows("train", None))
     if not parts or sum(len(p["clip_id"]) for p in parts) == 0:
@@ -345,9 +350,10 @@ def train_planner_in_process(cfg: ExperimentConfig, storage: Storage, *, name: s
            "wall_time_s": round(time.time() - t0, 1), "run_name": run_name, "resumed_from_epoch": start_epoch,
            "recipe": recipe.to_dict(), "backend": label}
     if targets is not None:
-        ok = {c for c, s_ in zip(targets.column("clip_id").to_pylist(), targets.column("status").to_pylist())
+        key = "frame_id" if "frame_id" in targets.column_names else "clip_id"
+        ok = {c for c, s_ in zip(targets.column(key).to_pylist(), targets.column("status").to_pylist())
               if s_ == "ok"}
-        out["n_distill_targets"] = sum(1 for c in rows["clip_id"] if c in ok)
+        out["n_distill_targets"] = sum(1 for c in rows.get("frame_id", rows["clip_id"]) if c in ok)
     return out
 
 
