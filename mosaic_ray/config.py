@@ -606,6 +606,10 @@ class ExperimentConfig(_Strict):
             self.resolved_methods()  # raises for an unknown @variant
         except ValueError as e:
             raise ValueError(f"selection.methods: {e}") from None
+        if self.autoscale is not None and self.ingest.clip_s is not None:
+            raise ValueError("ingest.clip_s: AutoScale takes every frame as a scene of its own; leave clip_s "
+                             "unset in a config with an autoscale section (clips of several frames are "
+                             "MOSAIC's selection unit)")
         return self
 
     def resolved_methods(self) -> list[ResolvedMethod]:

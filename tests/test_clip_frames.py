@@ -176,3 +176,20 @@ def test_a_run_in_the_paper_unit_selects_clips_and_trains_on_their_frames(ray_lo
     ev = base.get("test", base)
     assert ev["n_clips"] == s["splits"]["test"] and ev["n_frames"] == s["frames_per_split"]["test"]
     assert Context.for_config(cfg).storage.exists("report/report.md")
+
+
+def test_training_rows_have_one_order_whatever_order_the_frames_arrive_in():
+    """A clip's frames share its clip_id: the canonical row order (every worker, Ray Train or
+    in-process) sorts by frame_id, so it does not depend on the order Ray Data hands rows over."""
+    from mosaic_ray.planner.training import shard_rows
+
+    rows = {"clip_id": np.array(["b", "a", "b", "a", "b"]), "frame_id": np.array(["b3", "a2", "b1", "a1", "b2"]),
+            "x": np.arange(5)}
+    want = shard_rows(rows)
+    assert want["frame_id"].tolist() == ["a1", "a2", "b1", "b2", "b3"] and want["x"].tolist() == [3, 1, 2, 4, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = rng.permutation(5)
+        got = shard_rows({k: v[p] for k, v in rows.items()})
+        assert all(np.array_equal(got[k], want[k]) for k in rows)
+    assert shard_rows(rows, 1, 2)["frame_id"].tolist() == ["a2", "b2"]

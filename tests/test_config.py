@@ -16,6 +16,18 @@ def test_demo_config_is_valid():
     assert cfg.resolved_data_dir().endswith("commonroad-ngsim")
 
 
+def test_both_ngsim_configs_use_the_papers_clip_unit_and_autoscale_refuses_it(tmp_path):
+    for path in ("jobs/ngsim_demo.yaml", "jobs/ngsim_benchmark.yaml"):
+        cfg = load_config(path)
+        assert (cfg.ingest.clip_s, cfg.ingest.stride_s) == (10.0, 0.5)
+        assert cfg.planner.base_epochs == cfg.pilot.epochs == cfg.train.epochs == 12  # one recipe
+    raw = yaml.safe_load(open("jobs/autoscale_demo.yaml"))
+    raw.setdefault("ingest", {})["clip_s"] = 10.0
+    raw["data_dir"] = str(tmp_path)
+    with pytest.raises(ConfigError, match="ingest.clip_s: AutoScale"):
+        load_config(_write(tmp_path, raw))
+
+
 def test_unknown_key_is_reported(tmp_path):
     p = _write(tmp_path, {"name": "x", "selection": {"budgets": [10]}, "planer": {}})
     with pytest.raises(ConfigError, match="planer: unknown key"):

@@ -407,3 +407,19 @@ def test_external_checkpoint_that_runs_code_is_refused(tmp_path):
     assert not marker.exists()
     with pytest.raises(FileNotFoundError):
         import_checkpoint(Storage(cfg.run_uri), str(tmp_path / "missing.pt"))
+
+
+def test_paper_clip_unit_groups_the_sdc_frames_into_10s_clips():
+    """ScenarioNet input follows the CommonRoad rule (issue 12 part 1): a contiguous valid run is
+    split into clips of up to 10 s from its first step, frames 0.5 s apart."""
+    frames, bad = cut_scenarionet_file(str(_fixture()), ScenarioNetOptions(stride_steps=5, clip_steps=100))
+    flat, _ = cut_scenarionet_file(str(_fixture()), ScenarioNetOptions(stride_steps=5))
+    assert bad == [] and [f.frame_id for f in frames] == [f.frame_id for f in flat] and len(frames) > 1
+    by_clip: dict[str, list[int]] = {}
+    for f in frames:
+        by_clip.setdefault(f.clip_id, []).append(f.t0)
+    assert len(by_clip) < len(frames)  # clips hold several frames
+    for t0s in by_clip.values():
+        assert all(b - a == 5 for a, b in zip(t0s, t0s[1:])) and t0s[-1] - t0s[0] < 100
+    # the sdc's 19.9 s track: frames at t0 = 2.0 .. 15.5 s in two clips, [0, 10) s and [10, 20) s
+    assert sorted(len(v) for v in by_clip.values()) == [12, 16] and len({f.ego_id for f in frames}) == 1

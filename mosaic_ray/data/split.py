@@ -153,12 +153,12 @@ def content_keys(table) -> list[str]:
 
 def dedup_clips(content: list[str], clip_ids: list[str], order: list[tuple]
                 ) -> tuple[list[int], dict[int, tuple[int, str]]]:
-    """Content deduplication of the clips of one ingest, then a clip-id uniqueness pass.
+    """Content deduplication of the rows (frames) of one ingest, then an id uniqueness pass.
 
     Args:
-        content: per clip its :func:`~mosaic_ray.data.clip.content_key`.
-        clip_ids: per clip its id.
-        order: per clip its :func:`dedup_order_key`; of each group the smallest is kept.
+        content: per row its :func:`~mosaic_ray.data.clip.content_key`.
+        clip_ids: per row its unique id (the frame id; with a frame per clip, the clip id).
+        order: per row its :func:`dedup_order_key`; of each group the smallest is kept.
 
     Returns:
         ``(keep, dup)``: kept indices in ascending order (content keys and clip ids both unique

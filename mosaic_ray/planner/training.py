@@ -22,7 +22,7 @@ numpy / Ray versions, on the same machine and CPU, give bit-identical weights an
 identical evaluation numbers. What makes it so:
 
 * rows are put in a canonical order before training: every DDP worker receives the whole
-  featurised dataset, sorts it by ``clip_id`` and keeps rows ``rank::world``
+  featurised dataset, sorts it by ``frame_id`` and keeps rows ``rank::world``
   (:func:`shard_rows`); in-process trainings (pilots) sort the same way; so neither the
   Parquet read order nor Ray Data's ``map_batches`` output order nor its split of blocks
   among workers matters;
@@ -172,13 +172,15 @@ def to_tensors(batch: dict[str, np.ndarray], keys: Iterable[str] = TRAIN_KEYS,
 
 
 def shard_rows(data: dict[str, np.ndarray], rank: int = 0, world: int = 1) -> dict[str, np.ndarray]:
-    """Canonical rows of one worker: all rows sorted by ``clip_id`` (stable), then rows
-    ``rank::world``. Every array of ``data`` is indexed along axis 0 (same length N).
+    """Canonical rows of one worker: all rows sorted by ``frame_id`` (unique; ``clip_id`` where
+    the rows have no ``frame_id``: then a frame per clip), then rows ``rank::world``. Every array
+    of ``data`` is indexed along axis 0 (same length N). A clip's frames share its ``clip_id``,
+    so sorting by it alone would leave their order to the order the rows arrived in.
 
     Raises:
-        KeyError: ``data`` has no ``clip_id``.
+        KeyError: ``data`` has neither ``frame_id`` nor ``clip_id``.
     """
-    ids = np.asarray(data["clip_id"]).astype(str)
+    ids = np.asarray(data["frame_id"] if "frame_id" in data else data["clip_id"]).astype(str)
     order = np.argsort(ids, kind="stable")[rank::world]
     return {k: np.asarray(v)[order] for k, v in data.items()}
 

@@ -184,7 +184,7 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
                             [dedup_order_key(m["source_file"], m["ego_id"], m["t0"]) for m in meta])
     for i, (j, why) in sorted(dup.items()):
         m, o = meta[i], meta[j]
-        what = "same recorded ego track and t0 as" if why == "content" else "same clip id (other content) as"
+        what = "same recorded ego track and t0 as" if why == "content" else "same frame id (other content) as"
         quarantine.append({"source_file": m["source_file"], "segment": m["segment"], "site": m["site"],
                            "ego_id": m["ego_id"], "t0": m["t0"], "reason": "duplicate",
                            "detail": f"{what} {o['source_file']} vehicle {o['ego_id']} (frame {o['frame_id']} "

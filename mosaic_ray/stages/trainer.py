@@ -2,7 +2,7 @@
 
 Ray Data reads the clip shards of D_train (and of the pool, filtered to a selection) and
 featurises them once (``materialize``). Every worker receives the whole featurised dataset
-(``DataConfig(datasets_to_split=[])``), sorts it by ``clip_id`` and keeps rows
+(``DataConfig(datasets_to_split=[])``), sorts it by ``frame_id`` and keeps rows
 ``rank::world`` (:func:`mosaic_ray.planner.training.shard_rows`), so which rows a worker
 trains on does not depend on Ray Data's block order; the workers run the shared training
 loop (:func:`mosaic_ray.planner.training.train_loop`) under DDP with the run's
@@ -90,7 +90,7 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     rows and featurises them (:func:`featurize_batch`). Rows with a NaN/inf feature or target
     (a shard edited after ingest; ingest's clip validation quarantines such clips) are dropped
     with a logged warning naming their count and ids, so none enters a training batch. The row
-    order of the result is not defined: consumers sort by ``clip_id``
+    order of the result is not defined: consumers sort by ``frame_id``
     (:func:`mosaic_ray.planner.training.shard_rows`).
 
     Returns:
@@ -131,17 +131,20 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
 
 
 def _load_rows(it, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """All rows of a Ray Data iterator as one dict of arrays (``keys`` + ``clip_id``)."""
+    """All rows of a Ray Data iterator as one dict of arrays (``keys`` + ``clip_id`` +
+    ``frame_id``, the key :func:`~mosaic_ray.planner.training.shard_rows` sorts by)."""
     parts = list(it.iter_batches(batch_size=512, batch_format="numpy"))
+    ids = ("clip_id", "frame_id")
     if not parts:
-        return {k: np.zeros(0) for k in keys + ("clip_id",)}
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys + ("clip_id",)}
+        return {k: np.zeros(0) for k in keys + ids}
+    ids = tuple(k for k in ids if k in parts[0])
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys + ids}
 
 
 def _train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: DDP training of the planner with :func:`~mosaic_ray.planner.training.train_loop`.
 
-    Every worker gets the whole dataset, sorts it by clip id and keeps rows ``rank::world``;
+    Every worker gets the whole dataset, sorts it by frame id and keeps rows ``rank::world``;
     the global batch is the recipe's ``batch_size`` (``batch_size // world`` per worker), so
     the optimisation does not change with the number of workers. Every rank runs the same
     number of steps per epoch (DDP all-reduces every step) and calls ``ray.train.report`` at
@@ -230,7 +233,7 @@ def training_rows(storage: Storage, spec: PlannerSpec, include_train: bool = Tru
     """In-process twin of :func:`training_dataset`: D_train ∪ the given pool clips featurised
     (:func:`featurize_batch`; each split once per process through :mod:`~mosaic_ray.stages.split_memo`,
     without distillation targets) without Ray Data, rows with a NaN/inf feature or target dropped
-    with a logged count, sorted by ``clip_id`` (:func:`~mosaic_ray.planner.training.shard_rows`),
+    with a logged count, sorted by ``frame_id`` (:func:`~mosaic_ray.planner.training.shard_rows`),
     so a one-worker Ray Train run and :func:`train_planner_in_process` see the same rows in the
     same order.
 
