@@ -193,3 +193,14 @@ def test_training_rows_have_one_order_whatever_order_the_frames_arrive_in():
         got = shard_rows({k: v[p] for k, v in rows.items()})
         assert all(np.array_equal(got[k], want[k]) for k in rows)
     assert shard_rows(rows, 1, 2)["frame_id"].tolist() == ["a2", "b2"]
+
+
+def test_a_copy_under_a_new_clip_id_is_a_new_frame():
+    from mosaic_ray.data.clip import replace
+
+    f, _ = cut_file(str(ngsim_file("US101/USA_US101-22_1_T-1.xml")))
+    c = replace(f[0], clip_id="copy")
+    assert (c.clip_id, c.frame_id) == ("copy", "copy") and f[0].frame_id == f[0].clip_id != "copy"
+    g, _ = cut_file(str(ngsim_file("US101/USA_US101-22_1_T-1.xml")), PAPER)
+    d = replace(g[0], clip_id="copy")  # a frame of a clip of several frames keeps its own id
+    assert d.frame_id == g[0].frame_id != g[0].clip_id

@@ -29,7 +29,7 @@ def _turn(direction: int = 1, v: float = 5.0, r: float = 15.0) -> np.ndarray:
 
 
 def _clip(cid: str, base, tags=()):
-    return dataclasses.replace(base, clip_id=cid, tags=list(tags))
+    return dataclasses.replace(base, clip_id=cid, frame_id=cid, tags=list(tags))
 
 
 # ---------------------------------------------------------------------- captioner

@@ -721,7 +721,7 @@ def synthesize_clip(clip: Clip, cfg: SynthesizeConfig | None = None,
             full = es.copy()
             full[T0_INDEX + 1:] = future[1:]
             scene_clip = dataclasses.replace(
-                clip, clip_id=cid, ego_states=full,
+                clip, clip_id=cid, frame_id=cid, ego_states=full,  # a scene of its own: its own frame
                 tags=[*clip.tags, "synthetic", f"expert_{kind}"], extra={})
             scene_clip.validate()
             epdms, terms = expert_epdms(scene, full, scorer_cfg)

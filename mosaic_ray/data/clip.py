@@ -479,5 +479,9 @@ def clips_from_table(table: pa.Table) -> list[Clip]:
 
 
 def replace(clip: Clip, **changes: Any) -> Clip:
-    """A copy of ``clip`` with fields replaced (``dataclasses.replace``)."""
+    """A copy of ``clip`` with fields replaced (``dataclasses.replace``). A new ``clip_id`` of a
+    clip of one frame (``frame_id == clip_id``) renames the frame too, unless ``frame_id`` is
+    given: a copy under a new id is a new frame, never a second row with the old frame's id."""
+    if "clip_id" in changes and "frame_id" not in changes and clip.frame_id == clip.clip_id:
+        changes["frame_id"] = changes["clip_id"]
     return dataclasses.replace(clip, **changes)
