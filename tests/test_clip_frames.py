@@ -176,6 +176,13 @@ def test_a_run_in_the_paper_unit_selects_clips_and_trains_on_their_frames(ray_lo
     ev = base.get("test", base)
     assert ev["n_clips"] == s["splits"]["test"] and ev["n_frames"] == s["frames_per_split"]["test"]
     assert Context.for_config(cfg).storage.exists("report/report.md")
+    # the Ray Train path (the base model, `mosaic-ray train` at scale) takes the same frames
+    from mosaic_ray.planner.model import load_checkpoint
+    from mosaic_ray.stages.trainer import training_dataset
+
+    spec = load_checkpoint(st.local_copy("planner/base.pt")).spec
+    _, n = training_dataset(st, spec, pool_ids=chosen)
+    assert n == cell["n_train"]
 
 
 def test_training_rows_have_one_order_whatever_order_the_frames_arrive_in():

@@ -115,8 +115,9 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     ds = ds.map_batches(featurize_batch, fn_kwargs={"spec": spec, "keep": keep, "targets": targets}, batch_size=64,
                         batch_format="pyarrow", num_cpus=0.5).materialize()
     n = ds.count()
-    if keep is not None and n != len(keep):
-        raise ValueError(f"training set has {n} rows, expected {len(keep)} (D_train ∪ selection): "
+    found = len(set(ds.unique("clip_id"))) if keep is not None else 0  # a clip's frames are rows
+    if keep is not None and found != len(keep):
+        raise ValueError(f"training set has {found} clips ({n} rows), expected {len(keep)} (D_train ∪ selection): "
                          "a selected clip is missing from the pool shards")
     bad = sorted(r["clip_id"] for r in ds.select_columns(["clip_id", FINITE_KEY]).take_all()
                  if not r[FINITE_KEY])
