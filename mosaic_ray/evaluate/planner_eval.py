@@ -52,6 +52,11 @@ class ClipScores:
         uniq, inv = np.unique(ids, return_inverse=True)
         return uniq, inv, np.bincount(inv, minlength=uniq.size)
 
+    @staticmethod
+    def _clip_mean(values: np.ndarray, inv: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """(C,) float64 mean of the (n,) frame ``values`` per clip (``inv``, ``k``: :meth:`_groups`)."""
+        return np.bincount(inv, weights=np.asarray(values, np.float64), minlength=k.size) / k
+
     def per_clip(self) -> dict:
         """Per-clip EPDMS for the bootstrap intervals (:mod:`mosaic_ray.evaluate.stats`):
         ``{"clip_id": [str] (C, sorted), "epdms": [float] (mean over the clip's frames),
@@ -60,7 +65,7 @@ class ClipScores:
         if uniq.size == len(self.epdms):  # a frame per clip: the rows as they are
             return {"clip_id": [str(c) for c in self.clip_ids], "epdms": [float(v) for v in self.epdms],
                     "n_frames": [1] * len(self.epdms)}
-        mean = np.bincount(inv, weights=np.asarray(self.epdms, np.float64), minlength=uniq.size) / k
+        mean = self._clip_mean(self.epdms, inv, k)
         return {"clip_id": uniq.tolist(), "epdms": [float(v) for v in mean], "n_frames": [int(v) for v in k]}
 
     def utility(self) -> dict:
@@ -78,7 +83,7 @@ class ClipScores:
         C = uniq.size
         if C == len(self.epdms):  # a frame per clip: plain means over the rows (bitwise as before frames)
             inv, k = np.arange(C), np.ones(C, np.int64)
-        clip_epdms = np.bincount(inv, weights=np.asarray(self.epdms, np.float64), minlength=C) / k
+        clip_epdms = self._clip_mean(self.epdms, inv, k)
         terms = {}
         for j, t in enumerate(TERMS):
             col = np.asarray(self.terms[:, j], np.float64)

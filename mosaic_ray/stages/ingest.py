@@ -258,7 +258,8 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
     storage.write_table(f"{STAGE}/quarantine.parquet",
                         pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
     reasons = Counter(q["reason"] for q in quarantine)
-    n_frames = Counter(split_col.to_pylist())
+    split_of_row = split_col.to_pylist()
+    n_frames = Counter(split_of_row)
     summary = {
         "data_dir": data_dir, "source": source, "split_mode": ic.split_mode, "files": len(files),
         "files_with_clips": file_outcomes["clips"],
@@ -280,9 +281,9 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         "clips_per_unit": dict(sorted(per_unit.items())),
         "site_of_segment": dict(sorted({m["segment"]: m["site"] for m in meta}.items())),
         "clips_per_site": {sp: dict(Counter(site for (cid, site) in {(m["clip_id"], m["site"]) for m, s in
-                                                                      zip(meta, split_col.to_pylist()) if s == sp}))
+                                                                      zip(meta, split_of_row) if s == sp}))
                            for sp in SPLITS},
-        "frames_per_site": {sp: dict(Counter(m["site"] for m, s in zip(meta, split_col.to_pylist()) if s == sp))
+        "frames_per_site": {sp: dict(Counter(m["site"] for m, s in zip(meta, split_of_row) if s == sp))
                             for sp in SPLITS},
         "site_mix": plan.mix, "mix_deviation": plan.mix_deviation(),
         "notes": plan.notes,
