@@ -114,13 +114,18 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     ds = ray.data.read_parquet([storage.path(f) for f in files], filesystem=storage.fs)
     ds = ds.map_batches(featurize_batch, fn_kwargs={"spec": spec, "keep": keep, "targets": targets}, batch_size=64,
                         batch_format="pyarrow", num_cpus=0.5).materialize()
-    n = ds.count()
-    found = len(set(ds.unique("clip_id"))) if keep is not None else 0  # a clip's frames are rows
+    # one streaming pass over two columns (no Ray Data aggregation: its shuffle tasks ask for a
+    # CPU, which a Tune trial's placement group running this does not hold)
+    ids, finite = [], []
+    for b in ds.select_columns(["clip_id", FINITE_KEY]).iter_batches(batch_format="pyarrow", batch_size=4096):
+        ids += b.column("clip_id").to_pylist()
+        finite += b.column(FINITE_KEY).to_pylist()
+    n = len(ids)
+    found = len(set(ids)) if keep is not None else 0  # a clip's frames are rows
     if keep is not None and found != len(keep):
         raise ValueError(f"training set has {found} clips ({n} rows), expected {len(keep)} (D_train ∪ selection): "
                          "a selected clip is missing from the pool shards")
-    bad = sorted(r["clip_id"] for r in ds.select_columns(["clip_id", FINITE_KEY]).take_all()
-                 if not r[FINITE_KEY])
+    bad = sorted(c for c, ok in zip(ids, finite) if not ok)
     if bad:
         log.warning("training set: %d of %d rows dropped for non-finite features or targets (e.g. %s)",
                     len(bad), n, ", ".join(bad[:5]))
