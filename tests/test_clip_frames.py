@@ -176,6 +176,13 @@ def test_a_run_in_the_paper_unit_selects_clips_and_trains_on_their_frames(ray_lo
     ev = base.get("test", base)
     assert ev["n_clips"] == s["splits"]["test"] and ev["n_frames"] == s["frames_per_split"]["test"]
     assert Context.for_config(cfg).storage.exists("report/report.md")
+    # the base model per split and site: calibration (pilots, laws) next to test (the tables)
+    by = summary["base_by_site"]
+    for split in ("calibration", "test"):
+        assert by[split]["all"]["n_clips"] == s["splits"][split]
+        assert by[split]["all"]["epdms"] == pytest.approx(base[split]["epdms"])
+        assert sum(v["n_clips"] for k, v in by[split].items() if k != "all") == s["splits"][split]
+    assert "Calibration − test:" in Path(st.path("report/report.md")).read_text()
     # the Ray Train path (the base model, `mosaic-ray train` at scale) takes the same frames
     from mosaic_ray.planner.model import load_checkpoint
     from mosaic_ray.stages.trainer import training_dataset
@@ -183,6 +190,26 @@ def test_a_run_in_the_paper_unit_selects_clips_and_trains_on_their_frames(ray_lo
     spec = load_checkpoint(st.local_copy("planner/base.pt")).spec
     _, n = training_dataset(st, spec, pool_ids=chosen)
     assert n == cell["n_train"]
+    # a selected clip that is not in the pool is an error on both paths, though the other
+    # clips' frames outnumber the selection (rows are frames, the check counts clips)
+    from mosaic_ray.stages.trainer import training_rows
+
+    with pytest.raises(ValueError, match="a selected clip is missing from the pool shards"):
+        training_dataset(st, spec, pool_ids=chosen[:-1] + ["no-such-clip"])
+    # ... and inside a Tune trial that holds no CPU, as a Ray Train grid cell's trial is
+    # (Ray Data's aggregations, e.g. Dataset.unique, cannot be scheduled there)
+    from ray import tune
+
+    def trial(config):
+        _, rows = training_dataset(st, spec, pool_ids=config["ids"])
+        tune.report({"rows": rows})
+
+    grid = tune.Tuner(tune.with_resources(trial, {"cpu": 0, "memory": 256 * 1024**2}),
+                      param_space={"ids": chosen},
+                      run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+    assert not grid.errors and grid[0].metrics["rows"] == cell["n_train"]
+    with pytest.raises(ValueError, match=f"{len(chosen) - 1} of {len(chosen)} selected clips found"):
+        training_rows(st, spec, pool_ids=chosen[:-1] + ["no-such-clip"])
 
 
 def test_training_rows_have_one_order_whatever_order_the_frames_arrive_in():
