@@ -116,6 +116,10 @@ class IngestConfig(_Strict):
     site_mix: dict[str, float] | None = Field(None, description="declared site mix {site: weight} train, "
                                               "calibration and test are stratified to; None = the mix of all "
                                               "clips (then also the pool's)")
+    split_fill: Literal["best_fit", "random_order"] = Field(
+        "best_fit", description="how a split's site target is filled with units: best_fit = each time the unit "
+        "closest to the remaining gap (few, large units); random_order = units in the seeded order, each taken "
+        "when it brings the split closer to its target (more, smaller units: a split spans more recordings)")
     calibration_segments: list[str] | None = Field(None, description="explicit calibration segments or units")
     test_segments: list[str] | None = Field(None, description="explicit test segments or units")
     train_segments: list[str] | None = Field(None, description="explicit D_train segments or units")

@@ -20,6 +20,7 @@ def test_both_ngsim_configs_use_the_papers_clip_unit_and_autoscale_refuses_it(tm
     for path in ("jobs/ngsim_demo.yaml", "jobs/ngsim_benchmark.yaml"):
         cfg = load_config(path)
         assert (cfg.ingest.clip_s, cfg.ingest.stride_s) == (10.0, 0.5)
+        assert cfg.ingest.split_fill == "random_order"  # splits that span several recordings per site
         assert cfg.planner.base_epochs == cfg.pilot.epochs == cfg.train.epochs == 12  # one recipe
     raw = yaml.safe_load(open("jobs/autoscale_demo.yaml"))
     raw.setdefault("ingest", {})["clip_s"] = 10.0

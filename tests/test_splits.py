@@ -31,11 +31,12 @@ def _units(rng, sites: dict[str, int]):
     return counts, site_of
 
 
+@pytest.mark.parametrize("fill", ["best_fit", "random_order"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_four_splits_disjoint_and_within_tolerance_of_the_site_mix(seed):
+def test_four_splits_disjoint_and_within_tolerance_of_the_site_mix(seed, fill):
     counts, site_of = _units(np.random.default_rng(seed), {"US101": 60, "Lankershim": 40, "Peachtree": 12})
     plan = plan_split(counts, site_of, train_fraction=0.10, calibration_fraction=0.10, test_fraction=0.15,
-                      seed=seed)
+                      seed=seed, fill=fill)
     assert set(plan.assignment) == set(counts) and set(plan.assignment.values()) == set(SPLITS)
     assert sum(plan.counts().values()) == sum(counts.values())  # every clip once
     units = [set(plan.units(sp)) for sp in SPLITS]
@@ -46,6 +47,36 @@ def test_four_splits_disjoint_and_within_tolerance_of_the_site_mix(seed):
     dev = plan.mix_deviation()
     assert set(dev) == set(SPLITS) and max(dev.values()) <= MIX_TOLERANCE, dev  # the pool too
     assert not any("points from the declared" in n for n in plan.notes)
+
+
+def test_random_order_fill_spreads_a_split_over_more_recordings():
+    """Best fit takes the one large unit that comes closest to a site's target; the random-order
+    fill takes the small units that fit under it first, so calibration and test span more
+    recordings, within the tolerance of the declared mix and near their clip targets."""
+    n_units = {"best_fit": [], "random_order": []}
+    for seed in range(10):
+        rng = np.random.default_rng(100 + seed)
+        counts, site_of = {}, {}
+        for site, big in (("A", 60), ("B", 40)):  # per site one unit of about a split's target ...
+            counts[f"{site}-big"], site_of[f"{site}-big"] = big, site
+            for i in range(30):  # ... and many small recordings
+                counts[f"{site}-{i}"], site_of[f"{site}-{i}"] = int(rng.integers(3, 12)), site
+        total = sum(counts.values())
+        for fill in n_units:
+            plan = plan_split(counts, site_of, train_fraction=0.10, calibration_fraction=0.10, test_fraction=0.15,
+                              seed=seed, fill=fill)
+            if fill == "random_order":  # (best fit may miss: the big units overshoot some targets)
+                assert max(plan.mix_deviation().values()) <= MIX_TOLERANCE, plan.mix_deviation()
+                for sp, frac in ((TRAIN, 0.10), (CALIBRATION, 0.10), (TEST, 0.15)):
+                    assert abs(plan.counts()[sp] / total - frac) < 0.03, (sp, plan.counts())
+            n_units[fill].append(len(plan.units(CALIBRATION)) + len(plan.units(TEST)))
+            again = plan_split(counts, site_of, train_fraction=0.10, calibration_fraction=0.10,
+                               test_fraction=0.15, seed=seed, fill=fill)
+            assert again.assignment == plan.assignment  # the seed fixes the plan
+    assert np.mean(n_units["random_order"]) > 1.5 * np.mean(n_units["best_fit"]), n_units
+    with pytest.raises(ValueError, match="unknown split fill 'largest'"):
+        plan_split(counts, site_of, train_fraction=0.1, calibration_fraction=0.1, test_fraction=0.15, seed=0,
+                   fill="largest")
 
 
 def test_declared_site_mix_is_followed():

@@ -19,9 +19,14 @@ vehicle's recorded positions appear in two splits.
 
 Automatic plan (:func:`plan_split`): each of train, calibration and test is stratified to one
 declared site mix (``ingest.site_mix``; default the mix of all clips, which is then also the
-pool's, the rest): per site, units are taken in a seeded random order, each time the one that
-brings the split closest to its target (fraction × clips × site share), while the target is
-not met and the site keeps a pool unit. A split that gets no unit this way takes the spare
+pool's, the rest): per site, with the site's units in a seeded random order, each split's
+target (fraction × clips × site share) is filled while it is not met and the site keeps a pool
+unit. ``fill="best_fit"`` (default) takes each time the free unit that brings the split closest
+to its target, which favours one large unit when one fits (and makes the seed matter only for
+ties); ``fill="random_order"`` first walks the free units in the seeded order and takes each
+one that fits under the target, then tops up by best fit, so a split holds more, smaller units
+and spans more recordings (the NGSIM configs use it: with
+best fit, calibration held one US-101 segment of 27, see BENCHMARKS.md). A split that gets no unit this way takes the spare
 unit closest to its clip target (ties: the larger). :meth:`SplitPlan.mix_deviation` gives each split's largest
 deviation from the declared mix (share points); the ingest summary records it, and a note
 names every split beyond :data:`MIX_TOLERANCE`.
@@ -42,6 +47,8 @@ TEST = "test"
 SPLITS = (TRAIN, POOL, CALIBRATION, TEST)
 #: the splits stratified to the declared site mix (the pool is the rest)
 STRATIFIED = (TEST, CALIBRATION, TRAIN)
+#: how :func:`plan_split` fills a split's site target with units
+FILLS = ("best_fit", "random_order")
 #: largest deviation (share points, 0..1) of a split's site mix from the declared one before a note
 MIX_TOLERANCE = 0.05
 
@@ -266,7 +273,7 @@ def shared_track_links(table, steps: int = 3, resolution_m: float = 0.1,
 def plan_split(clips_per_unit: dict[str, int], site_of_unit: dict[str, str], *, train_fraction: float,
                calibration_fraction: float, test_fraction: float, seed: int,
                site_mix: dict[str, float] | None = None, fixed: dict[str, list[str]] | None = None,
-               segment_of_unit: dict[str, str] | None = None) -> SplitPlan:
+               segment_of_unit: dict[str, str] | None = None, fill: str = "best_fit") -> SplitPlan:
     """Assign every unit to train, pool, calibration or test (see module docstring).
 
     Args:
@@ -278,11 +285,18 @@ def plan_split(clips_per_unit: dict[str, int], site_of_unit: dict[str, str], *, 
             None = the mix of all clips.
         fixed: {split: [units]} assigned before anything else.
         segment_of_unit: {unit: segment} (for :meth:`SplitPlan.segments`).
+        fill: how a split's site target is filled (see the module docstring): ``"best_fit"``
+            (each time the free unit closest to the remaining gap: few, large units) or
+            ``"random_order"`` (first the free units in the seeded order that fit under the
+            target, then a best-fit top-up: more, smaller units, so the split spans more
+            recordings).
 
     Raises:
         ValueError: an unknown split or unit in ``fixed``, a unit fixed twice, bad fractions or
-            mix, or a split left empty (name units explicitly in the config).
+            mix, an unknown ``fill``, or a split left empty (name units explicitly in the config).
     """
+    if fill not in FILLS:
+        raise ValueError(f"unknown split fill {fill!r}: one of {FILLS}")
     units = sorted(u for u, n in clips_per_unit.items() if n > 0)
     total = sum(clips_per_unit[u] for u in units)
     if total == 0:
@@ -327,7 +341,14 @@ def plan_split(clips_per_unit: dict[str, int], site_of_unit: dict[str, str], *, 
                 continue
             target = fr[split] * total * mix.get(site, 0.0)
             have = sum(clips_per_unit[u] for u in order if assign[u] == split)
-            while have < target:
+            if fill == "random_order":  # first every unit in the seeded order that fits under the target
+                for u in order:
+                    if sum(assign[v] == POOL for v in order) < 2:  # the site keeps a pool unit
+                        break
+                    if assign[u] == POOL and have + clips_per_unit[u] <= target:
+                        assign[u] = split
+                        have += clips_per_unit[u]
+            while have < target:  # best fit (random_order: the top-up)
                 free = [u for u in order if assign[u] == POOL]
                 if len(free) < 2:  # the site keeps one pool unit
                     break

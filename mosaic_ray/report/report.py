@@ -213,7 +213,8 @@ def _section_data(s: Mapping[str, Any]) -> list[str]:
             n = sum((c or {}).values())
             rows.append([sp] + [f"{100 * (c or {}).get(x, 0) / n:.1f}%" if n else "—" for x in sites]
                         + [_int(n), f"{100 * _f(dev.get(sp)):.1f}" if sp in dev else "—"])
-        lines += [f"Site mix per split (split unit: {data.get('split_unit') or 'segment'}; no unit is in two "
+        fill = f", filled by {data['split_fill']}" if data.get("split_fill") else ""
+        lines += [f"Site mix per split (split unit: {data.get('split_unit') or 'segment'}{fill}; no unit is in two "
                   "splits; train, calibration and test are stratified to the declared mix; pilots are scored on "
                   "calibration, the final tables on test only):", ""]
         lines += _table(["split"] + sites + ["clips", "max deviation (points)"], rows)
@@ -238,6 +239,22 @@ def _section_base(s: Mapping[str, Any]) -> list[str]:
         return []
     lines = ["## Base model (test)", ""]
     lines += _table(["", "EPDMS ×100"] + [f"{t} ×100" for t in TERMS], rows)
+    by = s.get("base_by_site") or {}
+    if len(by) == 2:
+        sites = ["all"] + sorted(k for k in set().union(*(set(v) for v in by.values())) if k != "all")
+
+        def cell(sp: str, x: str) -> str:
+            v = by[sp].get(x)
+            return f"{_x100(v.get('epdms'))} ({_int(v.get('n_clips'))})" if v else "—"
+
+        lines += ["The base model on calibration (where pilots and laws are measured) and on test (the tables), "
+                  "EPDMS ×100 (clips):", ""]
+        lines += _table(["split"] + sites, [[sp] + [cell(sp, x) for x in sites] for sp in sorted(by)])
+        cal, test = (by.get("calibration") or {}).get("all"), (by.get("test") or {}).get("all")
+        if cal and test:
+            gap = _f(cal["epdms"]) - _f(test["epdms"])
+            lines += [f"Calibration − test: {_signed_x100(gap)} points. A large gap means the pilots see less "
+                      "(or more) headroom than test: their gains, and the laws' sum, do not carry over one to one.", ""]
     return lines
 
 

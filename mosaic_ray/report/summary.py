@@ -74,6 +74,7 @@ class DataInfo(_Section):
     pool_by_domain: dict[str, int] | None = None
     clips_per_site: dict[str, dict[str, int]] | None = None
     split_unit: str | None = None
+    split_fill: str | None = None  #: how the split plan filled each split's site targets (ingest.split_fill)
     units: dict[str, list[str]] | None = None
     site_mix: dict[str, float] | None = None  #: the declared mix train, calibration and test follow
     mix_deviation: dict[str, float] | None = None  #: per split: largest |share − declared| (0..1)
@@ -176,6 +177,10 @@ class Summary(_Section):
     run: RunInfo | None = None
     data: DataInfo | None = None
     base: Utility | None = None
+    #: split (calibration, test) -> site ("all" too) -> the base model's mean EPDMS over the split's
+    #: clips of that site and their count: pilots and laws are measured on calibration, the tables on
+    #: test, so a calibration scored far above test has less headroom than test (see the report)
+    base_by_site: dict[str, dict[str, dict[str, float]]] | None = None
     human: Utility | None = None
     domains: dict[str, DomainLaw] | None = None
     selection: dict[str, dict[str, BudgetSelection]] | None = None
@@ -231,6 +236,31 @@ def _cell_stats(runs: list[dict]) -> CellStats:
         n_train=int(runs[0]["n_train"]), train_time_s=float(np.mean([x["wall_time_s"] for x in runs])),
         compute_cpu_s=float(np.mean([x.get("compute_cpu_s", np.nan) for x in runs])),
         fingerprints=[x["fingerprint"] for x in runs] if all(x.get("fingerprint") for x in runs) else None)
+
+
+def _base_by_site(st: Storage, base: Mapping[str, Any], site_of_test: Mapping[str, str] | None
+                  ) -> dict[str, dict[str, dict[str, float]]]:
+    """{split: {site or "all": {"epdms": mean over clips 0..1, "n_clips": count}}} of the base
+    model on calibration and test, from its stored per-clip scores (``planner/base_eval.json``;
+    splits without per-clip scores are left out)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for split in (CALIBRATION, TEST):
+        pc = (base.get(split) or {}).get("per_clip") or {}
+        if not pc.get("clip_id"):
+            continue
+        if split == TEST and site_of_test is not None:
+            site_of = site_of_test
+        elif st.exists(layout.clips(split)):
+            t = st.read_table(layout.clips(split), columns=["clip_id", "site"])
+            site_of = dict(zip(t.column("clip_id").to_pylist(), t.column("site").to_pylist()))
+        else:
+            site_of = {}
+        by: dict[str, list[float]] = defaultdict(list)
+        for cid, e in zip(pc["clip_id"], pc["epdms"]):
+            by["all"].append(float(e))
+            by[site_of.get(cid, "?")].append(float(e))
+        out[split] = {k: {"epdms": float(np.mean(v)), "n_clips": len(v)} for k, v in sorted(by.items())}
+    return out
 
 
 def _statistics(runs: Mapping[str, Mapping[str, list[dict]]], base_eval: Mapping[str, Any],
@@ -391,6 +421,7 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
     if st.exists(layout.clips(TEST)):
         t = st.read_table(layout.clips(TEST), columns=["clip_id", "site"])
         site_of_clip = dict(zip(t.column("clip_id").to_pylist(), t.column("site").to_pylist()))
+    base_by_site = _base_by_site(st, base, site_of_clip)
     comparisons, brmr, stat_info, res_site, cmp_site = _statistics(runs, base, results, n_boot=n_boot,
                                                                    site_of_clip=site_of_clip)
     laws = {d: ScalingLaw.from_dict(v) for d, v in sel["laws"].items()}
@@ -435,9 +466,11 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
                       splits=ing["splits"], frames_per_split=ing.get("frames_per_split"),
                       segments=ing["segments"], pool_by_domain=dict(sorted(sizes.items())),
                       clips_per_site=ing.get("clips_per_site"), notes=ing.get("notes", []),
-                      split_unit=ing.get("split_unit"), units=ing.get("units"), site_mix=ing.get("site_mix"),
+                      split_unit=ing.get("split_unit"), split_fill=ing.get("split_fill"), units=ing.get("units"),
+                      site_mix=ing.get("site_mix"),
                       mix_deviation=ing.get("mix_deviation")),
         base=Utility(epdms=evaluation(base)["epdms"], terms=evaluation(base)["terms"], n_train=base["n_train"]),
+        base_by_site=base_by_site or None,
         human=Utility(**{k: base["human"][k] for k in ("epdms", "terms")}) if base.get("human") else None,
         domains=domains, selection=dict(selection), selection_order=order, results=results,
         comparisons_by_site=cmp_site or None, results_by_site=res_site or None,

@@ -242,7 +242,8 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
                  TEST: named(ic.test_segments)}
         plan = plan_split(dict(per_unit), site_of, train_fraction=ic.train_fraction,
                           calibration_fraction=ic.calibration_fraction, test_fraction=ic.test_fraction,
-                          seed=ic.seed, site_mix=ic.site_mix, fixed=fixed, segment_of_unit=seg_of)
+                          seed=ic.seed, site_mix=ic.site_mix, fixed=fixed, segment_of_unit=seg_of,
+                          fill=ic.split_fill)
     else:  # every clip to one split (a dataset too small to split four ways)
         plan = SplitPlan({u: ic.split_mode for u in per_unit}, dict(per_unit), dict(site_of),
                          [f"split_mode {ic.split_mode}: all {len(meta)} clips go to {ic.split_mode}"],
@@ -276,6 +277,7 @@ def run_ingest(cfg: ExperimentConfig, storage: Storage, force: bool = False) -> 
         "frames_per_split": {sp: n_frames.get(sp, 0) for sp in SPLITS},
         "segments": {s: plan.segments(s) for s in SPLITS},
         "split_unit": ic.split_unit,
+        "split_fill": ic.split_fill if ic.split_mode == "auto" else None,
         "units": {s: plan.units(s) for s in SPLITS},
         "clips_per_segment": dict(sorted(Counter(m["segment"] for m in meta).items())),
         "clips_per_unit": dict(sorted(per_unit.items())),
