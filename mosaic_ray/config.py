@@ -157,6 +157,9 @@ class PlannerConfig(_Strict):
     min_lr_ratio: float = Field(0.02, ge=0, le=1, description="LR floor of the cosine schedule, × lr")
     grad_clip: float | None = Field(5.0, gt=0, description="max global gradient norm (None: no clipping)")
     base_epochs: int = Field(60, ge=1)
+    steps: int | None = Field(None, ge=1, description="a fixed number of optimizer steps for the base model, pilots "
+                              "and final trainings whatever their data size (each training's epochs = ceil(steps "
+                              "/ steps per epoch)); None = the configured epochs, so steps grow with the data")
     augment_mirror: bool = Field(True, description="add left-right mirrored copies when training")
     seed: int = 0
     torch_threads: int = Field(1, ge=1)

@@ -117,6 +117,36 @@ def test_recipe_comes_from_the_planner_section_with_explicit_overrides(tmp_path)
     assert r.lr_at(100, 100) == pytest.approx(0.1)  # the floor
 
 
+def test_a_fixed_step_recipe_runs_exactly_its_steps_whatever_the_data_size(clips):
+    """``planner.steps``: every training takes the same optimizer steps (the last epoch stops
+    part-way, the cosine schedule spans the steps); without it, epochs × steps per epoch."""
+    from conftest import DATA_DIR
+    from mosaic_ray.config import validate_config
+
+    cfg = validate_config({"name": "r", "data_dir": str(DATA_DIR), "selection": {"budgets": [5]},
+                           "planner": {"batch_size": 16, "steps": 13, "base_epochs": 2}, "pilot": {"epochs": 3}})
+    for kind in ("base", "pilot", "final"):
+        assert recipe_from_config(cfg, kind).steps == 13  # one recipe: the step count is the planner's
+    r = recipe_from_config(cfg, "pilot")
+    assert r.for_rows(40).epochs == 5 and r.for_rows(300).epochs == 1 and r.for_rows(16).epochs == 13
+    assert TrainRecipe(epochs=4).for_rows(1000).epochs == 4 and "steps" not in TrainRecipe().to_dict()
+    assert r.to_dict()["steps"] == 13 and TrainRecipe(**r.to_dict()) == r
+    with pytest.raises(ValueError, match="invalid recipe"):
+        TrainRecipe(steps=0)
+    f = featurize_clips(clips[:40], SPEC.features, with_prev=False)
+    anchors = torch.from_numpy(build_vocabulary(f["target"], 16))
+    for n_rows in (40, 25):
+        data = shard_rows({k: v[:n_rows] for k, v in f.items()})
+        rec = r.for_rows(n_rows)
+        seen = []
+        train_loop(VocabularyPlanner(SPEC, anchors), data, rec, seed=0, on_epoch=lambda s: seen.append(s.step))
+        assert seen[-1] == 13 and len(seen) == rec.epochs  # exactly the steps, over ceil(13 / 3 or 2) epochs
+    unbounded = []
+    train_loop(VocabularyPlanner(SPEC, anchors), shard_rows(f), TrainRecipe(batch_size=16, epochs=5), seed=0,
+               on_epoch=lambda s: unbounded.append(s.step))
+    assert unbounded[-1] == 15  # no steps: 5 epochs × 3
+
+
 def test_training_is_independent_of_row_order_once_rows_are_canonical(clips):
     f = featurize_clips(clips[:40], SPEC.features, with_prev=False)
     anchors = torch.from_numpy(build_vocabulary(f["target"], 16))

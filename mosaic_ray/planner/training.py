@@ -92,6 +92,10 @@ class TrainRecipe:
         distill_weight: weight of the distillation BCE next to the imitation loss.
         grad_clip: max global L2 norm of the gradients (None: no clipping).
         optimizer: only ``"adamw"``.
+        steps: a fixed number of optimizer steps whatever the data size (``planner.steps``):
+            :meth:`for_rows` turns it into the epochs that reach it for a given number of rows
+            and :func:`train_loop` stops after exactly ``steps`` (the cosine schedule spans
+            them); None = ``epochs`` passes, steps growing with the data.
     """
 
     lr: float = 2e-3
@@ -104,15 +108,31 @@ class TrainRecipe:
     distill_weight: float = 1.0
     grad_clip: float | None = 5.0
     optimizer: Literal["adamw"] = "adamw"
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer != "adamw":
             raise ValueError(f"unknown optimizer {self.optimizer!r}: only 'adamw'")
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.warmup_steps < 0:
+        if (self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.warmup_steps < 0
+                or (self.steps is not None and self.steps < 1)):
             raise ValueError(f"invalid recipe {self}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The recipe as a dict (without ``steps`` when it is None, so recipes stored before the
+        field existed keep their run names and fingerprints)."""
+        d = asdict(self)
+        if d["steps"] is None:
+            del d["steps"]
+        return d
+
+    def for_rows(self, n_rows: int) -> "TrainRecipe":
+        """The recipe for a training on ``n_rows`` rows: with ``steps`` set, ``epochs`` =
+        ceil(steps / ceil(n_rows / batch_size)), of which :func:`train_loop` runs exactly
+        ``steps`` optimizer steps (the last epoch stops part-way); without it, unchanged."""
+        if self.steps is None:
+            return self
+        per_epoch = max(1, math.ceil(max(int(n_rows), 1) / self.batch_size))
+        return replace(self, epochs=max(1, math.ceil(self.steps / per_epoch)))
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of optimisation step ``step`` (0-based) of ``total``."""
@@ -140,7 +160,8 @@ def recipe_from_config(cfg, kind: Literal["base", "pilot", "final"] = "base",
     pc = cfg.planner
     base = TrainRecipe(lr=pc.lr, weight_decay=pc.weight_decay, batch_size=pc.batch_size, epochs=pc.base_epochs,
                        warmup_steps=pc.warmup_steps, min_lr_ratio=pc.min_lr_ratio, mirror=pc.augment_mirror,
-                       distill_weight=pc.distill_loss_weight, grad_clip=pc.grad_clip)
+                       distill_weight=pc.distill_loss_weight, grad_clip=pc.grad_clip,
+                       steps=getattr(pc, "steps", None))
     if kind == "base":
         over = {}
     elif kind in ("pilot", "final"):
@@ -354,6 +375,8 @@ def train_loop(model, data: dict[str, np.ndarray], recipe: TrainRecipe, *, seed:
     bs = max(1, recipe.batch_size // world)
     steps_per_epoch = max(1, math.ceil(n_total / (world * bs)))
     total = recipe.epochs * steps_per_epoch
+    if recipe.steps is not None:  # a fixed step count: the last epoch stops part-way
+        total = min(total, recipe.steps)
     seed_torch(seed)
     opt = recipe.make_optimizer(model.parameters())
     start_epoch, step = 0, 0
@@ -368,6 +391,8 @@ def train_loop(model, data: dict[str, np.ndarray], recipe: TrainRecipe, *, seed:
         order = epoch_order(n_local, steps_per_epoch, bs, seed, rank, epoch)
         losses = []
         for i in range(steps_per_epoch):  # the same count on every rank (DDP all-reduces each step)
+            if step >= total:
+                break
             idx = order[i * bs:(i + 1) * bs]
             lr = recipe.lr_at(step, total)
             for g in opt.param_groups:

@@ -110,7 +110,8 @@ def _pilot_trial(config: dict, trials: dict | None = None, storage: Storage | No
         data = pilot_features(storage, trial["clip_ids"], targets, model)
     except RuntimeError as e:
         raise RuntimeError(f"pilot {trial['domain']}/{trial['n']}: {e}") from e
-    train_loop(model, data, TrainRecipe(**config["recipe"]), seed=trial["seed"], name=f"pilot {trial['key']}")
+    recipe = TrainRecipe(**config["recipe"]).for_rows(len(data["target"]))  # planner.steps, if set
+    train_loop(model, data, recipe, seed=trial["seed"], name=f"pilot {trial['key']}")
     require_finite_weights(model, f"pilot {trial['key']}")  # a NaN model's ΔU is never reported
     # never the test split; read, featurised and prepared once per trial process (split_memo)
     cal, feats, cache = (split_memo.eval_inputs(storage, PILOT_SPLIT, model.spec.features)

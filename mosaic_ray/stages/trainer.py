@@ -313,6 +313,7 @@ def train_planner_in_process(cfg: ExperimentConfig, storage: Storage, *, name: s
     targets = ensure_targets(cfg, storage) if pc_.distill else None
     rows = training_rows(storage, spec, include_train=include_train, pool_ids=pool_ids, targets=targets)
     n = len(rows["clip_id"])
+    recipe = recipe.for_rows(n)  # planner.steps: the epochs that reach a fixed step count
     anchors = np.load(storage.local_copy("planner/vocabulary.npy"))
     config = _run_settings(cfg, spec, recipe, seed, n, init_checkpoint)
     run_name = _run_name(name, {**config, "backend": "in_trial"}, pool_ids, anchors)
@@ -411,6 +412,7 @@ def train_planner(cfg: ExperimentConfig, storage: Storage, *, name: str, epochs:
     spec = PlannerSpec.from_config(pc_)
     targets = ensure_targets(cfg, storage) if pc_.distill else None
     ds, n = training_dataset(storage, spec, include_train=include_train, pool_ids=pool_ids, targets=targets)
+    recipe = recipe.for_rows(n)  # planner.steps: the epochs that reach a fixed step count
     tc = cfg.train
     anchors = np.load(storage.local_copy("planner/vocabulary.npy"))
     config = _run_settings(cfg, spec, recipe, seed, n, init_checkpoint)
