@@ -25,9 +25,9 @@ unit. ``fill="best_fit"`` (default) takes each time the free unit that brings th
 to its target, which favours one large unit when one fits (and makes the seed matter only for
 ties); ``fill="random_order"`` first walks the free units in the seeded order and takes each
 one that fits under the target, then tops up by best fit, so a split holds more, smaller units
-and spans more recordings (the NGSIM configs use it: with
-best fit, calibration held one US-101 segment of 27, see BENCHMARKS.md). A split that gets no unit this way takes the spare
-unit closest to its clip target (ties: the larger). :meth:`SplitPlan.mix_deviation` gives each split's largest
+and spans more recordings (the NGSIM configs use it: with best fit, calibration held one US-101
+segment of 27; see BENCHMARKS.md). A split that gets no unit this way takes the spare unit
+closest to its clip target (ties: the larger). :meth:`SplitPlan.mix_deviation` gives each split's largest
 deviation from the declared mix (share points); the ingest summary records it, and a note
 names every split beyond :data:`MIX_TOLERANCE`.
 """
@@ -342,12 +342,14 @@ def plan_split(clips_per_unit: dict[str, int], site_of_unit: dict[str, str], *, 
             target = fr[split] * total * mix.get(site, 0.0)
             have = sum(clips_per_unit[u] for u in order if assign[u] == split)
             if fill == "random_order":  # first every unit in the seeded order that fits under the target
+                n_free = sum(assign[u] == POOL for u in order)
                 for u in order:
-                    if sum(assign[v] == POOL for v in order) < 2:  # the site keeps a pool unit
+                    if n_free < 2:  # the site keeps a pool unit
                         break
                     if assign[u] == POOL and have + clips_per_unit[u] <= target:
                         assign[u] = split
                         have += clips_per_unit[u]
+                        n_free -= 1
             while have < target:  # best fit (random_order: the top-up)
                 free = [u for u in order if assign[u] == POOL]
                 if len(free) < 2:  # the site keeps one pool unit
