@@ -101,7 +101,7 @@ def main() -> None:
     import numpy as np
 
     from mosaic_ray.config import load_config
-    from mosaic_ray.evaluate.stats import paired_bootstrap_diff
+    from mosaic_ray.evaluate.stats import align_cells, paired_bootstrap_diff
     from mosaic_ray.stages.pilot import pilot_orders
     from mosaic_ray.stages.step import Context
 
@@ -128,18 +128,10 @@ def main() -> None:
             results += list(ex.map(_run, [args.config] * len(jobs), *zip(*jobs)))
     wall = time.time() - t0
 
-    ids = results[0]["calibration"]["per_clip"]["clip_id"]
-
-    def matrix(arm: str) -> np.ndarray:
-        """(seeds, clips) calibration EPDMS (0..1), seeds in order, clips in one order."""
-        m = []
-        for r in sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"]):
-            pc = r["calibration"]["per_clip"]
-            pos = {c: i for i, c in enumerate(pc["clip_id"])}
-            m.append([pc["epdms"][pos[c]] for c in ids])
-        return np.asarray(m, dtype=np.float64)
-
-    m = {arm: matrix(arm) for arm in arms}
+    # (seeds, clips) calibration EPDMS (0..1) per arm, seeds in order, clips in one common order
+    ordered = sorted(results, key=lambda r: (r["arm"], r["seed"]))
+    _, rows = align_cells([r["calibration"]["per_clip"] for r in ordered])
+    m = {arm: np.stack([x for r, x in zip(ordered, rows) if r["arm"] == arm]) for arm in arms}
 
     def pts(x: np.ndarray, y: np.ndarray) -> dict:
         iv = paired_bootstrap_diff(x, y, n_boot=args.boot, seed=0)

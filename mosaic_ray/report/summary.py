@@ -238,27 +238,29 @@ def _cell_stats(runs: list[dict]) -> CellStats:
         fingerprints=[x["fingerprint"] for x in runs] if all(x.get("fingerprint") for x in runs) else None)
 
 
-def _base_by_site(st: Storage, base: Mapping[str, Any], site_of_test: Mapping[str, str] | None
+def _site_of_clip(st: Storage, split: str) -> dict[str, str] | None:
+    """{clip id: site} of a split's shards (None: the split is not stored)."""
+    if not st.exists(layout.clips(split)):
+        return None
+    t = st.read_table(layout.clips(split), columns=["clip_id", "site"])
+    return dict(zip(t.column("clip_id").to_pylist(), t.column("site").to_pylist()))
+
+
+def _base_by_site(base: Mapping[str, Any], site_of: Mapping[str, Mapping[str, str] | None]
                   ) -> dict[str, dict[str, dict[str, float]]]:
     """{split: {site or "all": {"epdms": mean over clips 0..1, "n_clips": count}}} of the base
     model on calibration and test, from its stored per-clip scores (``planner/base_eval.json``;
-    splits without per-clip scores are left out)."""
+    splits without per-clip scores are left out); ``site_of``: {split: {clip id: site}}."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for split in (CALIBRATION, TEST):
         pc = (base.get(split) or {}).get("per_clip") or {}
         if not pc.get("clip_id"):
             continue
-        if split == TEST and site_of_test is not None:
-            site_of = site_of_test
-        elif st.exists(layout.clips(split)):
-            t = st.read_table(layout.clips(split), columns=["clip_id", "site"])
-            site_of = dict(zip(t.column("clip_id").to_pylist(), t.column("site").to_pylist()))
-        else:
-            site_of = {}
+        sites = site_of.get(split) or {}
         by: dict[str, list[float]] = defaultdict(list)
         for cid, e in zip(pc["clip_id"], pc["epdms"]):
             by["all"].append(float(e))
-            by[site_of.get(cid, "?")].append(float(e))
+            by[sites.get(cid, "?")].append(float(e))
         out[split] = {k: {"epdms": float(np.mean(v)), "n_clips": len(v)} for k, v in sorted(by.items())}
     return out
 
@@ -417,11 +419,9 @@ def build_summary(cfg: ExperimentConfig, storage: Storage, timings: Mapping[str,
             continue
         runs[r["method"]][str(r["budget"])].append(r)
     results = {m: {b: _cell_stats(rs) for b, rs in per_b.items()} for m, per_b in runs.items()}
-    site_of_clip = None
-    if st.exists(layout.clips(TEST)):
-        t = st.read_table(layout.clips(TEST), columns=["clip_id", "site"])
-        site_of_clip = dict(zip(t.column("clip_id").to_pylist(), t.column("site").to_pylist()))
-    base_by_site = _base_by_site(st, base, site_of_clip)
+    site_of = {split: _site_of_clip(st, split) for split in (CALIBRATION, TEST)}
+    site_of_clip = site_of[TEST]
+    base_by_site = _base_by_site(base, site_of)
     comparisons, brmr, stat_info, res_site, cmp_site = _statistics(runs, base, results, n_boot=n_boot,
                                                                    site_of_clip=site_of_clip)
     laws = {d: ScalingLaw.from_dict(v) for d, v in sel["laws"].items()}
