@@ -23,6 +23,8 @@ config's ``planner.*`` recipe: AdamW, lr, warm-up then cosine decay, batch, mirr
 * ``scratch_12ep_additive`` / ``scratch_24ep_additive``: for runs in the paper's clip unit
   (``ingest.clip_s``: 10 s clips of frames 0.5 s apart, about 5 frames per clip): 12 epochs over
   frames are the optimizer steps of 60 epochs over one window per clip; 24 doubles them.
+* ``scratch_<N>steps_additive`` (any N, e.g. ``scratch_600steps_additive``): from scratch for
+  exactly N optimizer steps whatever the data size (``planner.steps: N``), additive head.
 
 The ``continue_*`` recipes continue ``planner/base.pt`` and so keep its head.
 
@@ -41,9 +43,11 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -63,6 +67,32 @@ RECIPES = {
     "scratch_12ep_additive": {"init": "scratch", "epochs": 12, "head": "additive"},
     "scratch_24ep_additive": {"init": "scratch", "epochs": 24, "head": "additive"},
 }
+
+
+_FIXED_STEPS = re.compile(r"scratch_(\d+)steps_additive")
+
+
+def _spec(recipe: str) -> dict:
+    """The recipe's settings: one of :data:`RECIPES` or ``scratch_<N>steps_additive``.
+
+    Raises:
+        ValueError: an unknown recipe name.
+    """
+    if recipe in RECIPES:
+        return RECIPES[recipe]
+    m = _FIXED_STEPS.fullmatch(recipe)
+    if m is None or int(m.group(1)) < 1:
+        raise ValueError(f"unknown recipe {recipe!r}: one of {sorted(RECIPES)} or scratch_<N>steps_additive")
+    return {"init": "scratch", "epochs": 1, "head": "additive", "fixed_steps": int(m.group(1))}
+
+
+def _recipe_name(name: str) -> str:
+    """argparse type: a recipe name, checked by :func:`_spec`."""
+    try:
+        _spec(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def _cell_key(recipe: str, budget: int, seed: int) -> str:
@@ -86,7 +116,7 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
 
     cfg = load_config(config_path)
     st = Context.for_config(cfg).storage
-    spec = RECIPES[recipe]
+    spec = _spec(recipe)
     if "head" in spec:  # a scratch recipe builds the model from cfg.planner
         cfg = cfg.model_copy(update={"planner": cfg.planner.model_copy(update={"head": spec["head"]})})
     key = _cell_key(recipe, budget, seed)
@@ -102,6 +132,8 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
         if len(pool_ids) != budget:
             raise ValueError(f"Random's selection at budget {budget}: {len(pool_ids)} clips in the manifest")
     base_recipe = recipe_from_config(cfg, "base")
+    if "fixed_steps" in spec:  # planner.steps: train_planner_in_process sets the epochs that reach it
+        base_recipe = replace(base_recipe, steps=spec["fixed_steps"])
     n_rows = st.read_table("ingest/clips/train", columns=["clip_id"]).num_rows + budget
     per_epoch = math.ceil(n_rows / base_recipe.batch_size)
     epochs = spec["epochs"] if "epochs" in spec else math.ceil(steps / per_epoch)
@@ -113,8 +145,10 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
     util = evaluate_checkpoint(st, info["checkpoint"], clips=load_clips(st, CALIBRATION))
     n_rows = int(info.get("n_train", n_rows))  # training rows (frames) as trained
     per_epoch = math.ceil(n_rows / base_recipe.batch_size)
+    epochs = int(info["recipe"]["epochs"])  # as trained (a fixed step count sets them)
+    done = epochs * per_epoch if "fixed_steps" not in spec else min(epochs * per_epoch, spec["fixed_steps"])
     res = {"recipe": recipe, "budget": budget, "seed": seed, "init": spec["init"], "epochs": epochs,
-           "rows": n_rows, "optimizer_steps": epochs * per_epoch,
+           "rows": n_rows, "optimizer_steps": done,
            "train_cpu_s": round(train_cpu, 1), "cell_wall_s": round(time.time() - t0, 1),
            "calibration": util}
     st.write_json(out, res)
@@ -211,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config")
     ap.add_argument("--budgets", nargs="+", type=int, default=[0, 25, 60, 120, 250, 500])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), type=_recipe_name,
+                    help=f"{', '.join(RECIPES)} or scratch_<N>steps_additive")
     ap.add_argument("--steps", type=int, default=100, help="optimizer steps of continue_steps")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--boot", type=int, default=2000)
