@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from mosaic_ray.config import ConfigError, SelectionConfig, load_config
+from mosaic_ray.planner.training import recipe_from_config
 
 
 def _write(tmp_path, data):
@@ -21,7 +22,11 @@ def test_both_ngsim_configs_use_the_papers_clip_unit_and_autoscale_refuses_it(tm
         cfg = load_config(path)
         assert (cfg.ingest.clip_s, cfg.ingest.stride_s) == (10.0, 0.5)
         assert cfg.ingest.split_fill == "random_order"  # splits that span several recordings per site
-        assert cfg.planner.base_epochs == cfg.pilot.epochs == cfg.train.epochs == 12  # one recipe
+        assert cfg.planner.base_epochs == cfg.pilot.epochs == cfg.train.epochs == 12  # one recipe ...
+        assert cfg.pilot.init == cfg.train.init == "scratch"
+        # ... of 600 optimizer steps for every training (chosen on calibration: BENCHMARKS.md)
+        assert {recipe_from_config(cfg, k).for_rows(n).steps for k in ("base", "pilot", "final")
+                for n in (458, 3_300)} == {600}
     raw = yaml.safe_load(open("jobs/autoscale_demo.yaml"))
     raw.setdefault("ingest", {})["clip_s"] = 10.0
     raw["data_dir"] = str(tmp_path)
