@@ -190,6 +190,20 @@ def test_a_run_in_the_paper_unit_selects_clips_and_trains_on_their_frames(ray_lo
     spec = load_checkpoint(st.local_copy("planner/base.pt")).spec
     _, n = training_dataset(st, spec, pool_ids=chosen)
     assert n == cell["n_train"]
+    # most pool batches hold no selected clip: the UDF's zero-row output becomes a block with the
+    # feature columns' tensor type, as a full batch's (Ray turns a zero-row (0, ...) array into a
+    # pickled-object column, with a "Failed to convert column" warning in every training)
+    import pyarrow as pa
+    from ray.data.block import BlockAccessor
+
+    from mosaic_ray.stages.trainer import _featurize_for_ray
+
+    shard = st.read_table(st.list("ingest/clips/pool", ".parquet")[0]).slice(0, 64)
+    types = {}
+    for keep in (None, pa.array(["no-such-clip"])):
+        blk = BlockAccessor.batch_to_block(_featurize_for_ray(shard, spec, keep=keep))
+        types[blk.num_rows > 0] = {f.name: type(f.type).__name__ for f in blk.schema}
+    assert types[False] == types[True] and types[True]["ego"].startswith("ArrowTensorType"), types
     # a selected clip that is not in the pool is an error on both paths, though the other
     # clips' frames outnumber the selection (rows are frames, the check counts clips)
     from mosaic_ray.stages.trainer import training_rows

@@ -76,6 +76,21 @@ def featurize_batch(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = 
     return out
 
 
+def _featurize_for_ray(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None = None,
+                       targets: pa.Table | None = None) -> dict[str, np.ndarray] | pa.Table:
+    """Ray Data UDF: :func:`featurize_batch`, whose zero-row output (a batch without a kept
+    clip: most pool batches when training on a selection) becomes a zero-row table with the
+    column types Ray gives the non-empty batches (multi-dimensional features as Ray's tensor
+    type). Ray converts a zero-row (0, ...) array to a pickled-object column instead, with a
+    "Failed to convert column" warning, and the dataset's blocks would then disagree on types."""
+    from ray.data.extensions.tensor_extension import ArrowTensorArray
+
+    out = featurize_batch(batch, spec, keep=keep, targets=targets)
+    if len(out[FINITE_KEY]):
+        return out
+    return pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else pa.array(v) for k, v in out.items()})
+
+
 def _finite_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data UDF: the rows of a featurised batch whose ``finite`` flag is set."""
     ok = np.asarray(batch[FINITE_KEY], dtype=bool)
@@ -87,7 +102,7 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     """A materialised Ray dataset of training features: D_train ∪ the given pool clips.
 
     One ``read_parquet`` over the D_train and pool shards, then one map that keeps the wanted
-    rows and featurises them (:func:`featurize_batch`). Rows with a NaN/inf feature or target
+    rows and featurises them (:func:`featurize_batch` through :func:`_featurize_for_ray`). Rows with a NaN/inf feature or target
     (a shard edited after ingest; ingest's clip validation quarantines such clips) are dropped
     with a logged warning naming their count and ids, so none enters a training batch. The row
     order of the result is not defined: consumers sort by ``frame_id``
@@ -112,7 +127,7 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     if not files:
         raise ValueError("empty training set: no D_train and no selected clips")
     ds = ray.data.read_parquet([storage.path(f) for f in files], filesystem=storage.fs)
-    ds = ds.map_batches(featurize_batch, fn_kwargs={"spec": spec, "keep": keep, "targets": targets}, batch_size=64,
+    ds = ds.map_batches(_featurize_for_ray, fn_kwargs={"spec": spec, "keep": keep, "targets": targets}, batch_size=64,
                         batch_format="pyarrow", num_cpus=0.5).materialize()
     # one streaming pass over two columns (no Ray Data aggregation: its shuffle tasks ask for a
     # CPU, which a Tune trial's placement group running this does not hold)
