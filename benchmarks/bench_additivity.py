@@ -77,9 +77,10 @@ def _run(config_path: str, arm: str, ids: list[str], seed: int, epochs: int | No
                                     init_checkpoint="planner/base.pt" if cfg.pilot.init == "base" else None)
     util = evaluate_checkpoint(st, info["checkpoint"], clips=load_clips(st, CALIBRATION))
     rows = int(info["n_train"])
-    per_epoch = math.ceil(rows / recipe.batch_size)
+    trained = recipe.for_rows(rows)  # with planner.steps (the config's or --steps): the epochs that reach it
+    done = trained.epochs * math.ceil(rows / trained.batch_size)
     res = {"arm": arm, "seed": seed, "clips": len(ids), "rows": rows,
-           "optimizer_steps": steps if steps else recipe.epochs * per_epoch,
+           "optimizer_steps": min(done, trained.steps) if trained.steps else done,
            "wall_s": round(time.time() - t0, 1), "calibration": util}
     st.write_json(out, res)
     return res
@@ -120,7 +121,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as ex:
         results = list(ex.map(_run, [args.config] * len(jobs), *zip(*jobs)))
         # the long control: D_train alone for A + B's optimizer steps (whole epochs, rounded up)
-        if args.steps is None:  # with a fixed step count every arm already takes the same steps
+        if args.steps is None and cfg.planner.steps is None:  # a fixed step count: every arm takes the same
             steps = {r["arm"]: r["optimizer_steps"] for r in results}
             long_epochs = math.ceil(cfg.pilot.epochs * steps["AB"] / steps["control"])
             arms["control_long"] = []
