@@ -82,7 +82,8 @@ def _featurize_for_ray(batch: pa.Table, spec: PlannerSpec, keep: pa.Array | None
     clip: most pool batches when training on a selection) becomes a zero-row table with the
     column types Ray gives the non-empty batches (multi-dimensional features as Ray's tensor
     type). Ray converts a zero-row (0, ...) array to a pickled-object column instead, with a
-    "Failed to convert column" warning, and the dataset's blocks would then disagree on types."""
+    "Failed to convert column" warning in every training on a selection (the empty blocks do
+    not reach the trainer, so only the warning and the conversion are saved)."""
     from ray.data.extensions.tensor_extension import ArrowTensorArray
 
     out = featurize_batch(batch, spec, keep=keep, targets=targets)
@@ -102,11 +103,11 @@ def training_dataset(storage: Storage, spec: PlannerSpec, include_train: bool = 
     """A materialised Ray dataset of training features: D_train ∪ the given pool clips.
 
     One ``read_parquet`` over the D_train and pool shards, then one map that keeps the wanted
-    rows and featurises them (:func:`featurize_batch` through :func:`_featurize_for_ray`). Rows with a NaN/inf feature or target
-    (a shard edited after ingest; ingest's clip validation quarantines such clips) are dropped
-    with a logged warning naming their count and ids, so none enters a training batch. The row
-    order of the result is not defined: consumers sort by ``frame_id``
-    (:func:`mosaic_ray.planner.training.shard_rows`).
+    rows and featurises them (:func:`featurize_batch`, through :func:`_featurize_for_ray`). Rows
+    with a NaN/inf feature or target (a shard edited after ingest; ingest's clip validation
+    quarantines such clips) are dropped with a logged warning naming their count and ids, so none
+    enters a training batch. The row order of the result is not defined: consumers sort by
+    ``frame_id`` (:func:`mosaic_ray.planner.training.shard_rows`).
 
     Returns:
         (dataset, number of rows kept).
