@@ -57,7 +57,7 @@ def _run(config_path: str, arm: str, ids: list[str], seed: int, epochs: int | No
     torch.set_num_threads(1)
     from mosaic_ray.config import load_config
     from mosaic_ray.data.split import CALIBRATION
-    from mosaic_ray.planner.training import recipe_from_config
+    from mosaic_ray.planner.training import TrainRecipe, recipe_from_config
     from mosaic_ray.stages.base import evaluate_checkpoint
     from mosaic_ray.stages.ingest import load_clips
     from mosaic_ray.stages.step import Context
@@ -77,10 +77,8 @@ def _run(config_path: str, arm: str, ids: list[str], seed: int, epochs: int | No
                                     init_checkpoint="planner/base.pt" if cfg.pilot.init == "base" else None)
     util = evaluate_checkpoint(st, info["checkpoint"], clips=load_clips(st, CALIBRATION))
     rows = int(info["n_train"])
-    trained = recipe.for_rows(rows)  # with planner.steps (the config's or --steps): the epochs that reach it
-    done = trained.epochs * math.ceil(rows / trained.batch_size)
     res = {"arm": arm, "seed": seed, "clips": len(ids), "rows": rows,
-           "optimizer_steps": min(done, trained.steps) if trained.steps else done,
+           "optimizer_steps": TrainRecipe(**info["recipe"]).total_steps(rows),  # as trained (planner.steps)
            "wall_s": round(time.time() - t0, 1), "calibration": util}
     st.write_json(out, res)
     return res

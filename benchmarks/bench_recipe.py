@@ -108,7 +108,7 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
     from mosaic_ray import layout
     from mosaic_ray.config import load_config
     from mosaic_ray.data.split import CALIBRATION
-    from mosaic_ray.planner.training import recipe_from_config
+    from mosaic_ray.planner.training import TrainRecipe, recipe_from_config
     from mosaic_ray.stages.base import evaluate_checkpoint
     from mosaic_ray.stages.ingest import load_clips
     from mosaic_ray.stages.step import Context
@@ -135,8 +135,7 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
     if "fixed_steps" in spec:  # planner.steps: train_planner_in_process sets the epochs that reach it
         base_recipe = replace(base_recipe, steps=spec["fixed_steps"])
     n_rows = st.read_table("ingest/clips/train", columns=["clip_id"]).num_rows + budget
-    per_epoch = math.ceil(n_rows / base_recipe.batch_size)
-    epochs = spec["epochs"] if "epochs" in spec else math.ceil(steps / per_epoch)
+    epochs = spec["epochs"] if "epochs" in spec else math.ceil(steps / base_recipe.steps_per_epoch(n_rows))
     t0, c0 = time.time(), time.process_time()
     info = train_planner_in_process(cfg, st, name=f"recipe-{key}", epochs=epochs, seed=seed, pool_ids=pool_ids,
                                     init_checkpoint="planner/base.pt" if spec["init"] == "base" else None,
@@ -144,11 +143,9 @@ def _run_cell(config_path: str, recipe: str, budget: int, seed: int, steps: int)
     train_cpu = time.process_time() - c0
     util = evaluate_checkpoint(st, info["checkpoint"], clips=load_clips(st, CALIBRATION))
     n_rows = int(info.get("n_train", n_rows))  # training rows (frames) as trained
-    per_epoch = math.ceil(n_rows / base_recipe.batch_size)
-    epochs = int(info["recipe"]["epochs"])  # as trained (a fixed step count sets them)
-    done = epochs * per_epoch if "fixed_steps" not in spec else min(epochs * per_epoch, spec["fixed_steps"])
-    res = {"recipe": recipe, "budget": budget, "seed": seed, "init": spec["init"], "epochs": epochs,
-           "rows": n_rows, "optimizer_steps": done,
+    trained = TrainRecipe(**info["recipe"])  # as trained (a fixed step count sets the epochs)
+    res = {"recipe": recipe, "budget": budget, "seed": seed, "init": spec["init"], "epochs": trained.epochs,
+           "rows": n_rows, "optimizer_steps": trained.total_steps(n_rows),
            "train_cpu_s": round(train_cpu, 1), "cell_wall_s": round(time.time() - t0, 1),
            "calibration": util}
     st.write_json(out, res)

@@ -131,8 +131,19 @@ class TrainRecipe:
         ``steps`` optimizer steps (the last epoch stops part-way); without it, unchanged."""
         if self.steps is None:
             return self
-        per_epoch = max(1, math.ceil(max(int(n_rows), 1) / self.batch_size))
-        return replace(self, epochs=max(1, math.ceil(self.steps / per_epoch)))
+        return replace(self, epochs=max(1, math.ceil(self.steps / self.steps_per_epoch(n_rows))))
+
+    def steps_per_epoch(self, n_rows: int, world: int = 1) -> int:
+        """Optimizer steps of one epoch over ``n_rows`` rows on ``world`` ranks (each rank takes
+        ``batch_size // world`` rows a step; at least 1)."""
+        bs = max(1, self.batch_size // world)
+        return max(1, math.ceil(int(n_rows) / (world * bs)))
+
+    def total_steps(self, n_rows: int, world: int = 1) -> int:
+        """Optimizer steps of a whole training on ``n_rows`` rows: ``epochs`` epochs, capped at
+        ``steps`` when set (what :func:`train_loop` runs)."""
+        total = self.epochs * self.steps_per_epoch(n_rows, world)
+        return total if self.steps is None else min(total, self.steps)
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of optimisation step ``step`` (0-based) of ``total``."""
@@ -161,7 +172,7 @@ def recipe_from_config(cfg, kind: Literal["base", "pilot", "final"] = "base",
     base = TrainRecipe(lr=pc.lr, weight_decay=pc.weight_decay, batch_size=pc.batch_size, epochs=pc.base_epochs,
                        warmup_steps=pc.warmup_steps, min_lr_ratio=pc.min_lr_ratio, mirror=pc.augment_mirror,
                        distill_weight=pc.distill_loss_weight, grad_clip=pc.grad_clip,
-                       steps=getattr(pc, "steps", None))
+                       steps=pc.steps)
     if kind == "base":
         over = {}
     elif kind in ("pilot", "final"):
@@ -373,10 +384,8 @@ def train_loop(model, data: dict[str, np.ndarray], recipe: TrainRecipe, *, seed:
         n_total = n_local
     keys = batch_keys(data)
     bs = max(1, recipe.batch_size // world)
-    steps_per_epoch = max(1, math.ceil(n_total / (world * bs)))
-    total = recipe.epochs * steps_per_epoch
-    if recipe.steps is not None:  # a fixed step count: the last epoch stops part-way
-        total = min(total, recipe.steps)
+    steps_per_epoch = recipe.steps_per_epoch(n_total, world)
+    total = recipe.total_steps(n_total, world)  # with recipe.steps the last epoch stops part-way
     seed_torch(seed)
     opt = recipe.make_optimizer(model.parameters())
     start_epoch, step = 0, 0
